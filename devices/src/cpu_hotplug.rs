@@ -1,0 +1,321 @@
+//! The CPU hotplug controller: an MMIO register block through which the
+//! guest's AML learns which vCPUs to add or eject, and reports back.
+//!
+//! Pending events are bitmaps read 32 vCPUs at a time, so a guest scan costs
+//! about `max / 32` MMIO reads plus a few per changed vCPU — never one
+//! select/read pair per *possible* vCPU. Every access is 32 bits wide.
+//!
+//! | offset          | name            | access | meaning                                                 |
+//! |-----------------|-----------------|--------|---------------------------------------------------------|
+//! | `0x00 + 4*w`    | `PRESENT[w]`    | R      | bit b: vCPU `32*w+b` is present (as the guest should see it) |
+//! | `0x20 + 4*w`    | `INSERT[w]`     | R/W1C  | bit b: vCPU `32*w+b` was added; notify the guest (Notify 1) |
+//! | `0x40 + 4*w`    | `REMOVE[w]`     | R/W1C  | bit b: the VMM asks the guest to eject vCPU `32*w+b` (Notify 3) |
+//! | `0x60`          | `EJECT`         | W      | vCPU id: the guest ran `_EJ0` for it                   |
+//! | `0x64`          | `OST_SELECT`    | W      | vCPU id the next `_OST` report is about                 |
+//! | `0x68`          | `OST_EVENT`     | W      | `_OST` source event (Arg0)                              |
+//! | `0x6c`          | `OST_STATUS`    | W      | `_OST` status (Arg1); writing it delivers the report    |
+//!
+//! `w` ranges over `0..8` (256 vCPUs). Reads of write-only registers return 0;
+//! unknown offsets, other access sizes and out-of-range ids are logged and ignored.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use log::{debug, warn};
+
+use crate::bus::BusDevice;
+
+pub const MAX_WORDS: usize = 8;
+/// Most vCPUs the controller can describe.
+pub const MAX_CPUS: u32 = (MAX_WORDS * 32) as u32;
+pub const MMIO_LEN: u64 = 0x100;
+
+pub const REG_PRESENT: u64 = 0x00;
+pub const REG_INSERT: u64 = 0x20;
+pub const REG_REMOVE: u64 = 0x40;
+pub const REG_EJECT: u64 = 0x60;
+pub const REG_OST_SELECT: u64 = 0x64;
+pub const REG_OST_EVENT: u64 = 0x68;
+pub const REG_OST_STATUS: u64 = 0x6c;
+
+/// What the controller needs from the VMM: the guest-visible presence of
+/// vCPUs and somewhere to deliver the guest's `_EJ0` and `_OST` calls.
+/// Called on vCPU threads in the middle of an MMIO exit: must not block.
+pub trait CpuHotplugHost: Send + Sync {
+    /// Bit b set: vCPU `32*word+b` is present for the guest's `_STA`.
+    fn present_word(&self, word: usize) -> u32;
+    /// The guest ejected vCPU `id` (`_EJ0`).
+    fn eject(&self, id: u32);
+    /// The guest reported `_OST(event, status)` for vCPU `id`.
+    fn ost(&self, id: u32, event: u32, status: u32);
+}
+
+pub struct CpuHotplugController {
+    max_vcpus: u32,
+    insert: [AtomicU32; MAX_WORDS],
+    remove: [AtomicU32; MAX_WORDS],
+    ost_select: AtomicU32,
+    ost_event: AtomicU32,
+    host: Arc<dyn CpuHotplugHost>,
+}
+
+fn split(id: u32) -> (usize, u32) {
+    ((id / 32) as usize, 1 << (id % 32))
+}
+
+impl CpuHotplugController {
+    /// `max_vcpus` must not exceed [`MAX_CPUS`]; larger values are clamped.
+    pub fn new(max_vcpus: u32, host: Arc<dyn CpuHotplugHost>) -> Self {
+        CpuHotplugController {
+            max_vcpus: max_vcpus.min(MAX_CPUS),
+            insert: Default::default(),
+            remove: Default::default(),
+            ost_select: AtomicU32::new(u32::MAX),
+            ost_event: AtomicU32::new(0),
+            host,
+        }
+    }
+
+    /// Number of bitmap words the guest needs to scan.
+    pub fn words(&self) -> usize {
+        self.max_vcpus.div_ceil(32) as usize
+    }
+
+    /// Asks the guest to add vCPU `id` at its next scan. Cancels a pending removal.
+    pub fn request_insert(&self, id: u32) {
+        if id >= self.max_vcpus {
+            return;
+        }
+        let (w, bit) = split(id);
+        self.remove[w].fetch_and(!bit, Ordering::AcqRel);
+        self.insert[w].fetch_or(bit, Ordering::AcqRel);
+    }
+
+    /// Asks the guest to eject vCPU `id` at its next scan. Cancels a pending insert.
+    pub fn request_remove(&self, id: u32) {
+        if id >= self.max_vcpus {
+            return;
+        }
+        let (w, bit) = split(id);
+        self.insert[w].fetch_and(!bit, Ordering::AcqRel);
+        self.remove[w].fetch_or(bit, Ordering::AcqRel);
+    }
+
+    /// Withdraws any request for `id` the guest has not picked up yet.
+    pub fn cancel(&self, id: u32) {
+        if id >= self.max_vcpus {
+            return;
+        }
+        let (w, bit) = split(id);
+        self.insert[w].fetch_and(!bit, Ordering::AcqRel);
+        self.remove[w].fetch_and(!bit, Ordering::AcqRel);
+    }
+
+    /// Whether the guest has yet to pick up a request for `id`.
+    pub fn is_pending(&self, id: u32) -> bool {
+        if id >= self.max_vcpus {
+            return false;
+        }
+        let (w, bit) = split(id);
+        (self.insert[w].load(Ordering::Acquire) | self.remove[w].load(Ordering::Acquire)) & bit != 0
+    }
+
+    fn valid_id(&self, what: &str, value: u32) -> Option<u32> {
+        if value < self.max_vcpus {
+            Some(value)
+        } else {
+            warn!("cpu-hotplug: guest wrote out-of-range vCPU id {value} to {what} (max {}), ignored", self.max_vcpus);
+            None
+        }
+    }
+
+    fn word_index(&self, offset: u64, base: u64) -> Option<usize> {
+        let w = ((offset - base) / 4) as usize;
+        (w < self.words()).then_some(w)
+    }
+}
+
+impl BusDevice for CpuHotplugController {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if data.len() != 4 || offset % 4 != 0 {
+            warn!("cpu-hotplug: ignoring {}-byte read at offset {offset:#x}", data.len());
+            return;
+        }
+        let value = match offset {
+            REG_PRESENT..REG_INSERT => self.word_index(offset, REG_PRESENT).map(|w| self.host.present_word(w)),
+            REG_INSERT..REG_REMOVE => {
+                self.word_index(offset, REG_INSERT).map(|w| self.insert[w].load(Ordering::Acquire))
+            }
+            REG_REMOVE..REG_EJECT => {
+                self.word_index(offset, REG_REMOVE).map(|w| self.remove[w].load(Ordering::Acquire))
+            }
+            _ => None,
+        };
+        data.copy_from_slice(&value.unwrap_or(0).to_le_bytes());
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            warn!("cpu-hotplug: ignoring {}-byte write at offset {offset:#x}", data.len());
+            return;
+        };
+        if offset % 4 != 0 {
+            warn!("cpu-hotplug: ignoring unaligned write at offset {offset:#x}");
+            return;
+        }
+        let value = u32::from_le_bytes(bytes);
+        match offset {
+            REG_INSERT..REG_REMOVE => {
+                if let Some(w) = self.word_index(offset, REG_INSERT) {
+                    self.insert[w].fetch_and(!value, Ordering::AcqRel);
+                }
+            }
+            REG_REMOVE..REG_EJECT => {
+                if let Some(w) = self.word_index(offset, REG_REMOVE) {
+                    self.remove[w].fetch_and(!value, Ordering::AcqRel);
+                }
+            }
+            REG_EJECT => {
+                if let Some(id) = self.valid_id("EJECT", value) {
+                    debug!("cpu-hotplug: guest ejected vCPU {id}");
+                    self.host.eject(id);
+                }
+            }
+            REG_OST_SELECT => {
+                if let Some(id) = self.valid_id("OST_SELECT", value) {
+                    self.ost_select.store(id, Ordering::Release);
+                }
+            }
+            REG_OST_EVENT => self.ost_event.store(value, Ordering::Release),
+            REG_OST_STATUS => {
+                let id = self.ost_select.swap(u32::MAX, Ordering::AcqRel);
+                if id == u32::MAX {
+                    warn!("cpu-hotplug: guest wrote OST_STATUS {value:#x} without selecting a vCPU, ignored");
+                    return;
+                }
+                let event = self.ost_event.load(Ordering::Acquire);
+                debug!("cpu-hotplug: vCPU {id} _OST event {event:#x} status {value:#x}");
+                self.host.ost(id, event, value);
+            }
+            _ => warn!("cpu-hotplug: ignoring write of {value:#x} to read-only or unknown offset {offset:#x}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Host {
+        present: [u32; MAX_WORDS],
+        calls: Mutex<Vec<String>>,
+    }
+    impl CpuHotplugHost for Host {
+        fn present_word(&self, word: usize) -> u32 {
+            self.present[word]
+        }
+        fn eject(&self, id: u32) {
+            self.calls.lock().unwrap().push(format!("eject {id}"));
+        }
+        fn ost(&self, id: u32, event: u32, status: u32) {
+            self.calls.lock().unwrap().push(format!("ost {id} {event:#x} {status:#x}"));
+        }
+    }
+
+    fn rd(c: &CpuHotplugController, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        c.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn wr(c: &CpuHotplugController, off: u64, v: u32) {
+        c.write(off, &v.to_le_bytes());
+    }
+
+    fn controller(max: u32) -> (Arc<Host>, CpuHotplugController) {
+        let mut host = Host::default();
+        host.present[0] = 0b1011;
+        host.present[1] = 1;
+        let host = Arc::new(host);
+        (host.clone(), CpuHotplugController::new(max, host))
+    }
+
+    #[test]
+    fn present_words_come_from_the_host() {
+        let (_, c) = controller(64);
+        assert_eq!(c.words(), 2);
+        assert_eq!(rd(&c, REG_PRESENT), 0b1011);
+        assert_eq!(rd(&c, REG_PRESENT + 4), 1);
+        // word beyond max reads as zero
+        assert_eq!(rd(&c, REG_PRESENT + 8), 0);
+    }
+
+    #[test]
+    fn insert_and_remove_bitmaps_are_write_one_to_clear() {
+        let (_, c) = controller(64);
+        c.request_insert(1);
+        c.request_insert(33);
+        c.request_remove(2);
+        assert_eq!(rd(&c, REG_INSERT), 1 << 1);
+        assert_eq!(rd(&c, REG_INSERT + 4), 1 << 1);
+        assert_eq!(rd(&c, REG_REMOVE), 1 << 2);
+        assert!(c.is_pending(33));
+        wr(&c, REG_INSERT + 4, 1 << 1);
+        assert_eq!(rd(&c, REG_INSERT + 4), 0);
+        assert!(!c.is_pending(33));
+        wr(&c, REG_REMOVE, 0);
+        assert_eq!(rd(&c, REG_REMOVE), 1 << 2, "writing zero clears nothing");
+        // a removal request replaces a pending insert and vice versa
+        c.request_remove(1);
+        assert_eq!(rd(&c, REG_INSERT), 0);
+        assert_eq!(rd(&c, REG_REMOVE), (1 << 2) | (1 << 1));
+        c.cancel(2);
+        assert_eq!(rd(&c, REG_REMOVE), 1 << 1);
+    }
+
+    #[test]
+    fn eject_and_ost_reach_the_host() {
+        let (host, c) = controller(4);
+        wr(&c, REG_EJECT, 3);
+        wr(&c, REG_OST_SELECT, 2);
+        wr(&c, REG_OST_EVENT, 3);
+        wr(&c, REG_OST_STATUS, 0x80);
+        assert_eq!(host.calls.lock().unwrap().as_slice(), &["eject 3", "ost 2 0x3 0x80"]);
+    }
+
+    #[test]
+    fn guest_garbage_is_ignored() {
+        let (host, c) = controller(4);
+        wr(&c, REG_EJECT, 4); // out of range
+        wr(&c, REG_EJECT, u32::MAX);
+        wr(&c, REG_OST_SELECT, 99);
+        wr(&c, REG_OST_STATUS, 0); // nothing selected
+        c.write(REG_EJECT, &[1]); // wrong size
+        c.write(REG_EJECT, &[1, 0, 0, 0, 0, 0, 0, 0]);
+        c.write(REG_EJECT + 1, &[1, 0, 0, 0]); // unaligned
+        wr(&c, REG_PRESENT, u32::MAX); // read-only
+        wr(&c, 0xfc, 1); // unknown
+        wr(&c, 0x1000, 1); // past the block
+        let mut odd = [0xaau8; 2];
+        c.read(REG_PRESENT, &mut odd);
+        assert_eq!(odd, [0, 0]);
+        assert_eq!(rd(&c, REG_EJECT), 0);
+        c.request_insert(4); // beyond max
+        c.request_remove(1000);
+        assert_eq!(rd(&c, REG_INSERT), 0);
+        assert!(host.calls.lock().unwrap().is_empty());
+        // a selection is consumed by one status write
+        wr(&c, REG_OST_SELECT, 1);
+        wr(&c, REG_OST_STATUS, 0);
+        wr(&c, REG_OST_STATUS, 1);
+        assert_eq!(host.calls.lock().unwrap().as_slice(), &["ost 1 0x0 0x0"]);
+    }
+
+    #[test]
+    fn max_is_clamped_to_what_the_registers_hold() {
+        let (_, c) = controller(10_000);
+        assert_eq!(c.words(), MAX_WORDS);
+    }
+}

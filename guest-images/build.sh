@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Builds the lithe guest image from Debian packages only:
+#   out/vmlinux         Linux 6.1 from linux-source-6.1, tinyconfig + kernel.config + patches/
+#   out/initramfs.cpio  uncompressed cpio: busybox-static and ./init
+# Rebuilds only what changed: the kernel when kernel.config, patches/ or this
+# script change; the initramfs when init changes. Prints the output folder.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+out=${LITHE_GUEST_OUT:-$here/out}
+jobs=${JOBS:-$(nproc)}
+mkdir -p "$out"
+
+log() { echo "guest-images: $*" >&2; }
+
+need_pkgs=()
+[ -f /usr/src/linux-source-6.1.tar.xz ] || need_pkgs+=(linux-source-6.1)
+[ -x /bin/busybox ] && /bin/busybox --help 2>&1 | head -1 | grep -q static || \
+	dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+for tool in gcc make flex bison bc cpio xz; do
+	command -v "$tool" >/dev/null || need_pkgs+=("$tool")
+done
+[ -f /usr/include/libelf.h ] || need_pkgs+=(libelf-dev)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+	# map tool names to Debian packages
+	pkgs=()
+	for p in "${need_pkgs[@]}"; do
+		case $p in gcc|make) pkgs+=(build-essential) ;; xz) pkgs+=(xz-utils) ;; *) pkgs+=("$p") ;; esac
+	done
+	if [ "$(id -u)" != 0 ]; then
+		log "missing Debian packages: ${pkgs[*]} (run as root, or apt-get install them)"
+		exit 1
+	fi
+	log "installing ${pkgs[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
+
+stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# ---- kernel ----------------------------------------------------------------
+kstamp=$(stamp_of "$here/kernel.config" "$here"/patches/*.patch "$here/build.sh" /usr/src/linux-source-6.1.tar.xz.sha 2>/dev/null || \
+	stamp_of "$here/kernel.config" "$here"/patches/*.patch "$here/build.sh")
+if [ -f "$out/vmlinux" ] && [ "$(cat "$out/vmlinux.stamp" 2>/dev/null)" = "$kstamp" ]; then
+	log "kernel up to date ($out/vmlinux)"
+else
+	src="$out/build/linux"
+	rm -rf "$out/build"
+	mkdir -p "$out/build"
+	log "unpacking linux-source-6.1"
+	tar -C "$out/build" -xf /usr/src/linux-source-6.1.tar.xz
+	mv "$out/build"/linux-source-6.1 "$src"
+	for p in "$here"/patches/*.patch; do
+		log "applying $(basename "$p")"
+		patch -d "$src" -p1 --quiet --forward < "$p"
+	done
+	log "configuring (tinyconfig + kernel.config)"
+	make -C "$src" -s tinyconfig >/dev/null
+	"$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$here/kernel.config" >/dev/null
+	make -C "$src" -s olddefconfig >/dev/null
+	# every option we asked for must have survived dependency resolution
+	missing=0
+	while IFS= read -r line; do
+		case $line in
+		CONFIG_*=*)
+			grep -qx "$line" "$src/.config" || { log "config did not take: $line"; missing=1; } ;;
+		"# CONFIG_"*" is not set")
+			opt=${line#\# }; opt=${opt%% *}
+			if grep -q "^$opt=" "$src/.config"; then log "config still set: $opt"; missing=1; fi ;;
+		esac
+	done < "$here/kernel.config"
+	[ $missing = 0 ] || { log "kernel.config does not apply cleanly"; exit 1; }
+	log "building vmlinux with $jobs jobs (a few minutes)"
+	make -C "$src" -s -j"$jobs" vmlinux
+	cp "$src/vmlinux" "$out/vmlinux.tmp" && mv "$out/vmlinux.tmp" "$out/vmlinux"
+	cp "$src/System.map" "$out/System.map"
+	cp "$src/.config" "$out/kernel.config.full"
+	echo "$kstamp" > "$out/vmlinux.stamp"
+	rm -rf "$out/build"
+	log "kernel built: $out/vmlinux"
+fi
+
+# ---- initramfs ---------------------------------------------------------------
+istamp=$(stamp_of "$here/init" "$here/build.sh" /bin/busybox)
+if [ -f "$out/initramfs.cpio" ] && [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" = "$istamp" ]; then
+	log "initramfs up to date ($out/initramfs.cpio)"
+else
+	root=$(mktemp -d)
+	trap 'rm -rf "$root"' EXIT
+	mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,usr/bin,usr/sbin}
+	cp /bin/busybox "$root/bin/busybox"
+	for applet in $(/bin/busybox --list); do
+		[ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+	done
+	cp "$here/init" "$root/init"
+	chmod 755 "$root/init"
+	(cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) > "$out/initramfs.cpio.tmp"
+	mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
+	echo "$istamp" > "$out/initramfs.stamp"
+	log "initramfs built: $out/initramfs.cpio"
+fi
+echo "$out"
