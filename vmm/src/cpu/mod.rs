@@ -1,0 +1,9 @@
+//! vCPUs: the lock-free table that says which exist, and (in `manager`) the
+//! code that creates, runs, hot-adds and retires them.
+
+pub mod rcu;
+mod sync;
+pub mod table;
+
+pub use rcu::FenceMode;
+pub use table::{OstReport, ReadGuard, Reader, TableError, VcpuState, VcpuTable};

@@ -1,0 +1,221 @@
+//! A small epoch-based RCU domain with synchronous grace periods.
+//!
+//! Why our own and not a crate: crossbeam-epoch and seize defer reclamation to
+//! a later collection, with no bounded, synchronous "wait until every reader
+//! that could have seen this is gone" — which is what retiring a vCPU needs
+//! (the thread must be joined *now*, and a stuck reader must be reported).
+//! liburcu's memb flavour has exactly the shape we want, and it is small.
+//!
+//! Each registered reader owns a cache-line-sized slot holding 0 when it is
+//! outside a read-side section, or the global epoch it saw when it entered.
+//! `synchronize()` bumps the epoch and waits until each slot is 0 or holds the
+//! new epoch (that reader entered after the bump and cannot have seen the
+//! unpublished state).
+//!
+//! The read side pays one store and one fence. The fence pairs with the
+//! writer's fence in a store-buffering pattern: either the writer sees the
+//! reader's epoch store and waits for it, or the reader sees the writer's
+//! unpublishing store. With [`FenceMode::Membarrier`] the reader's fence is a
+//! compiler barrier only and the writer forces a full barrier on every thread
+//! of the process with `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, as
+//! userspace RCU does; the benchmark in `docs/vcpu-table.md` compares both.
+
+use std::time::{Duration, Instant};
+
+use super::sync::{fence, yield_now, Arc, AtomicU64, Mutex, Ordering};
+
+/// How read-side sections are ordered against grace periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceMode {
+    /// A `SeqCst` fence on both sides.
+    SeqCst,
+    /// Compiler barrier on the read side, `membarrier()` on the write side.
+    Membarrier,
+}
+
+impl FenceMode {
+    /// The cheapest mode this process can use: membarrier when the kernel
+    /// offers private expedited barriers and we could register for them.
+    pub fn best_available() -> FenceMode {
+        if membarrier::register() {
+            FenceMode::Membarrier
+        } else {
+            FenceMode::SeqCst
+        }
+    }
+}
+
+/// A reader that did not leave its read-side section within the bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckReaders {
+    pub waited: Duration,
+    pub readers: Vec<String>,
+}
+
+#[repr(align(64))]
+struct ReaderSlot {
+    /// 0: quiescent; otherwise the epoch observed when the section began.
+    epoch: AtomicU64,
+    name: String,
+}
+
+pub(crate) struct Rcu {
+    epoch: AtomicU64,
+    mode: FenceMode,
+    readers: Mutex<Vec<Arc<ReaderSlot>>>,
+}
+
+impl Rcu {
+    pub(crate) fn new(mode: FenceMode) -> Self {
+        // Loom does not model membarrier(): the model always uses fences.
+        let mode = if cfg!(any(loom, miri)) {
+            FenceMode::SeqCst
+        } else {
+            mode
+        };
+        if mode == FenceMode::Membarrier && !membarrier::register() {
+            panic!("FenceMode::Membarrier requested but membarrier() is unavailable; use best_available()");
+        }
+        Rcu {
+            epoch: AtomicU64::new(1),
+            mode,
+            readers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn mode(&self) -> FenceMode {
+        self.mode
+    }
+
+    pub(crate) fn register(&self, name: &str) -> ReaderHandle {
+        let slot = Arc::new(ReaderSlot {
+            epoch: AtomicU64::new(0),
+            name: name.to_string(),
+        });
+        self.readers.lock().unwrap().push(slot.clone());
+        ReaderHandle { slot }
+    }
+
+    pub(crate) fn unregister(&self, handle: &ReaderHandle) {
+        let mut readers = self.readers.lock().unwrap();
+        readers.retain(|s| !Arc::ptr_eq(s, &handle.slot));
+    }
+
+    /// Enters a read-side section for `handle`. Sections do not nest.
+    #[inline]
+    pub(crate) fn read_lock(&self, handle: &ReaderHandle) {
+        let e = self.epoch.load(Ordering::Acquire);
+        handle.slot.epoch.store(e, Ordering::Relaxed);
+        match self.mode {
+            FenceMode::SeqCst => fence(Ordering::SeqCst),
+            FenceMode::Membarrier => std::sync::atomic::compiler_fence(Ordering::SeqCst),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn read_unlock(&self, handle: &ReaderHandle) {
+        handle.slot.epoch.store(0, Ordering::Release);
+    }
+
+    /// Waits until every read-side section that began before this call has
+    /// ended. The caller's unpublishing store must come before the call.
+    /// `limit` bounds the wait (ignored under loom, which has no clock).
+    pub(crate) fn synchronize(&self, limit: Duration) -> Result<(), StuckReaders> {
+        let target = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.heavy_fence();
+        let readers: Vec<Arc<ReaderSlot>> = self.readers.lock().unwrap().clone();
+        let start = Instant::now();
+        let mut spins = 0u32;
+        for reader in &readers {
+            loop {
+                let e = reader.epoch.load(Ordering::Acquire);
+                if e == 0 || e >= target {
+                    break;
+                }
+                if !cfg!(loom) && start.elapsed() > limit {
+                    let stuck = readers
+                        .iter()
+                        .filter(|r| {
+                            let e = r.epoch.load(Ordering::Acquire);
+                            e != 0 && e < target
+                        })
+                        .map(|r| r.name.clone())
+                        .collect();
+                    return Err(StuckReaders {
+                        waited: start.elapsed(),
+                        readers: stuck,
+                    });
+                }
+                backoff(&mut spins);
+            }
+        }
+        Ok(())
+    }
+
+    fn heavy_fence(&self) {
+        match self.mode {
+            FenceMode::SeqCst => fence(Ordering::SeqCst),
+            FenceMode::Membarrier => {
+                if !membarrier::private_expedited() {
+                    // Registration succeeded earlier, so this does not happen;
+                    // a fence keeps us correct against our own thread at least,
+                    // and readers' compiler barriers are then insufficient: abort loudly.
+                    panic!("membarrier(PRIVATE_EXPEDITED) failed after successful registration");
+                }
+            }
+        }
+    }
+}
+
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if cfg!(loom) || *spins < 64 {
+        yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// A registered reader's slot.
+pub(crate) struct ReaderHandle {
+    slot: Arc<ReaderSlot>,
+}
+
+#[cfg(not(any(loom, miri)))]
+mod membarrier {
+    use std::sync::OnceLock;
+
+    const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
+    const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+    const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+    fn call(cmd: libc::c_long) -> libc::c_long {
+        // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
+        unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_long) }
+    }
+
+    /// Registers the process for private expedited barriers, once.
+    pub(super) fn register() -> bool {
+        static REGISTERED: OnceLock<bool> = OnceLock::new();
+        *REGISTERED.get_or_init(|| {
+            let supported = call(MEMBARRIER_CMD_QUERY);
+            supported >= 0
+                && supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED != 0
+                && call(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+        })
+    }
+
+    pub(super) fn private_expedited() -> bool {
+        call(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0
+    }
+}
+
+#[cfg(any(loom, miri))]
+mod membarrier {
+    pub(super) fn register() -> bool {
+        false
+    }
+    pub(super) fn private_expedited() -> bool {
+        false
+    }
+}

@@ -1,0 +1,600 @@
+//! The vCPU table: a fixed set of slots, one per possible vCPU id, and a
+//! presence bitmap with RCU semantics on each bit.
+//!
+//! * Readers (API, device emulation, stats, interrupt routing) never lock and
+//!   never wait: [`Reader::read`] (on a [`Reader`] registered with [`Reader::new`]) opens a read-side section; inside it they walk
+//!   set bits or test one, and may use the slot of any bit they saw set until
+//!   the [`ReadGuard`] drops.
+//! * [`VcpuTable::publish`] fills a slot completely, then sets its bit with
+//!   release ordering: a reader that sees the bit sees the initialised slot.
+//! * [`VcpuTable::retire`] clears the bit, waits for a grace period — every
+//!   section that began before the clear has ended — and only then hands the
+//!   slot's value back, so the caller can stop and join the vCPU thread
+//!   knowing nobody still looks at it.
+//!
+//! Besides presence every slot carries hotplug bookkeeping ([`VcpuState`] and
+//! the guest's last `_OST` report) in plain atomics, readable with no section
+//! at all, even for vCPUs that are not present.
+//!
+//! Who calls what: any thread may create readers and read. `publish` and
+//! `retire` are the write side; they serialise on an internal mutex that
+//! readers never touch, and in lithe only the vCPU manager calls them.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::rcu::{FenceMode, Rcu, ReaderHandle, StuckReaders};
+use super::sync::{Arc, AtomicU32, AtomicU64, AtomicU8, Mutex, Ordering, UnsafeCell};
+
+const WORD_BITS: usize = 64;
+
+/// Hotplug state of one vCPU id, as the manager and the guest move it along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum VcpuState {
+    /// Never created.
+    Absent = 0,
+    /// Created and running; the guest has not acknowledged it yet.
+    Inserting = 1,
+    /// Running and acknowledged by the guest.
+    Online = 2,
+    /// The VMM asked the guest to eject it.
+    Removing = 3,
+    /// The guest ejected it; retirement is under way.
+    Ejected = 4,
+    /// Retired: thread joined, KVM vCPU fd kept for reuse.
+    Parked = 5,
+}
+
+impl VcpuState {
+    fn from_u8(v: u8) -> VcpuState {
+        match v {
+            1 => VcpuState::Inserting,
+            2 => VcpuState::Online,
+            3 => VcpuState::Removing,
+            4 => VcpuState::Ejected,
+            5 => VcpuState::Parked,
+            _ => VcpuState::Absent,
+        }
+    }
+}
+
+/// The guest's last `_OST` report for a vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct OstReport {
+    pub event: u32,
+    pub status: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    #[error("vCPU id {id} is out of range (table holds {capacity})")]
+    OutOfRange { id: u32, capacity: u32 },
+    #[error("vCPU {id} is already present")]
+    AlreadyPresent { id: u32 },
+    #[error("vCPU {id} is not present")]
+    NotPresent { id: u32 },
+    #[error("vCPU {id} is still being retired (an earlier grace period did not complete)")]
+    RetirePending { id: u32 },
+    #[error("grace period for vCPU {id} did not end after {waited:?}; readers still inside: {readers:?}")]
+    GracePeriodTimeout {
+        id: u32,
+        waited: Duration,
+        readers: Vec<String>,
+    },
+}
+
+struct Slot<T> {
+    value: UnsafeCell<Option<T>>,
+    state: AtomicU8,
+    /// `1 << 63 | event << 32 | status`, or 0 when no report came yet.
+    ost: AtomicU64,
+}
+
+/// The lock-free vCPU table. Share it in an `Arc`.
+pub struct VcpuTable<T> {
+    slots: Box<[Slot<T>]>,
+    present: Box<[AtomicU64]>,
+    count: AtomicU32,
+    rcu: Rcu,
+    writer: Mutex<()>,
+}
+
+// SAFETY: values are written only by the (mutex-serialised) write side while
+// their bit is clear and no reader can reach them (publish before setting the
+// bit; retire after a grace period), and are only shared as `&T` with readers
+// on any thread — hence `T: Sync` for sharing, `T: Send` for moving values in
+// and out across threads.
+unsafe impl<T: Send + Sync> Sync for VcpuTable<T> {}
+// SAFETY: as above; the table owns its values.
+unsafe impl<T: Send> Send for VcpuTable<T> {}
+
+impl<T> fmt::Debug for VcpuTable<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VcpuTable")
+            .field("capacity", &self.capacity())
+            .field("present", &self.count())
+            .finish()
+    }
+}
+
+fn split(id: u32) -> (usize, u64) {
+    (id as usize / WORD_BITS, 1u64 << (id as usize % WORD_BITS))
+}
+
+impl<T> VcpuTable<T> {
+    /// A table for vCPU ids `0..capacity`, using the cheapest read-side fence available.
+    pub fn new(capacity: u32) -> Self {
+        Self::with_fence_mode(capacity, FenceMode::best_available())
+    }
+
+    pub fn with_fence_mode(capacity: u32, mode: FenceMode) -> Self {
+        let slots = (0..capacity)
+            .map(|_| Slot {
+                value: UnsafeCell::new(None),
+                state: AtomicU8::new(0),
+                ost: AtomicU64::new(0),
+            })
+            .collect();
+        let words = (capacity as usize).div_ceil(WORD_BITS);
+        VcpuTable {
+            slots,
+            present: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU32::new(0),
+            rcu: Rcu::new(mode),
+            writer: Mutex::new(()),
+        }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    pub fn fence_mode(&self) -> FenceMode {
+        self.rcu.mode()
+    }
+
+    /// How many vCPUs are present (a snapshot).
+    pub fn count(&self) -> u32 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    fn slot(&self, id: u32) -> Result<&Slot<T>, TableError> {
+        self.slots.get(id as usize).ok_or(TableError::OutOfRange {
+            id,
+            capacity: self.capacity(),
+        })
+    }
+
+    /// Hotplug state of `id` (`Absent` for ids out of range). Lock-free.
+    pub fn state(&self, id: u32) -> VcpuState {
+        self.slots.get(id as usize).map_or(VcpuState::Absent, |s| {
+            VcpuState::from_u8(s.state.load(Ordering::Acquire))
+        })
+    }
+
+    /// Sets the hotplug state of `id`.
+    pub fn set_state(&self, id: u32, state: VcpuState) -> Result<(), TableError> {
+        self.slot(id)?.state.store(state as u8, Ordering::Release);
+        Ok(())
+    }
+
+    /// Moves `id` from `from` to `to` if it is in `from`; returns whether it did.
+    pub fn transition(&self, id: u32, from: VcpuState, to: VcpuState) -> bool {
+        self.slots.get(id as usize).is_some_and(|s| {
+            s.state
+                .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+    }
+
+    /// The guest's last `_OST` report for `id`.
+    pub fn ost(&self, id: u32) -> Option<OstReport> {
+        let v = self.slots.get(id as usize)?.ost.load(Ordering::Acquire);
+        (v >> 63 == 1).then(|| OstReport {
+            event: ((v >> 32) & 0x7fff_ffff) as u32,
+            status: v as u32,
+        })
+    }
+
+    pub fn set_ost(&self, id: u32, report: OstReport) -> Result<(), TableError> {
+        let v = 1u64 << 63 | u64::from(report.event & 0x7fff_ffff) << 32 | u64::from(report.status);
+        self.slot(id)?.ost.store(v, Ordering::Release);
+        Ok(())
+    }
+
+    /// Publishes `value` as vCPU `id`: the slot is filled first, then the bit set.
+    pub fn publish(&self, id: u32, value: T) -> Result<(), TableError> {
+        let slot = self.slot(id)?;
+        let _w = self.writer.lock().unwrap();
+        let (word, bit) = split(id);
+        if self.present[word].load(Ordering::Relaxed) & bit != 0 {
+            return Err(TableError::AlreadyPresent { id });
+        }
+        // SAFETY: the bit is clear and the writer lock is held. A value can only
+        // be left here by a retire whose grace period timed out (readers may
+        // still hold it): we refuse rather than overwrite it.
+        let occupied = slot.value.with(|v| unsafe { (*v).is_some() });
+        if occupied {
+            return Err(TableError::RetirePending { id });
+        }
+        // SAFETY: no reader can reach the slot: its bit is clear, and any reader
+        // that saw it set before the last retire left before that retire
+        // returned the old value (grace period).
+        slot.value.with_mut(|v| unsafe { *v = Some(value) });
+        self.count.fetch_add(1, Ordering::AcqRel);
+        // Release: the slot's contents happen-before any Acquire load seeing the bit.
+        self.present[word].fetch_or(bit, Ordering::Release);
+        Ok(())
+    }
+
+    /// Unpublishes vCPU `id`, waits for a grace period of at most `limit`, and
+    /// returns the slot's value. On timeout the bit stays clear, the value
+    /// stays in the slot, and a later `retire(id)` finishes the job.
+    pub fn retire(&self, id: u32, limit: Duration) -> Result<T, TableError> {
+        let slot = self.slot(id)?;
+        let _w = self.writer.lock().unwrap();
+        let (word, bit) = split(id);
+        // SAFETY: the writer lock is held; we only test for presence of a value.
+        let occupied = slot.value.with(|v| unsafe { (*v).is_some() });
+        if !occupied {
+            return Err(TableError::NotPresent { id });
+        }
+        if self.present[word].load(Ordering::Relaxed) & bit != 0 {
+            // SeqCst: this store must be ordered before synchronize()'s epoch
+            // bump and fence, which readers' fences pair with.
+            self.present[word].fetch_and(!bit, Ordering::SeqCst);
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.rcu
+            .synchronize(limit)
+            .map_err(
+                |StuckReaders { waited, readers }| TableError::GracePeriodTimeout {
+                    id,
+                    waited,
+                    readers,
+                },
+            )?;
+        // SAFETY: the bit is clear and every reader that could have seen it set
+        // has left its section: nobody else refers to the value now.
+        let value = slot.value.with_mut(|v| unsafe { (*v).take() });
+        Ok(value.expect("slot checked occupied under the writer lock"))
+    }
+
+    /// The present bitmap, one `u64` per 64 ids (a snapshot; for reports).
+    pub fn present_snapshot(&self) -> Vec<u64> {
+        self.present
+            .iter()
+            .map(|w| w.load(Ordering::Acquire))
+            .collect()
+    }
+}
+
+impl<T> Drop for VcpuTable<T> {
+    fn drop(&mut self) {
+        // Readers hold an Arc to the table, so none is left: values drop normally.
+    }
+}
+
+/// A registered reader, owned by one thread at a time.
+pub struct Reader<T> {
+    handle: ReaderHandle,
+    table: Arc<VcpuTable<T>>,
+}
+
+impl<T> Reader<T> {
+    /// Registers a reader of `table`. `name` shows up in grace-period timeout errors.
+    pub fn new(table: &Arc<VcpuTable<T>>, name: &str) -> Self {
+        Reader {
+            handle: table.rcu.register(name),
+            table: table.clone(),
+        }
+    }
+
+    /// Opens a read-side section. Borrowing `self` mutably makes sections of
+    /// one reader impossible to nest.
+    #[inline]
+    pub fn read(&mut self) -> ReadGuard<'_, T> {
+        self.table.rcu.read_lock(&self.handle);
+        ReadGuard { reader: self }
+    }
+
+    pub fn table(&self) -> &Arc<VcpuTable<T>> {
+        &self.table
+    }
+}
+
+impl<T> Drop for Reader<T> {
+    fn drop(&mut self) {
+        self.table.rcu.unregister(&self.handle);
+    }
+}
+
+/// A read-side section. Values it hands out live as long as it does.
+pub struct ReadGuard<'r, T> {
+    reader: &'r mut Reader<T>,
+}
+
+impl<'r, T> ReadGuard<'r, T> {
+    fn table(&self) -> &VcpuTable<T> {
+        &self.reader.table
+    }
+
+    /// The value of vCPU `id` if its bit is set.
+    #[inline]
+    pub fn get(&self, id: u32) -> Option<&T> {
+        let table = self.table();
+        let slot = table.slots.get(id as usize)?;
+        let (word, bit) = split(id);
+        if table.present[word].load(Ordering::Acquire) & bit == 0 {
+            return None;
+        }
+        // SAFETY: we saw the bit set (Acquire, pairing with publish's Release)
+        // inside a read-side section: the slot is initialised and retire will
+        // not take it before this guard drops.
+        slot.value.with(|v| unsafe { (*v).as_ref() })
+    }
+
+    /// Runs `f` on the value of vCPU `id` if its bit is set. Same as `get`, but
+    /// the access is scoped, which lets loom track it for the whole call.
+    #[inline]
+    pub fn with_value<R>(&self, id: u32, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let table = self.table();
+        let slot = table.slots.get(id as usize)?;
+        let (word, bit) = split(id);
+        if table.present[word].load(Ordering::Acquire) & bit == 0 {
+            return None;
+        }
+        // SAFETY: as in `get`.
+        slot.value.with(|v| unsafe { (*v).as_ref().map(f) })
+    }
+
+    /// Whether vCPU `id` is present.
+    #[inline]
+    pub fn contains(&self, id: u32) -> bool {
+        let table = self.table();
+        (id as usize) < table.slots.len() && {
+            let (word, bit) = split(id);
+            table.present[word].load(Ordering::Acquire) & bit != 0
+        }
+    }
+
+    /// Present vCPUs in id order. Each bitmap word is loaded once.
+    #[inline]
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter {
+            table: self.table(),
+            word: 0,
+            bits: 0,
+            first: true,
+        }
+    }
+}
+
+impl<T> Drop for ReadGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.reader.table.rcu.read_unlock(&self.reader.handle);
+    }
+}
+
+/// Iterator over `(id, &value)` of present vCPUs.
+pub struct Iter<'g, T> {
+    table: &'g VcpuTable<T>,
+    word: usize,
+    bits: u64,
+    first: bool,
+}
+
+impl<'g, T> Iterator for Iter<'g, T> {
+    type Item = (u32, &'g T);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.bits == 0 {
+                if self.first {
+                    self.first = false;
+                } else {
+                    self.word += 1;
+                }
+                self.bits = self.table.present.get(self.word)?.load(Ordering::Acquire);
+                continue;
+            }
+            let b = self.bits.trailing_zeros() as usize;
+            self.bits &= self.bits - 1;
+            let id = (self.word * WORD_BITS + b) as u32;
+            let slot = &self.table.slots[id as usize];
+            // SAFETY: as in `ReadGuard::get`: the bit was seen set inside the
+            // section that borrows this iterator's table reference.
+            if let Some(v) = slot.value.with(|v| unsafe { (*v).as_ref() }) {
+                return Some((id, v));
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    fn modes() -> Vec<FenceMode> {
+        let mut m = vec![FenceMode::SeqCst];
+        if FenceMode::best_available() == FenceMode::Membarrier {
+            m.push(FenceMode::Membarrier);
+        }
+        m
+    }
+
+    #[test]
+    fn publish_then_read_then_retire() {
+        for mode in modes() {
+            let t = Arc::new(VcpuTable::with_fence_mode(130, mode));
+            let mut r = Reader::new(&t, "test");
+            t.publish(0, "zero".to_string()).unwrap();
+            t.publish(64, "sixty-four".to_string()).unwrap();
+            t.publish(129, "last".to_string()).unwrap();
+            assert_eq!(t.count(), 3);
+            {
+                let g = r.read();
+                let seen: Vec<_> = g.iter().map(|(id, v)| (id, v.clone())).collect();
+                assert_eq!(
+                    seen,
+                    vec![
+                        (0, "zero".into()),
+                        (64, "sixty-four".into()),
+                        (129, "last".into())
+                    ]
+                );
+                assert_eq!(g.get(64).map(String::as_str), Some("sixty-four"));
+                assert!(g.contains(129));
+                assert!(!g.contains(1));
+                assert_eq!(g.get(1), None);
+                assert_eq!(g.get(5000), None);
+                assert_eq!(g.with_value(0, |v| v.len()), Some(4));
+            }
+            assert_eq!(t.retire(64, Duration::from_secs(1)).unwrap(), "sixty-four");
+            assert_eq!(t.count(), 2);
+            let g = r.read();
+            assert_eq!(g.iter().map(|(id, _)| id).collect::<Vec<_>>(), vec![0, 129]);
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let t = Arc::new(VcpuTable::<u32>::new(4));
+        assert_eq!(
+            t.publish(4, 1),
+            Err(TableError::OutOfRange { id: 4, capacity: 4 })
+        );
+        assert_eq!(
+            t.retire(9, Duration::ZERO),
+            Err(TableError::OutOfRange { id: 9, capacity: 4 })
+        );
+        assert_eq!(
+            t.retire(1, Duration::ZERO),
+            Err(TableError::NotPresent { id: 1 })
+        );
+        t.publish(1, 1).unwrap();
+        assert_eq!(t.publish(1, 2), Err(TableError::AlreadyPresent { id: 1 }));
+        assert_eq!(
+            t.set_state(7, VcpuState::Online),
+            Err(TableError::OutOfRange { id: 7, capacity: 4 })
+        );
+        assert!(t
+            .set_ost(
+                7,
+                OstReport {
+                    event: 0,
+                    status: 0
+                }
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn state_and_ost_are_readable_without_a_section() {
+        let t = VcpuTable::<()>::new(2);
+        assert_eq!(t.state(1), VcpuState::Absent);
+        assert_eq!(t.state(99), VcpuState::Absent);
+        t.set_state(1, VcpuState::Inserting).unwrap();
+        assert!(t.transition(1, VcpuState::Inserting, VcpuState::Online));
+        assert!(!t.transition(1, VcpuState::Inserting, VcpuState::Removing));
+        assert_eq!(t.state(1), VcpuState::Online);
+        assert_eq!(t.ost(1), None);
+        t.set_ost(
+            1,
+            OstReport {
+                event: 0x103,
+                status: 0x80,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            t.ost(1),
+            Some(OstReport {
+                event: 0x103,
+                status: 0x80
+            })
+        );
+        assert_eq!(t.ost(5), None);
+    }
+
+    #[test]
+    fn retire_waits_for_a_reader_that_saw_the_bit() {
+        let t = Arc::new(VcpuTable::new(2));
+        t.publish(1, 11u32).unwrap();
+        let entered = Arc::new(AtomicBool::new(false));
+        let release = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (t, entered, release) = (t.clone(), entered.clone(), release.clone());
+            std::thread::spawn(move || {
+                let mut r = Reader::new(&t, "slow-reader");
+                let g = r.read();
+                let v = *g.get(1).unwrap();
+                entered.store(true, Ordering::SeqCst);
+                while !release.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
+                v
+            })
+        };
+        while !entered.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        // The reader is inside its section: a short bound times out and names it.
+        let err = t.retire(1, Duration::from_millis(20)).unwrap_err();
+        match err {
+            TableError::GracePeriodTimeout { id: 1, readers, .. } => {
+                assert_eq!(readers, vec!["slow-reader"])
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        // The bit is gone, the value is not; publishing the id again is refused.
+        assert!(!Reader::new(&t, "probe").read().contains(1));
+        assert_eq!(t.publish(1, 12), Err(TableError::RetirePending { id: 1 }));
+        release.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        assert_eq!(t.retire(1, Duration::from_secs(10)).unwrap(), 11);
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(reader.join().unwrap(), 11);
+        t.publish(1, 12).unwrap();
+    }
+
+    #[test]
+    fn readers_entering_after_the_clear_do_not_delay_retire() {
+        let t = Arc::new(VcpuTable::new(1));
+        t.publish(0, 0u8).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn = {
+            let (t, stop) = (t.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut r = Reader::new(&t, "churn");
+                while !stop.load(Ordering::Relaxed) {
+                    let g = r.read();
+                    std::hint::black_box(g.get(0));
+                }
+            })
+        };
+        for i in 0..200u8 {
+            assert_eq!(t.retire(0, Duration::from_secs(10)).unwrap(), i);
+            t.publish(0, i.wrapping_add(1)).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        churn.join().unwrap();
+    }
+
+    #[test]
+    fn dropping_a_reader_unregisters_it() {
+        let t = Arc::new(VcpuTable::new(1));
+        t.publish(0, ()).unwrap();
+        let mut r = Reader::new(&t, "gone");
+        let g = r.read();
+        std::mem::forget(g); // leave the section open, then drop the reader
+        drop(r);
+        t.retire(0, Duration::from_millis(100)).unwrap();
+    }
+}

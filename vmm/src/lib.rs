@@ -1,0 +1,3 @@
+//! lithe: a minimal virtual machine monitor with live vCPU hotplug.
+
+pub mod cpu;

@@ -1,0 +1,115 @@
+//! Stress: reader threads walk the table while a writer publishes and retires
+//! vCPUs thousands of times. Payloads carry a canary that teardown poisons; a
+//! reader that ever sees a poisoned or torn payload fails the test. Every
+//! payload ever created must be dropped exactly once.
+#![cfg(not(loom))]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmm::cpu::{FenceMode, Reader, VcpuTable};
+
+const ALIVE: u64 = 0xA11C_E0F0_A11C_E0F0;
+const DEAD: u64 = 0xDEAD_DEAD_DEAD_DEAD;
+
+struct Payload {
+    id: u32,
+    canary: AtomicU64,
+    drops: Arc<AtomicUsize>,
+}
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn stress(mode: FenceMode, capacity: u32, rounds: usize, readers: usize) {
+    let table = Arc::new(VcpuTable::<Box<Payload>>::with_fence_mode(capacity, mode));
+    let drops = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let observed = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..readers)
+        .map(|i| {
+            let (table, stop, observed) = (table.clone(), stop.clone(), observed.clone());
+            std::thread::spawn(move || {
+                let mut r = Reader::new(&table, &format!("stress-reader-{i}"));
+                while !stop.load(Ordering::Relaxed) {
+                    let g = r.read();
+                    for (id, p) in g.iter() {
+                        assert_eq!(p.id, id, "slot {id} holds payload of {}", p.id);
+                        assert_eq!(
+                            p.canary.load(Ordering::Relaxed),
+                            ALIVE,
+                            "reader saw a torn-down vCPU {id}"
+                        );
+                        observed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut created = 0usize;
+    let mut present = vec![false; capacity as usize];
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..rounds {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let id = (rng % u64::from(capacity)) as u32;
+        if present[id as usize] {
+            let p = table
+                .retire(id, Duration::from_secs(30))
+                .expect("grace period");
+            // Teardown: poison, then drop. Any reader still holding it would notice.
+            p.canary.store(DEAD, Ordering::Relaxed);
+            drop(p);
+        } else {
+            let p = Box::new(Payload {
+                id,
+                canary: AtomicU64::new(ALIVE),
+                drops: drops.clone(),
+            });
+            created += 1;
+            table.publish(id, p).expect("publish");
+        }
+        present[id as usize] = !present[id as usize];
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().expect("reader panicked");
+    }
+    let still = present.iter().filter(|p| **p).count();
+    assert_eq!(table.count() as usize, still);
+    assert_eq!(drops.load(Ordering::SeqCst), created - still);
+    drop(table);
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        created,
+        "every payload dropped exactly once"
+    );
+    assert!(
+        observed.load(Ordering::Relaxed) > 0,
+        "readers never saw anything"
+    );
+}
+
+fn rounds() -> usize {
+    if cfg!(miri) {
+        40
+    } else {
+        5_000
+    }
+}
+
+#[test]
+fn stress_seqcst_fences() {
+    stress(FenceMode::SeqCst, 64, rounds(), 3);
+}
+
+#[test]
+fn stress_best_available_fences() {
+    stress(FenceMode::best_available(), 254, rounds(), 3);
+}
