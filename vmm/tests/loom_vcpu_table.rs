@@ -106,3 +106,29 @@ fn retire_and_republish_against_an_iterating_reader() {
         reader.join().unwrap();
     });
 }
+
+/// A reader that leaves a section and immediately enters the next: a writer
+/// that sees the new section's epoch must still be ordered after the old
+/// section's accesses (found by Miri before this model existed).
+#[test]
+fn back_to_back_sections_do_not_hide_the_first_from_the_grace_period() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(|| {
+        let table = Arc::new(VcpuTable::with_fence_mode(1, FenceMode::SeqCst));
+        table.publish(0, payload(1)).unwrap();
+        let reader = {
+            let table = table.clone();
+            thread::spawn(move || {
+                let mut r = Reader::new(&table, "r");
+                for _ in 0..2 {
+                    let g = r.read();
+                    g.with_value(0, |p| assert_eq!(p.canary.load(Ordering::Relaxed), ALIVE));
+                }
+            })
+        };
+        let p = table.retire(0, Duration::from_secs(1)).unwrap();
+        p.canary.store(DEAD, Ordering::Relaxed);
+        reader.join().unwrap();
+    });
+}

@@ -105,7 +105,9 @@ impl Rcu {
     #[inline]
     pub(crate) fn read_lock(&self, handle: &ReaderHandle) {
         let e = self.epoch.load(Ordering::Acquire);
-        handle.slot.epoch.store(e, Ordering::Relaxed);
+        // Release: a writer that sees this (new) epoch skips the wait, so this
+        // store must also publish the end of this reader's previous section.
+        handle.slot.epoch.store(e, Ordering::Release);
         match self.mode {
             FenceMode::SeqCst => fence(Ordering::SeqCst),
             FenceMode::Membarrier => std::sync::atomic::compiler_fence(Ordering::SeqCst),

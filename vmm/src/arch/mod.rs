@@ -1,0 +1,7 @@
+//! x86_64 specifics: descriptor tables, vCPU register setup, CPUID and the
+//! Linux 64-bit boot protocol.
+
+pub mod boot;
+pub mod cpuid;
+pub mod gdt;
+pub mod regs;

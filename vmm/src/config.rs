@@ -1,0 +1,424 @@
+//! The VM's configuration, shared by the CLI and the `vm.create` API call,
+//! and the parsers for the CLI's `key=value` flags.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Most vCPUs lithe supports: APIC ids 0..=253 fit xAPIC (255 is broadcast)
+/// and the CPU hotplug controller's bitmaps.
+pub const MAX_SUPPORTED_VCPUS: u32 = 254;
+/// Smallest and largest guest memory sizes accepted.
+pub const MIN_MEMORY: u64 = 32 << 20;
+pub const MAX_MEMORY: u64 = 1 << 40;
+
+/// Kernel command line used when none is given: generic, no workarounds.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--cpus: {0}")]
+    Cpus(String),
+    #[error("--memory: {0}")]
+    Memory(String),
+    #[error("--serial: {0}")]
+    Serial(String),
+    #[error("--kernel: {path}: {reason}")]
+    Kernel { path: PathBuf, reason: String },
+    #[error("--initramfs: {path}: {reason}")]
+    Initramfs { path: PathBuf, reason: String },
+    #[error("--cmdline: {0}")]
+    Cmdline(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpusConfig {
+    pub boot_vcpus: u32,
+    pub max_vcpus: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Bytes of guest RAM.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "mode", deny_unknown_fields)]
+pub enum SerialConfig {
+    /// The VMM's stdout (and stdin as input).
+    #[default]
+    Tty,
+    /// Appended to a file.
+    File { file: PathBuf },
+    /// No serial device output.
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadConfig {
+    pub kernel: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+
+/// Everything needed to build and boot a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub payload: PayloadConfig,
+    pub cpus: CpusConfig,
+    pub memory: MemoryConfig,
+    #[serde(default)]
+    pub serial: SerialConfig,
+}
+
+impl VmConfig {
+    /// Checks values and that the files exist; `kvm_max_vcpus` is what the host's KVM allows.
+    pub fn validate(&self, kvm_max_vcpus: u32) -> Result<(), ConfigError> {
+        validate_cpus(&self.cpus, kvm_max_vcpus)?;
+        validate_memory(self.memory.size)?;
+        let check = |p: &PathBuf| -> Result<(), String> {
+            let meta = std::fs::metadata(p).map_err(|e| e.to_string())?;
+            if !meta.is_file() {
+                return Err("not a regular file".into());
+            }
+            Ok(())
+        };
+        check(&self.payload.kernel).map_err(|reason| ConfigError::Kernel {
+            path: self.payload.kernel.clone(),
+            reason,
+        })?;
+        if let Some(i) = &self.payload.initramfs {
+            check(i).map_err(|reason| ConfigError::Initramfs {
+                path: i.clone(),
+                reason,
+            })?;
+        }
+        if self.payload.cmdline.len() >= crate::memory::CMDLINE_MAX_SIZE {
+            return Err(ConfigError::Cmdline(format!(
+                "{} bytes is longer than the {} the boot protocol allows",
+                self.payload.cmdline.len(),
+                crate::memory::CMDLINE_MAX_SIZE - 1
+            )));
+        }
+        if self.payload.cmdline.contains('\0') {
+            return Err(ConfigError::Cmdline("contains a NUL byte".into()));
+        }
+        if let SerialConfig::File { file } = &self.serial {
+            if file.as_os_str().is_empty() {
+                return Err(ConfigError::Serial("file= needs a path".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn validate_cpus(c: &CpusConfig, kvm_max_vcpus: u32) -> Result<(), ConfigError> {
+    let limit = MAX_SUPPORTED_VCPUS.min(kvm_max_vcpus);
+    if c.boot_vcpus == 0 {
+        return Err(ConfigError::Cpus("boot must be at least 1".into()));
+    }
+    if c.max_vcpus < c.boot_vcpus {
+        return Err(ConfigError::Cpus(format!(
+            "boot={} is larger than max={}",
+            c.boot_vcpus, c.max_vcpus
+        )));
+    }
+    if c.max_vcpus > limit {
+        return Err(ConfigError::Cpus(format!(
+            "max={} exceeds the supported limit of {limit}",
+            c.max_vcpus
+        )));
+    }
+    Ok(())
+}
+
+fn validate_memory(size: u64) -> Result<(), ConfigError> {
+    if size < MIN_MEMORY {
+        return Err(ConfigError::Memory(format!(
+            "{size} bytes is less than the minimum of {}M",
+            MIN_MEMORY >> 20
+        )));
+    }
+    if size > MAX_MEMORY {
+        return Err(ConfigError::Memory(format!(
+            "{size} bytes is more than the maximum of {}G",
+            MAX_MEMORY >> 30
+        )));
+    }
+    if size % 4096 != 0 {
+        return Err(ConfigError::Memory(format!(
+            "{size} bytes is not a multiple of 4 KiB"
+        )));
+    }
+    Ok(())
+}
+
+/// Splits `a=1,b=2` into pairs, rejecting empty and duplicate keys.
+fn pairs<'a>(s: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value, got {part:?}"))?;
+        if !known.contains(&k) {
+            return Err(format!(
+                "unknown key {k:?} (expected one of {})",
+                known.join(", ")
+            ));
+        }
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(format!("{k} given twice"));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// `boot=N[,max=M]` (or just `N`); max defaults to boot.
+pub fn parse_cpus(s: &str) -> Result<CpusConfig, ConfigError> {
+    let num = |k: &str, v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| ConfigError::Cpus(format!("{k}={v:?} is not a number")))
+    };
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(CpusConfig {
+            boot_vcpus: n,
+            max_vcpus: n,
+        });
+    }
+    let mut boot = None;
+    let mut max = None;
+    for (k, v) in pairs(s, &["boot", "max"]).map_err(ConfigError::Cpus)? {
+        match k {
+            "boot" => boot = Some(num(k, v)?),
+            _ => max = Some(num(k, v)?),
+        }
+    }
+    let boot = boot.ok_or_else(|| ConfigError::Cpus("boot= is required".into()))?;
+    Ok(CpusConfig {
+        boot_vcpus: boot,
+        max_vcpus: max.unwrap_or(boot),
+    })
+}
+
+/// A size like `128M`, `1G`, `4096K` or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 128M, 1G)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `size=128M` (or just `128M`).
+pub fn parse_memory(s: &str) -> Result<MemoryConfig, ConfigError> {
+    let value = if s.contains('=') {
+        let p = pairs(s, &["size"]).map_err(ConfigError::Memory)?;
+        p[0].1
+    } else {
+        s
+    };
+    parse_size(value)
+        .map(|size| MemoryConfig { size })
+        .map_err(ConfigError::Memory)
+}
+
+/// `tty`, `off`, or `file=PATH`.
+pub fn parse_serial(s: &str) -> Result<SerialConfig, ConfigError> {
+    match s {
+        "tty" => Ok(SerialConfig::Tty),
+        "off" => Ok(SerialConfig::Off),
+        _ => match s.strip_prefix("file=") {
+            Some(p) if !p.is_empty() => Ok(SerialConfig::File {
+                file: PathBuf::from(p),
+            }),
+            _ => Err(ConfigError::Serial(format!(
+                "expected tty, off or file=PATH, got {s:?}"
+            ))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpus() {
+        assert_eq!(
+            parse_cpus("boot=2,max=4"),
+            Ok(CpusConfig {
+                boot_vcpus: 2,
+                max_vcpus: 4
+            })
+        );
+        assert_eq!(
+            parse_cpus("max=4,boot=1"),
+            Ok(CpusConfig {
+                boot_vcpus: 1,
+                max_vcpus: 4
+            })
+        );
+        assert_eq!(
+            parse_cpus("boot=3"),
+            Ok(CpusConfig {
+                boot_vcpus: 3,
+                max_vcpus: 3
+            })
+        );
+        assert_eq!(
+            parse_cpus("2"),
+            Ok(CpusConfig {
+                boot_vcpus: 2,
+                max_vcpus: 2
+            })
+        );
+        for bad in [
+            "",
+            "boot=",
+            "boot=x",
+            "max=4",
+            "boot=1,boot=2",
+            "boot=1,min=2",
+            "boot=-1",
+            "boot",
+        ] {
+            assert!(
+                matches!(parse_cpus(bad), Err(ConfigError::Cpus(_))),
+                "{bad:?}"
+            );
+        }
+        let v = |b, m| {
+            validate_cpus(
+                &CpusConfig {
+                    boot_vcpus: b,
+                    max_vcpus: m,
+                },
+                1024,
+            )
+        };
+        assert!(v(1, 254).is_ok());
+        assert_eq!(
+            v(0, 4),
+            Err(ConfigError::Cpus("boot must be at least 1".into()))
+        );
+        assert_eq!(
+            v(5, 4),
+            Err(ConfigError::Cpus("boot=5 is larger than max=4".into()))
+        );
+        assert_eq!(
+            v(1, 255),
+            Err(ConfigError::Cpus(
+                "max=255 exceeds the supported limit of 254".into()
+            ))
+        );
+        assert!(validate_cpus(
+            &CpusConfig {
+                boot_vcpus: 1,
+                max_vcpus: 20
+            },
+            16
+        )
+        .is_err());
+        assert!(ConfigError::Cpus("x".into())
+            .to_string()
+            .starts_with("--cpus:"));
+    }
+
+    #[test]
+    fn sizes_and_memory() {
+        assert_eq!(parse_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096k"), Ok(4096 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in [
+            "",
+            "M",
+            "12X",
+            "1.5G",
+            "-1M",
+            "99999999999999999999G",
+            "18446744073709551615G",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_memory("size=256M"),
+            Ok(MemoryConfig { size: 256 << 20 })
+        );
+        assert_eq!(parse_memory("64M"), Ok(MemoryConfig { size: 64 << 20 }));
+        assert!(parse_memory("size=1M,size=2M").is_err());
+        assert!(parse_memory("sz=1M").is_err());
+        assert!(validate_memory(16 << 20).is_err());
+        assert!(validate_memory(4 << 40).is_err());
+        assert!(validate_memory((128 << 20) + 1).is_err());
+        assert!(validate_memory(128 << 20).is_ok());
+    }
+
+    #[test]
+    fn serial() {
+        assert_eq!(parse_serial("tty"), Ok(SerialConfig::Tty));
+        assert_eq!(parse_serial("off"), Ok(SerialConfig::Off));
+        assert_eq!(
+            parse_serial("file=/tmp/x"),
+            Ok(SerialConfig::File {
+                file: "/tmp/x".into()
+            })
+        );
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("pty").is_err());
+    }
+
+    #[test]
+    fn json_shape_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"x").unwrap();
+        let json = format!(
+            r#"{{"payload":{{"kernel":"{}"}},"cpus":{{"boot_vcpus":1,"max_vcpus":2}},"memory":{{"size":134217728}},"serial":{{"mode":"Off"}}}}"#,
+            kernel.display()
+        );
+        let c: VmConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(c.payload.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(c.serial, SerialConfig::Off);
+        c.validate(64).unwrap();
+        let mut missing = c.clone();
+        missing.payload.kernel = dir.path().join("nope");
+        assert!(matches!(
+            missing.validate(64),
+            Err(ConfigError::Kernel { .. })
+        ));
+        let mut dir_initrd = c.clone();
+        dir_initrd.payload.initramfs = Some(dir.path().to_path_buf());
+        assert!(matches!(
+            dir_initrd.validate(64),
+            Err(ConfigError::Initramfs { .. })
+        ));
+        let mut long = c.clone();
+        long.payload.cmdline = "x".repeat(5000);
+        assert!(matches!(long.validate(64), Err(ConfigError::Cmdline(_))));
+        assert!(
+            serde_json::from_str::<VmConfig>(r#"{"cpus":{"boot_vcpus":1,"max_vcpus":1}}"#).is_err()
+        );
+        let unknown = json.replace(r#""memory""#, r#""bogus":1,"memory""#);
+        assert!(serde_json::from_str::<VmConfig>(&unknown).is_err());
+    }
+}

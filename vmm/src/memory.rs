@@ -1,0 +1,116 @@
+//! Guest physical memory: the layout lithe uses and the RAM backing it.
+//!
+//! ```text
+//! 0x0000_0500  GDT                    0x0000_9000  PML4 / PDPT / PD (identity map, 1 GiB)
+//! 0x0000_0520  IDT (empty)            0x0002_0000  kernel command line
+//! 0x0000_7000  zero page (boot_params)
+//! 0x0000_8ff0  boot stack top         0x0009_fc00  EBDA .. 0x000f_ffff reserved (ACPI tables at 0xe_0000)
+//! 0x0010_0000  RAM (kernel, initramfs at the top of low RAM)
+//! 0xc000_0000  MMIO hole: GED, CPU hotplug controller, IOAPIC, LAPIC, KVM's TSS
+//! 0x1_0000_0000  RAM above 4 GiB, when the guest has more than 3 GiB
+//! ```
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+pub const GDT_START: u64 = 0x500;
+pub const IDT_START: u64 = 0x520;
+pub const ZERO_PAGE_START: u64 = 0x7000;
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+pub const CMDLINE_START: u64 = 0x20000;
+/// Linux x86's COMMAND_LINE_SIZE, including the terminating NUL.
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+pub const EBDA_START: u64 = 0x9fc00;
+pub const ACPI_START: u64 = 0xe0000;
+pub const ACPI_END: u64 = 0x100000;
+pub const HIMEM_START: u64 = 0x100000;
+
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+pub const FOUR_GIB: u64 = 0x1_0000_0000;
+pub const MMIO_HOLE_SIZE: u64 = FOUR_GIB - MMIO_HOLE_START;
+
+/// Device MMIO blocks inside the hole.
+pub const GED_MMIO_BASE: u64 = 0xfeb0_0000;
+pub const CPU_HOTPLUG_MMIO_BASE: u64 = 0xfeb0_1000;
+pub const IOAPIC_BASE: u64 = 0xfec0_0000;
+pub const LAPIC_BASE: u64 = 0xfee0_0000;
+/// KVM needs three pages for the TSS and one for the identity map on Intel.
+pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
+
+/// The RAM regions for `size` bytes: below the MMIO hole, then above 4 GiB.
+pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
+    let low = size.min(MMIO_HOLE_START);
+    let mut regions = vec![(GuestAddress(0), low as usize)];
+    if size > low {
+        regions.push((GuestAddress(FOUR_GIB), (size - low) as usize));
+    }
+    regions
+}
+
+/// End of RAM below the hole (exclusive).
+pub fn low_ram_end(size: u64) -> u64 {
+    size.min(MMIO_HOLE_START)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot allocate {size} bytes of guest memory: {source}")]
+pub struct MemoryError {
+    size: u64,
+    source: vm_memory::mmap::FromRangesError,
+}
+
+/// Allocates anonymous, private guest RAM.
+pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
+    GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(|source| MemoryError { size, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryBackend as _;
+
+    #[test]
+    fn small_guest_is_one_region_below_the_hole() {
+        assert_eq!(ram_regions(128 << 20), vec![(GuestAddress(0), 128 << 20)]);
+        let m = create_guest_memory(128 << 20).unwrap();
+        assert_eq!(m.num_regions(), 1);
+        assert!(m.address_in_range(GuestAddress((128 << 20) - 1)));
+        assert!(!m.address_in_range(GuestAddress(128 << 20)));
+    }
+
+    #[test]
+    fn large_guest_skips_the_mmio_hole() {
+        let r = ram_regions(4 << 30);
+        assert_eq!(
+            r,
+            vec![
+                (GuestAddress(0), MMIO_HOLE_START as usize),
+                (GuestAddress(FOUR_GIB), (1 << 30) as usize)
+            ]
+        );
+        assert_eq!(low_ram_end(4 << 30), MMIO_HOLE_START);
+    }
+
+    #[test]
+    fn fixed_structures_fit_below_the_kernel_and_devices_in_the_hole() {
+        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+        assert!(PDE_START + 0x1000 <= CMDLINE_START);
+        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER + 0x10);
+        for base in [
+            GED_MMIO_BASE,
+            CPU_HOTPLUG_MMIO_BASE,
+            IOAPIC_BASE,
+            LAPIC_BASE,
+            KVM_TSS_ADDR,
+        ] {
+            assert!((MMIO_HOLE_START..FOUR_GIB).contains(&base));
+        }
+        assert!(GED_MMIO_BASE + 4 <= CPU_HOTPLUG_MMIO_BASE);
+        assert!(CPU_HOTPLUG_MMIO_BASE + 0x100 <= IOAPIC_BASE);
+    }
+}
