@@ -1,5 +1,6 @@
 //! lithe: a minimal virtual machine monitor with live vCPU hotplug.
 
+pub mod acpi;
 pub mod arch;
 pub mod config;
 pub mod cpu;

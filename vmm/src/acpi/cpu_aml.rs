@@ -1,0 +1,282 @@
+//! AML for hot-pluggable vCPUs: `\_SB_.CPUS`, one `Cxxx` Processor device per
+//! possible vCPU, and the methods that talk to the CPU hotplug controller.
+//!
+//! Designed for guests whose AML interpreter runs slowly (every kernel-mode
+//! instruction is emulated under a software-nested KVM):
+//! * `_STA` reads a presence bitmap cached in the namespace (`CPRS`), not MMIO:
+//!   boot-time enumeration of `max` devices costs no exits at all.
+//! * `_MAT` is a constant buffer.
+//! * `CSCN` (the GED's CPU event) reads `max/32` pending-insert and
+//!   pending-remove words and walks only up to the highest set bit of each
+//!   non-zero word.
+//! * `CTFY` dispatches `Notify` through a binary tree of comparisons:
+//!   `log2(max)` steps instead of one `If` per possible vCPU.
+
+use acpi_tables::aml::{
+    self, Add, And, Arg, BufferData, DeRefOf, Device, Else, Field, FieldAccessType, FieldEntry,
+    FieldLockRule, FieldUpdateRule, If, Index, LessThan, Local, Method, MethodCall, Name, Notify,
+    OpRegion, OpRegionSpace, Path, Return, ShiftLeft, ShiftRight, Store, Subtract, While,
+};
+use acpi_tables::{Aml, AmlSink};
+
+use devices::cpu_hotplug::{MAX_WORDS, MMIO_LEN, REG_EJECT, REG_INSERT, REG_PRESENT, REG_REMOVE};
+
+/// Pre-serialised AML, so generated pieces can be composed without lifetimes.
+pub struct Raw(pub Vec<u8>);
+
+impl Aml for Raw {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+pub fn bytes(a: &dyn Aml) -> Raw {
+    let mut v = Vec::new();
+    a.to_aml_bytes(&mut v);
+    Raw(v)
+}
+
+fn seq(items: &[&dyn Aml]) -> Raw {
+    let mut v = Vec::new();
+    for i in items {
+        i.to_aml_bytes(&mut v);
+    }
+    Raw(v)
+}
+
+/// `Cxxx`: the device name of vCPU `id` (hex, so 254 vCPUs fit).
+pub fn cpu_device_name(id: u32) -> String {
+    format!("C{id:03X}")
+}
+
+fn word_name(prefix: &str, w: usize) -> [u8; 4] {
+    let s = format!("{prefix}{w}");
+    let b = s.as_bytes();
+    [b[0], b[1], b[2], b[3]]
+}
+
+/// The MADT Local APIC structure `_MAT` returns for vCPU `id` (always enabled:
+/// `_MAT` is only read for a present device).
+pub fn madt_entry(id: u32) -> Vec<u8> {
+    vec![0, 8, id as u8, id as u8, 1, 0, 0, 0]
+}
+
+/// Register block fields: PRSn, INSn, RMVn for the words in use, then EJCT/OSEL/OEVT/OSTS.
+fn register_fields(words: usize) -> Field {
+    let mut fields = Vec::new();
+    for (base, prefix) in [
+        (REG_PRESENT, "PRS"),
+        (REG_INSERT, "INS"),
+        (REG_REMOVE, "RMV"),
+    ] {
+        debug_assert_eq!(base as usize, fields_bits(&fields) / 8);
+        for w in 0..words {
+            fields.push(FieldEntry::Named(word_name(prefix, w), 32));
+        }
+        if words < MAX_WORDS {
+            fields.push(FieldEntry::Reserved((MAX_WORDS - words) * 32));
+        }
+    }
+    debug_assert_eq!(REG_EJECT as usize, fields_bits(&fields) / 8);
+    for name in [b"EJCT", b"OSEL", b"OEVT", b"OSTS"] {
+        fields.push(FieldEntry::Named(*name, 32));
+    }
+    Field::new(
+        "CPHR".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::WriteAsZeroes,
+        fields,
+    )
+}
+
+fn fields_bits(fields: &[FieldEntry]) -> usize {
+    fields
+        .iter()
+        .map(|f| match f {
+            FieldEntry::Named(_, n) | FieldEntry::Reserved(n) => *n,
+        })
+        .sum()
+}
+
+/// `CSTA(id)`: 0xF if the cached presence bit of `id` is set, else 0.
+fn csta() -> Raw {
+    let byte = bytes(&ShiftRight::new(&Local(0), &Arg(0), &3usize));
+    let mask = bytes(&ShiftLeft::new(
+        &Local(1),
+        &aml::ONE,
+        &And::new(&aml::ZERO, &Arg(0), &7usize),
+    ));
+    let present = bytes(&If::new(
+        &And::new(
+            &aml::ZERO,
+            &DeRefOf::new(&Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0))),
+            &Local(1),
+        ),
+        vec![&Return::new(&0xfusize)],
+    ));
+    let absent = bytes(&Return::new(&aml::ZERO));
+    bytes(&Method::new(
+        "CSTA".into(),
+        1,
+        false,
+        vec![&byte, &mask, &present, &absent],
+    ))
+}
+
+/// `CSET(id, on)`: sets or clears the cached presence bit of `id`.
+fn cset() -> Raw {
+    let byte = bytes(&ShiftRight::new(&Local(0), &Arg(0), &3usize));
+    let mask = bytes(&ShiftLeft::new(
+        &Local(1),
+        &aml::ONE,
+        &And::new(&aml::ZERO, &Arg(0), &7usize),
+    ));
+    let cur = bytes(&Store::new(
+        &Local(2),
+        &DeRefOf::new(&Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0))),
+    ));
+    let set = bytes(&aml::Or::new(&Local(2), &Local(2), &Local(1)));
+    let clear = bytes(&And::new(
+        &Local(2),
+        &Local(2),
+        &Subtract::new(&aml::ZERO, &0xffusize, &Local(1)),
+    ));
+    let choose = bytes(&If::new(&Arg(1), vec![&set]));
+    let otherwise = bytes(&Else::new(vec![&clear]));
+    let write = bytes(&Store::new(
+        &Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0)),
+        &Local(2),
+    ));
+    bytes(&Method::new(
+        "CSET".into(),
+        2,
+        true,
+        vec![&byte, &mask, &cur, &choose, &otherwise, &write],
+    ))
+}
+
+/// `CTFY(id, event)`: Notify(Cxxx, event) through a binary search on id.
+fn ctfy(max: u32) -> Raw {
+    fn tree(lo: u32, hi: u32) -> Raw {
+        if hi - lo == 1 {
+            let dev = bytes(&Path::new(&cpu_device_name(lo)));
+            return bytes(&Notify::new(&dev, &Arg(1)));
+        }
+        let mid = lo + (hi - lo) / 2;
+        let left = tree(lo, mid);
+        let right = tree(mid, hi);
+        let cond = bytes(&LessThan::new(&Arg(0), &(mid as usize)));
+        let yes = bytes(&If::new(&cond, vec![&left]));
+        let no = bytes(&Else::new(vec![&right]));
+        seq(&[&yes, &no])
+    }
+    let body = tree(0, max);
+    bytes(&Method::new("CTFY".into(), 2, false, vec![&body]))
+}
+
+/// The part of `CSCN` for one pending-event word: ack what we read, then
+/// notify each vCPU whose bit was set, stopping at the highest set bit.
+fn scan_word(w: usize, reg: [u8; 4], insert: bool) -> Raw {
+    let reg_path = bytes(&Path::new(std::str::from_utf8(&reg).expect("ascii")));
+    let read = bytes(&Store::new(&Local(0), &reg_path));
+    let ack = bytes(&Store::new(&reg_path, &Local(0)));
+    let reset_bit = bytes(&Store::new(&Local(1), &aml::ZERO));
+    let id = bytes(&Add::new(&Local(2), &Local(1), &(w * 32)));
+    let cache = bytes(&MethodCall::new("CSET".into(), vec![&Local(2), &aml::ONE]));
+    let notify_insert = bytes(&MethodCall::new("CTFY".into(), vec![&Local(2), &aml::ONE]));
+    let notify_eject = bytes(&MethodCall::new("CTFY".into(), vec![&Local(2), &3usize]));
+    let on_bit: Vec<&dyn Aml> = if insert {
+        vec![&id, &cache, &notify_insert]
+    } else {
+        vec![&id, &notify_eject]
+    };
+    let bit_set = bytes(&If::new(
+        &And::new(&aml::ZERO, &Local(0), &aml::ONE),
+        on_bit,
+    ));
+    let shift = bytes(&ShiftRight::new(&Local(0), &Local(0), &aml::ONE));
+    let next = bytes(&Add::new(&Local(1), &Local(1), &aml::ONE));
+    let walk = bytes(&While::new(&Local(0), vec![&bit_set, &shift, &next]));
+    let nonzero = bytes(&If::new(&Local(0), vec![&ack, &reset_bit, &walk]));
+    seq(&[&read, &nonzero])
+}
+
+/// `CSCN()`: the GED's CPU event. Inserts first, then eject requests.
+fn cscn(words: usize) -> Raw {
+    let mut parts = Vec::new();
+    for w in 0..words {
+        parts.push(scan_word(w, word_name("INS", w), true));
+    }
+    for w in 0..words {
+        parts.push(scan_word(w, word_name("RMV", w), false));
+    }
+    let refs: Vec<&dyn Aml> = parts.iter().map(|p| p as &dyn Aml).collect();
+    bytes(&Method::new("CSCN".into(), 0, true, refs))
+}
+
+/// `CEJ0(id)`: the guest ejected `id`: drop it from the cache (so `_STA` right
+/// after `_EJ0` says absent) and tell the VMM.
+fn cej0() -> Raw {
+    let uncache = bytes(&MethodCall::new("CSET".into(), vec![&Arg(0), &aml::ZERO]));
+    let tell = bytes(&Store::new(&Path::new("EJCT"), &Arg(0)));
+    bytes(&Method::new("CEJ0".into(), 1, true, vec![&uncache, &tell]))
+}
+
+/// `COST(id, event, status)`: forwards an `_OST` report.
+fn cost() -> Raw {
+    let sel = bytes(&Store::new(&Path::new("OSEL"), &Arg(0)));
+    let ev = bytes(&Store::new(&Path::new("OEVT"), &Arg(1)));
+    let st = bytes(&Store::new(&Path::new("OSTS"), &Arg(2)));
+    bytes(&Method::new("COST".into(), 3, true, vec![&sel, &ev, &st]))
+}
+
+fn cpu_device(id: u32) -> Raw {
+    let name = cpu_device_name(id);
+    let hid = bytes(&Name::new("_HID".into(), &"ACPI0007"));
+    let uid = bytes(&Name::new("_UID".into(), &(id as usize)));
+    let sta_call = bytes(&MethodCall::new("CSTA".into(), vec![&(id as usize)]));
+    let sta_ret = bytes(&Return::new(&sta_call));
+    let sta = Method::new("_STA".into(), 0, false, vec![&sta_ret]);
+    let mat_buf = BufferData::new(madt_entry(id));
+    let mat = bytes(&Name::new("_MAT".into(), &mat_buf));
+    let ost_call = bytes(&MethodCall::new(
+        "COST".into(),
+        vec![&(id as usize), &Arg(0), &Arg(1)],
+    ));
+    let ost = Method::new("_OST".into(), 3, false, vec![&ost_call]);
+    let ej0_call = bytes(&MethodCall::new("CEJ0".into(), vec![&(id as usize)]));
+    let ej0 = Method::new("_EJ0".into(), 1, false, vec![&ej0_call]);
+    let mut children: Vec<&dyn Aml> = vec![&hid, &uid, &sta, &mat, &ost];
+    // vCPU 0 is never removable: no _EJ0, so the guest never offers to eject it.
+    if id != 0 {
+        children.push(&ej0);
+    }
+    bytes(&Device::new(Path::new(&name), children))
+}
+
+/// `\_SB_.CPUS` for `max` possible vCPUs, the first `boot` present at boot.
+pub fn cpus_container(boot: u32, max: u32, mmio_base: u64) -> Raw {
+    let words = max.div_ceil(32) as usize;
+    let hid = bytes(&Name::new("_HID".into(), &"ACPI0010"));
+    let cid = bytes(&Name::new("_CID".into(), &aml::EISAName::new("PNP0A05")));
+    let region = bytes(&OpRegion::new(
+        "CPHR".into(),
+        OpRegionSpace::SystemMemory,
+        &(mmio_base as usize),
+        &(MMIO_LEN as usize),
+    ));
+    let fields = register_fields(words);
+    let mut presence = vec![0u8; MAX_WORDS * 4];
+    for id in 0..boot {
+        presence[(id / 8) as usize] |= 1 << (id % 8);
+    }
+    let cprs_buf = BufferData::new(presence);
+    let cprs = bytes(&Name::new("CPRS".into(), &cprs_buf));
+    let methods = [csta(), cset(), ctfy(max), cscn(words), cej0(), cost()];
+    let devices: Vec<Raw> = (0..max).map(cpu_device).collect();
+    let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &region, &fields, &cprs];
+    children.extend(methods.iter().map(|m| m as &dyn Aml));
+    children.extend(devices.iter().map(|d| d as &dyn Aml));
+    bytes(&Device::new("\\_SB_.CPUS".into(), children))
+}

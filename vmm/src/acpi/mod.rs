@@ -1,0 +1,369 @@
+//! ACPI tables: RSDP → XSDT → {FADT → DSDT, MADT}, placed in the BIOS area
+//! at [`ACPI_START`]. Hardware-reduced ACPI: no PM blocks or GPEs; events come
+//! through the Generic Event Device, power through the FADT's sleep and reset
+//! registers.
+
+pub mod cpu_aml;
+
+use acpi_tables::aml::{
+    self, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Method,
+};
+use acpi_tables::aml::{
+    And, Device, EISAName, Interrupt, Local, MethodCall, Name, OpRegion, OpRegionSpace, Package,
+};
+use acpi_tables::aml::{ResourceTemplate, Store, IO};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::{
+    GuestMemory, ACPI_END, ACPI_START, CPU_HOTPLUG_MMIO_BASE, GED_MMIO_BASE, IOAPIC_BASE,
+    LAPIC_BASE,
+};
+use cpu_aml::{bytes, cpus_container, Raw};
+use devices::ged::{GED_EVENT_CPU_HOTPLUG, GED_MMIO_LEN};
+use devices::power::{
+    ACPI_POWER_PORT, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET,
+    SLEEP_STATUS_OFFSET,
+};
+use devices::serial::{COM1_IRQ, COM1_PORT};
+
+const OEM_ID: [u8; 6] = *b"LITHE ";
+const OEM_TABLE_ID: [u8; 8] = *b"LITHEVM ";
+const OEM_REVISION: u32 = 1;
+/// The GSI of the Generic Event Device.
+pub const GED_IRQ: u32 = 5;
+/// MADT flag: the platform also has dual 8259 PICs (KVM's in-kernel PIC).
+const MADT_PCAT_COMPAT: u32 = 1;
+/// MADT revision with the "online capable" processor flag (ACPI 6.3).
+const MADT_REVISION: u8 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("ACPI tables need {needed} bytes but only {available} fit in the BIOS area")]
+    TooLarge { needed: u64, available: u64 },
+    #[error("writing ACPI tables to guest memory: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// The serialised tables, each with the guest address it belongs at.
+pub struct AcpiTables {
+    pub tables: Vec<(&'static str, u64, Vec<u8>)>,
+}
+
+impl AcpiTables {
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.tables
+            .iter()
+            .find(|t| t.0 == name)
+            .map(|t| t.2.as_slice())
+    }
+
+    pub fn write(&self, mem: &GuestMemory) -> Result<(), AcpiError> {
+        for (_, addr, data) in &self.tables {
+            mem.write_slice(data, GuestAddress(*addr))?;
+        }
+        Ok(())
+    }
+}
+
+fn serial_device() -> Raw {
+    let irq = Interrupt::new(true, true, false, false, COM1_IRQ);
+    let io = IO::new(COM1_PORT, COM1_PORT, 1, 8);
+    let crs = ResourceTemplate::new(vec![&irq, &io]);
+    let hid = EISAName::new("PNP0501");
+    bytes(&Device::new(
+        "COM1".into(),
+        vec![
+            &Name::new("_HID".into(), &hid),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new("_CRS".into(), &crs),
+        ],
+    ))
+}
+
+fn ged_device() -> Raw {
+    let irq = Interrupt::new(true, true, false, false, GED_IRQ);
+    let crs = ResourceTemplate::new(vec![&irq]);
+    let region = bytes(&OpRegion::new(
+        "GDST".into(),
+        OpRegionSpace::SystemMemory,
+        &(GED_MMIO_BASE as usize),
+        &(GED_MMIO_LEN as usize),
+    ));
+    let field = Field::new(
+        "GDST".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![FieldEntry::Named(*b"GDAT", 32)],
+    );
+    let read = bytes(&Store::new(&Local(0), &aml::Path::new("GDAT")));
+    let scan = bytes(&MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![]));
+    let cpu = bytes(&If::new(
+        &And::new(&aml::ZERO, &Local(0), &(GED_EVENT_CPU_HOTPLUG as usize)),
+        vec![&scan],
+    ));
+    let evt = Method::new("_EVT".into(), 1, true, vec![&read, &cpu]);
+    bytes(&Device::new(
+        "GED_".into(),
+        vec![
+            &Name::new("_HID".into(), &"ACPI0013"),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new("_CRS".into(), &crs),
+            &region,
+            &field,
+            &evt,
+        ],
+    ))
+}
+
+/// The DSDT's AML body.
+pub fn dsdt_body(boot_vcpus: u32, max_vcpus: u32) -> Vec<u8> {
+    let cpus = cpus_container(boot_vcpus, max_vcpus, CPU_HOTPLUG_MMIO_BASE);
+    let serial = serial_device();
+    let ged = ged_device();
+    let sb = bytes(&aml::Scope::new("\\_SB_".into(), vec![&serial, &ged]));
+    let s5_type = S5_SLEEP_TYPE as usize;
+    let s5_pkg = Package::new(vec![&s5_type, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
+    let s5 = bytes(&Name::new("_S5_".into(), &s5_pkg));
+    let mut out = Vec::new();
+    // CPUS first: GED's _EVT refers to its CSCN method.
+    cpus.to_aml_bytes(&mut out);
+    sb.to_aml_bytes(&mut out);
+    s5.to_aml_bytes(&mut out);
+    out
+}
+
+fn dsdt(boot_vcpus: u32, max_vcpus: u32) -> Vec<u8> {
+    let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    sdt.append_slice(&dsdt_body(boot_vcpus, max_vcpus));
+    sdt.update_checksum();
+    sdt.as_slice().to_vec()
+}
+
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let io = |offset: u64, width| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            width,
+            0,
+            AccessSize::ByteAccess,
+            u64::from(ACPI_POWER_PORT) + offset,
+        )
+    };
+    let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    b.reset_reg = io(RESET_OFFSET, 8);
+    b.reset_value = RESET_VALUE;
+    b.sleep_control_reg = io(SLEEP_CONTROL_OFFSET, 8);
+    b.sleep_status_reg = io(SLEEP_STATUS_OFFSET, 8);
+    b.hypervisor_vendor_identity = u64::from_le_bytes(*b"LITHEVMM").into();
+    let mut out = Vec::new();
+    b.finalize().to_aml_bytes(&mut out);
+    out
+}
+
+fn fix_checksum(table: &mut [u8]) {
+    table[9] = 0;
+    let sum = table.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    table[9] = 0u8.wrapping_sub(sum);
+}
+
+/// Every possible vCPU: boot ones enabled, the rest online-capable (hot-pluggable).
+fn madt(boot_vcpus: u32, max_vcpus: u32) -> Vec<u8> {
+    let mut m = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_BASE as u32),
+    );
+    for id in 0..max_vcpus {
+        let status = if id < boot_vcpus {
+            EnabledStatus::Enabled
+        } else {
+            EnabledStatus::DisabledOnlineCapable
+        };
+        m.add_structure(ProcessorLocalApic::new(id as u8, id as u8, status));
+    }
+    m.add_structure(IoApic::new(0, IOAPIC_BASE as u32, 0));
+    let mut out = Vec::new();
+    m.to_aml_bytes(&mut out);
+    // The crate writes revision 1 and no flags: Linux reads "online capable"
+    // only from revision 5 on, and the PICs exist.
+    out[8] = MADT_REVISION;
+    out[40..44].copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
+    fix_checksum(&mut out);
+    out
+}
+
+fn align8(v: u64) -> u64 {
+    (v + 7) & !7
+}
+
+/// Builds all tables for a VM with `boot_vcpus` of `max_vcpus` present.
+pub fn build(boot_vcpus: u32, max_vcpus: u32) -> Result<AcpiTables, AcpiError> {
+    let rsdp_addr = ACPI_START;
+    let xsdt_addr = align8(rsdp_addr + Rsdp::len() as u64);
+    // XSDT with two entries: header (36) + 2 * 8.
+    let fadt_addr = align8(xsdt_addr + 36 + 16);
+    let dsdt_addr = align8(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
+    let dsdt = dsdt(boot_vcpus, max_vcpus);
+    let madt_addr = align8(dsdt_addr + dsdt.len() as u64);
+    let madt = madt(boot_vcpus, max_vcpus);
+    let end = madt_addr + madt.len() as u64;
+    if end > ACPI_END {
+        return Err(AcpiError::TooLarge {
+            needed: end - ACPI_START,
+            available: ACPI_END - ACPI_START,
+        });
+    }
+    let fadt = fadt(dsdt_addr);
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let mut xsdt_bytes = Vec::new();
+    xsdt.to_aml_bytes(&mut xsdt_bytes);
+    debug_assert_eq!(xsdt_bytes.len(), 52);
+    let mut rsdp_bytes = Vec::new();
+    Rsdp::new(OEM_ID, xsdt_addr).to_aml_bytes(&mut rsdp_bytes);
+    Ok(AcpiTables {
+        tables: vec![
+            ("RSDP", rsdp_addr, rsdp_bytes),
+            ("XSDT", xsdt_addr, xsdt_bytes),
+            ("FACP", fadt_addr, fadt),
+            ("DSDT", dsdt_addr, dsdt),
+            ("APIC", madt_addr, madt),
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn checksum_ok(t: &[u8]) -> bool {
+        t.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    #[test]
+    fn tables_fit_and_checksum() {
+        for (boot, max) in [(1, 1), (2, 4), (1, 254)] {
+            let t = build(boot, max).unwrap();
+            for (name, addr, data) in &t.tables {
+                assert!(
+                    *addr >= ACPI_START && addr + data.len() as u64 <= ACPI_END,
+                    "{name}"
+                );
+                if *name != "RSDP" {
+                    assert!(checksum_ok(data), "{name} checksum");
+                    assert_eq!(
+                        u32::from_le_bytes(data[4..8].try_into().unwrap()) as usize,
+                        data.len(),
+                        "{name} length"
+                    );
+                }
+            }
+            assert!(checksum_ok(&t.get("RSDP").unwrap()[..20]));
+        }
+    }
+
+    #[test]
+    fn madt_lists_every_possible_vcpu() {
+        let t = build(2, 4).unwrap();
+        let madt = t.get("APIC").unwrap();
+        assert_eq!(madt[8], MADT_REVISION);
+        let mut lapics = Vec::new();
+        let mut off = 44;
+        while off < madt.len() {
+            let (ty, len) = (madt[off], madt[off + 1] as usize);
+            if ty == 0 {
+                lapics.push((
+                    madt[off + 2],
+                    madt[off + 3],
+                    u32::from_le_bytes(madt[off + 4..off + 8].try_into().unwrap()),
+                ));
+            }
+            off += len;
+        }
+        assert_eq!(lapics, vec![(0, 0, 1), (1, 1, 1), (2, 2, 2), (3, 3, 2)]);
+    }
+
+    #[test]
+    fn dsdt_has_a_device_per_possible_vcpu_and_the_ged() {
+        let body = dsdt_body(1, 20);
+        let has = |s: &[u8]| body.windows(s.len()).any(|w| w == s);
+        assert!(has(b"C000") && has(b"C013") && !has(b"C014"));
+        assert!(has(b"ACPI0013") && has(b"ACPI0010") && has(b"_S5_") && has(b"CSCN"));
+    }
+
+    /// Disassembles every table with ACPICA and recompiles the DSDT: both must
+    /// succeed without errors. Needs `iasl` (Debian's acpica-tools).
+    #[test]
+    fn tables_pass_acpica() {
+        let iasl = Command::new("iasl").arg("-v").output();
+        assert!(
+            iasl.is_ok(),
+            "iasl not found: install acpica-tools (the CI script does)"
+        );
+        for (boot, max) in [(2, 4), (1, 254)] {
+            let dir = tempfile::tempdir().unwrap();
+            let t = build(boot, max).unwrap();
+            for (name, _, data) in &t.tables {
+                if *name == "RSDP" {
+                    continue;
+                }
+                let f = dir.path().join(format!("{}.dat", name.to_lowercase()));
+                std::fs::write(&f, data).unwrap();
+                let out = Command::new("iasl")
+                    .arg("-d")
+                    .arg(&f)
+                    .current_dir(dir.path())
+                    .output()
+                    .unwrap();
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(
+                    out.status.success(),
+                    "iasl -d {name} (max={max}) failed:\n{text}"
+                );
+                assert!(
+                    !text.contains("Error") && !text.contains("error:"),
+                    "iasl -d {name}:\n{text}"
+                );
+            }
+            let dsl = dir.path().join("dsdt.dsl");
+            let out = Command::new("iasl")
+                .arg("-p")
+                .arg(dir.path().join("recompiled"))
+                .arg(&dsl)
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success(),
+                "recompiling the DSDT (max={max}) failed:\n{text}"
+            );
+            assert!(text.contains("0 Errors"), "recompiling the DSDT:\n{text}");
+        }
+    }
+}
