@@ -1,9 +1,12 @@
 //! vCPUs: the lock-free table that says which exist, and (in `manager`) the
 //! code that creates, runs, hot-adds and retires them.
 
+pub mod hotplug_host;
+pub mod manager;
 pub mod rcu;
 mod sync;
 pub mod table;
+pub mod vcpu;
 
 pub use rcu::FenceMode;
 pub use table::{OstReport, ReadGuard, Reader, TableError, VcpuState, VcpuTable};

@@ -1,0 +1,88 @@
+//! A client for the API socket, used by `lithe remote` and the tests.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talking to the VMM: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed response from the VMM: {0}")]
+    Malformed(String),
+}
+
+/// A response: status and parsed JSON body (Null when empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+/// Sends one request and reads the whole response.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    endpoint: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    s.set_read_timeout(Some(timeout))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head = match resp.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return Err(ClientError::Malformed("truncated headers".into()))
+        }
+        Err(e) => return Err(ClientError::Malformed(e.to_string())),
+    };
+    let status = resp
+        .code
+        .ok_or_else(|| ClientError::Malformed("no status".into()))?;
+    let body = &raw[head..];
+    let body = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ClientError::Malformed(format!("body is not JSON: {e}")))?
+    };
+    Ok(Response { status, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_responses() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{\"a\":1}").unwrap();
+        assert_eq!((r.status, r.body["a"].as_i64()), (200, Some(1)));
+        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        assert_eq!((r.status, r.body), (204, serde_json::Value::Null));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\nnot json").is_err());
+        assert!(parse_response(b"garbage").is_err());
+    }
+}

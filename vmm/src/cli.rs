@@ -1,0 +1,200 @@
+//! Command line: boot a VM from flags, serve the API, or talk to a running
+//! lithe (`lithe remote`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, ConfigError, PayloadConfig, VmConfig, DEFAULT_CMDLINE};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lithe",
+    version,
+    about = "A minimal VMM with live vCPU hotplug",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub vm: VmArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// Guest kernel: an ELF vmlinux or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs (cpio, optionally compressed).
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING")]
+    pub cmdline: Option<String>,
+    /// vCPUs at boot and at most: boot=N,max=M.
+    #[arg(long, value_name = "boot=N,max=M", default_value = "boot=1")]
+    pub cpus: String,
+    /// Guest RAM: size=128M.
+    #[arg(long, value_name = "size=SIZE", default_value = "size=128M")]
+    pub memory: String,
+    /// Serial console: tty (stdout/stdin), file=PATH, or off.
+    #[arg(long, value_name = "tty|file=PATH|off", default_value = "tty")]
+    pub serial: String,
+    /// Serve the REST API on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: log::LevelFilter,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Talk to a running lithe over its API socket.
+    Remote(RemoteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    #[command(subcommand)]
+    pub action: RemoteAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteAction {
+    /// VMM version.
+    Ping,
+    /// VM state, config and per-vCPU hotplug state.
+    Info,
+    /// Scale the running VM to N vCPUs.
+    Resize {
+        #[arg(long, value_name = "N")]
+        cpus: u32,
+        /// Wait until the guest has completed the change.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait, in milliseconds (implies --wait).
+        #[arg(long, value_name = "MS")]
+        wait_ms: Option<u64>,
+    },
+    /// Configure a VM from a JSON file (the vm.create body).
+    Create {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Boot the configured VM.
+    Boot,
+    /// Pause all vCPUs.
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// Reboot the VM (tear down and boot again).
+    Reboot,
+    /// Shut the VM down; the VMM keeps serving the API.
+    Shutdown,
+    /// Shut down the VM and end the VMM.
+    VmmShutdown,
+}
+
+impl VmArgs {
+    /// The VM config the flags describe, or `None` without `--kernel`.
+    pub fn to_config(&self) -> Result<Option<VmConfig>, ConfigError> {
+        let Some(kernel) = &self.kernel else {
+            if self.initramfs.is_some() || self.cmdline.is_some() {
+                return Err(ConfigError::Kernel {
+                    path: PathBuf::new(),
+                    reason: "--initramfs and --cmdline need --kernel".into(),
+                });
+            }
+            return Ok(None);
+        };
+        Ok(Some(VmConfig {
+            payload: PayloadConfig {
+                kernel: kernel.clone(),
+                initramfs: self.initramfs.clone(),
+                cmdline: self
+                    .cmdline
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            },
+            cpus: config::parse_cpus(&self.cpus)?,
+            memory: config::parse_memory(&self.memory)?,
+            serial: config::parse_serial(&self.serial)?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lithe").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn vm_flags_become_a_config() {
+        let cli = parse(&[
+            "--kernel",
+            "/k",
+            "--cpus",
+            "boot=2,max=4",
+            "--memory",
+            "size=256M",
+            "--serial",
+            "off",
+        ])
+        .unwrap();
+        let c = cli.vm.to_config().unwrap().unwrap();
+        assert_eq!(
+            (c.cpus.boot_vcpus, c.cpus.max_vcpus, c.memory.size),
+            (2, 4, 256 << 20)
+        );
+        assert_eq!(c.payload.cmdline, DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn api_only_and_bad_flags() {
+        let cli = parse(&["--api-socket", "/tmp/s"]).unwrap();
+        assert!(cli.vm.to_config().unwrap().is_none());
+        assert!(parse(&["--cmdline", "x"]).unwrap().vm.to_config().is_err());
+        let bad = parse(&["--kernel", "/k", "--cpus", "boot=x"])
+            .unwrap()
+            .vm
+            .to_config()
+            .unwrap_err();
+        assert!(bad.to_string().starts_with("--cpus"), "{bad}");
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--log-level", "loud"]).is_err());
+    }
+
+    #[test]
+    fn remote_subcommands() {
+        let cli = parse(&[
+            "remote",
+            "--api-socket",
+            "/s",
+            "resize",
+            "--cpus",
+            "3",
+            "--wait",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Remote(RemoteArgs {
+                action:
+                    RemoteAction::Resize {
+                        cpus: 3,
+                        wait: true,
+                        ..
+                    },
+                ..
+            })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["remote", "--api-socket", "/s", "resize"]).is_err());
+    }
+}

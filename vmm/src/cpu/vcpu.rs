@@ -1,0 +1,265 @@
+//! One vCPU's thread: runs `KVM_RUN` and dispatches exits to the buses.
+//!
+//! Stopping and pausing work by flag plus kick: the controller sets a flag
+//! and sends [`kick_signal`] to the thread, which makes `KVM_RUN` return
+//! `EINTR`; the thread sees the flag. A kick that lands just before `KVM_RUN`
+//! is lost, so the controller repeats it until the thread acknowledges.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use log::{debug, error, info, warn};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use devices::Bus;
+
+use crate::exit::{ExitNotifier, VmExit};
+
+/// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler once per process.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static ONCE: std::sync::OnceLock<Result<(), vmm_sys_util::errno::Error>> =
+        std::sync::OnceLock::new();
+    *ONCE.get_or_init(|| register_signal_handler(kick_signal(), handle_kick))
+}
+
+/// What a vCPU thread needs besides its fd.
+#[derive(Clone)]
+pub struct VcpuContext {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit: Arc<ExitNotifier>,
+}
+
+/// Flags and counters shared between a vCPU thread and everyone else.
+#[derive(Default)]
+pub struct VcpuControl {
+    stop: AtomicBool,
+    pause: AtomicBool,
+    paused: AtomicBool,
+    /// Exits to userspace (stats, `vm.info`).
+    pub exits: AtomicU64,
+}
+
+/// A running vCPU: what the vCPU table holds for each present id.
+pub struct VcpuHandle {
+    pub id: u32,
+    pub control: Arc<VcpuControl>,
+    thread: JoinHandle<VcpuFd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("spawning thread for vCPU {id}: {source}")]
+    Spawn { id: u32, source: std::io::Error },
+    #[error("vCPU {id} thread panicked")]
+    Panicked { id: u32 },
+    #[error("vCPU {id} did not stop within {waited:?}")]
+    StopTimeout { id: u32, waited: Duration },
+}
+
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+impl VcpuHandle {
+    /// Starts vCPU `id` on a thread named `vcpu<id>`, paused if `paused`.
+    pub fn spawn(
+        id: u32,
+        fd: VcpuFd,
+        ctx: VcpuContext,
+        paused: bool,
+    ) -> Result<VcpuHandle, VcpuError> {
+        let control = Arc::new(VcpuControl::default());
+        control.pause.store(paused, Ordering::Release);
+        let c = control.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || run(id, fd, ctx, c))
+            .map_err(|source| VcpuError::Spawn { id, source })?;
+        Ok(VcpuHandle {
+            id,
+            control,
+            thread,
+        })
+    }
+
+    fn kick(&self) {
+        if let Err(e) = self.thread.kill(kick_signal()) {
+            debug!("vCPU {}: kick failed (thread exiting?): {e}", self.id);
+        }
+    }
+
+    /// Asks the thread to pause and waits until it has.
+    pub fn pause(&self, limit: Duration) -> Result<(), VcpuError> {
+        self.control.pause.store(true, Ordering::Release);
+        let start = Instant::now();
+        while !self.control.paused.load(Ordering::Acquire) && !self.thread.is_finished() {
+            if start.elapsed() > limit {
+                return Err(VcpuError::StopTimeout {
+                    id: self.id,
+                    waited: start.elapsed(),
+                });
+            }
+            self.kick();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    pub fn resume(&self) {
+        self.control.pause.store(false, Ordering::Release);
+        self.thread.thread().unpark();
+    }
+
+    /// Stops the thread, joins it and returns the KVM vCPU fd for parking.
+    pub fn stop(self, limit: Duration) -> Result<VcpuFd, VcpuError> {
+        self.control.stop.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        let start = Instant::now();
+        while !self.thread.is_finished() {
+            if start.elapsed() > limit {
+                return Err(VcpuError::StopTimeout {
+                    id: self.id,
+                    waited: start.elapsed(),
+                });
+            }
+            self.kick();
+            std::thread::sleep(KICK_INTERVAL.min(Duration::from_micros(500)));
+        }
+        self.thread
+            .join()
+            .map_err(|_| VcpuError::Panicked { id: self.id })
+    }
+}
+
+enum Step {
+    Continue,
+    Exit,
+}
+
+fn run(id: u32, mut fd: VcpuFd, ctx: VcpuContext, control: Arc<VcpuControl>) -> VcpuFd {
+    debug!("vCPU {id}: thread started");
+    loop {
+        if control.stop.load(Ordering::Acquire) {
+            break;
+        }
+        if control.pause.load(Ordering::Acquire) {
+            control.paused.store(true, Ordering::Release);
+            while control.pause.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+            control.paused.store(false, Ordering::Release);
+            continue;
+        }
+        let step = match fd.run() {
+            Ok(exit) => {
+                control.exits.fetch_add(1, Ordering::Relaxed);
+                handle_exit(id, exit, &ctx)
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                fd.set_kvm_immediate_exit(0);
+                Step::Continue
+            }
+            Err(e) => {
+                ctx.exit.notify(VmExit::VcpuError {
+                    id,
+                    reason: format!("KVM_RUN failed: {e}"),
+                });
+                Step::Exit
+            }
+        };
+        if let Step::Exit = step {
+            // Wait to be stopped by the VMM, so the fd goes back to its owner.
+            while !control.stop.load(Ordering::Acquire) {
+                std::thread::park_timeout(Duration::from_millis(50));
+            }
+            break;
+        }
+    }
+    debug!("vCPU {id}: thread exiting");
+    fd
+}
+
+fn handle_exit(id: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Step {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !ctx.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            ctx.pio.write(u64::from(port), data);
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !ctx.mmio.read(addr, data) {
+                debug!("vCPU {id}: unhandled MMIO read at {addr:#x}");
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !ctx.mmio.write(addr, data) {
+                debug!("vCPU {id}: unhandled MMIO write at {addr:#x}");
+            }
+        }
+        VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
+        VcpuExit::Hlt => {
+            // With the in-kernel irqchip KVM handles HLT; userspace sees it only if
+            // the guest halted with interrupts off for good.
+            info!("vCPU {id}: halted");
+            return Step::Exit;
+        }
+        VcpuExit::Shutdown => {
+            info!("vCPU {id}: triple fault or shutdown; ending the VM");
+            ctx.exit.notify(VmExit::Reboot);
+            return Step::Exit;
+        }
+        VcpuExit::SystemEvent(kind, _) => {
+            let exit = match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::Shutdown,
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmExit::Reboot,
+                other => VmExit::VcpuError {
+                    id,
+                    reason: format!("unexpected system event {other}"),
+                },
+            };
+            ctx.exit.notify(exit);
+            return Step::Exit;
+        }
+        VcpuExit::InternalError => {
+            error!(
+                "vCPU {id}: KVM internal error (emulation failure?); see dmesg for the guest rip"
+            );
+            ctx.exit.notify(VmExit::VcpuError {
+                id,
+                reason: "KVM_EXIT_INTERNAL_ERROR".into(),
+            });
+            return Step::Exit;
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            ctx.exit.notify(VmExit::VcpuError {
+                id,
+                reason: format!(
+                    "KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on host cpu {cpu}"
+                ),
+            });
+            return Step::Exit;
+        }
+        other => {
+            warn!("vCPU {id}: unexpected exit {other:?}");
+            ctx.exit.notify(VmExit::VcpuError {
+                id,
+                reason: format!("unexpected exit {other:?}"),
+            });
+            return Step::Exit;
+        }
+    }
+    Step::Continue
+}

@@ -1,0 +1,279 @@
+//! One virtual machine: KVM VM, guest memory, devices, ACPI tables, loaded
+//! payload and the vCPU manager, assembled from a [`VmConfig`].
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use log::info;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use devices::cpu_hotplug::{self, CpuHotplugController};
+use devices::ged::{Ged, GED_MMIO_LEN};
+use devices::power::{
+    AcpiPowerDevice, I8042Device, PowerEvent, PowerHandler, ACPI_POWER_LEN, ACPI_POWER_PORT,
+};
+use devices::power::{I8042_COMMAND_PORT, I8042_DATA_PORT};
+use devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
+use devices::{Bus, BusError, EventFdTrigger};
+
+use crate::acpi::{self, GED_IRQ};
+use crate::arch::{boot, regs};
+use crate::config::{SerialConfig, VmConfig};
+use crate::cpu::hotplug_host::HotplugHost;
+use crate::cpu::manager::{ManagerParts, VcpuManager};
+use crate::cpu::vcpu::{install_kick_handler, VcpuContext, VcpuHandle};
+use crate::cpu::VcpuTable;
+use crate::exit::{ExitNotifier, VmExit};
+use crate::memory::{self, GuestMemory};
+
+/// How long the guest gets to eject a vCPU before the removal is rolled back.
+pub const DEFAULT_EJECT_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("opening /dev/kvm: {0}")]
+    Kvm(kvm_ioctls::Error),
+    #[error("{what}: {source}")]
+    KvmCall {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("mapping devices: {0}")]
+    Bus(#[from] BusError),
+    #[error("serial output {path}: {source}")]
+    SerialFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("creating an event fd: {0}")]
+    EventFd(std::io::Error),
+    #[error("installing the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    #[error(transparent)]
+    Manager(#[from] crate::cpu::manager::ManagerError),
+}
+
+fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::KvmCall { what, source }
+}
+
+/// Everything the API may read about a running VM, without locks.
+pub struct VmView {
+    pub config: VmConfig,
+    pub table: Arc<VcpuTable<VcpuHandle>>,
+    pub host: Arc<HotplugHost>,
+}
+
+pub struct Vm {
+    manager: VcpuManager,
+    serial: Arc<SerialDevice>,
+    view: Arc<VmView>,
+    // Dropped after the manager has stopped every vCPU thread (see Drop).
+    _vm_fd: Arc<VmFd>,
+    _memory: GuestMemory,
+    _kvm: Kvm,
+}
+
+/// Whether /dev/kvm is the software-nested PVM hypervisor; only for logs.
+fn kvm_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+impl Vm {
+    /// Builds the VM and starts its boot vCPUs.
+    pub fn create(
+        config: &VmConfig,
+        exit: Arc<ExitNotifier>,
+        hotplug_evt: &EventFd,
+    ) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::Kvm)?;
+        config.validate(kvm.get_max_vcpus() as u32)?;
+        if kvm_is_pvm() {
+            info!("KVM is kvm_pvm (software-nested): guest kernel code is emulated; expect slow boots");
+        }
+        install_kick_handler().map_err(VmError::Signal)?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
+        vm_fd
+            .set_tss_address(memory::KVM_TSS_ADDR as usize)
+            .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .set_identity_map_address(memory::KVM_IDENTITY_MAP_ADDR)
+            .map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(kvm_call("KVM_CREATE_PIT2"))?;
+
+        let mem = memory::create_guest_memory(config.memory.size)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the Vm
+            // keeps until after the VM fd (and every vCPU) is gone.
+            unsafe { vm_fd.set_user_memory_region(r) }
+                .map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        // Devices.
+        let power: PowerHandler = {
+            let exit = exit.clone();
+            Arc::new(move |e| {
+                exit.notify(match e {
+                    PowerEvent::Shutdown => VmExit::Shutdown,
+                    PowerEvent::Reboot => VmExit::Reboot,
+                })
+            })
+        };
+        let irqfd = |gsi: u32| -> Result<EventFdTrigger, VmError> {
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+            vm_fd
+                .register_irqfd(&fd, gsi)
+                .map_err(kvm_call("KVM_IRQFD"))?;
+            Ok(EventFdTrigger::new(fd))
+        };
+        let out: Box<dyn Write + Send> = match &config.serial {
+            SerialConfig::Tty => Box::new(std::io::stdout()),
+            SerialConfig::Off => Box::new(std::io::sink()),
+            SerialConfig::File { file } => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                    .map_err(|source| VmError::SerialFile {
+                        path: file.display().to_string(),
+                        source,
+                    })?,
+            ),
+        };
+        let serial = Arc::new(SerialDevice::new(irqfd(COM1_IRQ)?, out));
+        let mut pio = Bus::new();
+        pio.insert(u64::from(COM1_PORT), COM1_PORT_LEN, serial.clone())?;
+        let i8042 = Arc::new(I8042Device::new(power.clone()));
+        pio.insert(u64::from(I8042_DATA_PORT), 1, i8042.clone())?;
+        pio.insert(u64::from(I8042_COMMAND_PORT), 1, i8042)?;
+        pio.insert(
+            u64::from(ACPI_POWER_PORT),
+            ACPI_POWER_LEN,
+            Arc::new(AcpiPowerDevice::new(power)),
+        )?;
+
+        let cpus = config.cpus;
+        let table = Arc::new(VcpuTable::new(cpus.max_vcpus));
+        info!(
+            "vCPU table: {} slots, read-side fences: {:?}",
+            cpus.max_vcpus,
+            table.fence_mode()
+        );
+        let host = Arc::new(HotplugHost::new(
+            table.clone(),
+            hotplug_evt.try_clone().map_err(VmError::EventFd)?,
+        ));
+        let controller = Arc::new(CpuHotplugController::new(cpus.max_vcpus, host.clone()));
+        let ged = Arc::new(Ged::new(irqfd(GED_IRQ)?));
+        let mut mmio = Bus::new();
+        mmio.insert(memory::GED_MMIO_BASE, GED_MMIO_LEN, ged.clone())?;
+        mmio.insert(
+            memory::CPU_HOTPLUG_MMIO_BASE,
+            cpu_hotplug::MMIO_LEN,
+            controller.clone(),
+        )?;
+
+        // Payload and firmware tables.
+        let p = &config.payload;
+        let entry = boot::load_payload(
+            &mem,
+            &p.kernel,
+            p.initramfs.as_deref(),
+            &p.cmdline,
+            config.memory.size,
+        )?;
+        regs::write_boot_tables(&mem)?;
+        acpi::build(cpus.boot_vcpus, cpus.max_vcpus)?.write(&mem)?;
+
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
+        let ctx = VcpuContext {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            exit,
+        };
+        let mut manager = VcpuManager::new(ManagerParts {
+            vm: vm_fd.clone(),
+            table: table.clone(),
+            host: host.clone(),
+            controller,
+            ged,
+            ctx,
+            supported_cpuid,
+            eject_timeout: DEFAULT_EJECT_TIMEOUT,
+        });
+        manager.start_boot_vcpus(cpus.boot_vcpus, entry.0 .0)?;
+        info!(
+            "VM booting: {} MiB, {} of {} vCPUs, kernel {}",
+            config.memory.size >> 20,
+            cpus.boot_vcpus,
+            cpus.max_vcpus,
+            p.kernel.display()
+        );
+        let view = Arc::new(VmView {
+            config: config.clone(),
+            table,
+            host,
+        });
+        Ok(Vm {
+            manager,
+            serial,
+            view,
+            _vm_fd: vm_fd,
+            _memory: mem,
+            _kvm: kvm,
+        })
+    }
+
+    pub fn manager(&mut self) -> &mut VcpuManager {
+        &mut self.manager
+    }
+
+    pub fn serial(&self) -> &Arc<SerialDevice> {
+        &self.serial
+    }
+
+    pub fn view(&self) -> &Arc<VmView> {
+        &self.view
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.manager.stop_all();
+    }
+}
