@@ -8,10 +8,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("connecting to {path}: {source}")]
-    Connect {
-        path: String,
-        source: std::io::Error,
-    },
+    Connect { path: String, source: std::io::Error },
     #[error("talking to the VMM: {0}")]
     Io(#[from] std::io::Error),
     #[error("malformed response from the VMM: {0}")]
@@ -33,10 +30,8 @@ pub fn request(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<Response, ClientError> {
-    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.display().to_string(),
-        source,
-    })?;
+    let mut s = UnixStream::connect(socket)
+        .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
     s.set_read_timeout(Some(timeout))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = format!(
@@ -54,20 +49,15 @@ fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
     let mut resp = httparse::Response::new(&mut headers);
     let head = match resp.parse(raw) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return Err(ClientError::Malformed("truncated headers".into()))
-        }
+        Ok(httparse::Status::Partial) => return Err(ClientError::Malformed("truncated headers".into())),
         Err(e) => return Err(ClientError::Malformed(e.to_string())),
     };
-    let status = resp
-        .code
-        .ok_or_else(|| ClientError::Malformed("no status".into()))?;
+    let status = resp.code.ok_or_else(|| ClientError::Malformed("no status".into()))?;
     let body = &raw[head..];
     let body = if body.iter().all(|b| b.is_ascii_whitespace()) {
         serde_json::Value::Null
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ClientError::Malformed(format!("body is not JSON: {e}")))?
+        serde_json::from_slice(body).map_err(|e| ClientError::Malformed(format!("body is not JSON: {e}")))?
     };
     Ok(Response { status, body })
 }

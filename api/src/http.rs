@@ -56,11 +56,8 @@ pub fn read_request(stream: &mut impl Read) -> Result<Request, HttpError> {
                 let mut content_length = 0usize;
                 for h in req.headers.iter() {
                     if h.name.eq_ignore_ascii_case("content-length") {
-                        let v = std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse().ok());
-                        content_length =
-                            v.ok_or_else(|| HttpError::Malformed("bad Content-Length".into()))?;
+                        let v = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
+                        content_length = v.ok_or_else(|| HttpError::Malformed("bad Content-Length".into()))?;
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                         return Err(HttpError::Malformed(
                             "chunked bodies are not supported; send Content-Length".into(),
@@ -98,12 +95,7 @@ pub fn read_request(stream: &mut impl Read) -> Result<Request, HttpError> {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (target, None),
     };
-    Ok(Request {
-        method,
-        path,
-        query,
-        body,
-    })
+    Ok(Request { method, path, query, body })
 }
 
 fn reason(status: u16) -> &'static str {
@@ -124,21 +116,11 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Writes a response and signals the end of the connection.
-pub fn write_response(
-    stream: &mut impl Write,
-    status: u16,
-    body: Option<&serde_json::Value>,
-) -> io::Result<()> {
+pub fn write_response(stream: &mut impl Write, status: u16, body: Option<&serde_json::Value>) -> io::Result<()> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nServer: lithe\r\nConnection: close\r\n",
-        reason(status)
-    );
+    let mut out = format!("HTTP/1.1 {status} {}\r\nServer: lithe\r\nConnection: close\r\n", reason(status));
     if status != 204 {
-        out.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
+        out.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
     }
     out.push_str("\r\n");
     if status != 204 {
@@ -158,7 +140,8 @@ mod tests {
 
     #[test]
     fn parses_method_path_query_and_body() {
-        let r = parse(b"PUT /api/v1/vm.resize?wait=true HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").unwrap();
+        let r =
+            parse(b"PUT /api/v1/vm.resize?wait=true HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").unwrap();
         assert_eq!(r.method, "PUT");
         assert_eq!(r.path, "/api/v1/vm.resize");
         assert_eq!(r.query.as_deref(), Some("wait=true"));
@@ -169,33 +152,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_oversize() {
-        assert!(matches!(
-            parse(b"\x00\x01garbage\r\n\r\n"),
-            Err(HttpError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse(b"PUT / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
-            Err(HttpError::Malformed(_))
-        ));
-        let big = format!(
-            "PUT / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
-            MAX_BODY_BYTES + 1
-        );
+        assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Err(HttpError::Malformed(_))));
+        assert!(matches!(parse(b"PUT / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), Err(HttpError::Malformed(_))));
+        let big = format!("PUT / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY_BYTES + 1);
         let e = parse(big.as_bytes()).unwrap_err();
         assert_eq!(e.status(), 413);
-        let long = format!(
-            "GET / HTTP/1.1\r\nX: {}\r\n",
-            "a".repeat(MAX_HEADER_BYTES + 10)
-        );
+        let long = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEADER_BYTES + 10));
         assert_eq!(parse(long.as_bytes()).unwrap_err().status(), 431);
-        assert!(matches!(
-            parse(b"PUT / HTTP/1.1\r\nContent-Length: 10\r\n\r\nshort"),
-            Err(HttpError::Incomplete)
-        ));
-        assert!(matches!(
-            parse(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Err(HttpError::Malformed(_))
-        ));
+        assert!(matches!(parse(b"PUT / HTTP/1.1\r\nContent-Length: 10\r\n\r\nshort"), Err(HttpError::Incomplete)));
+        assert!(matches!(parse(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Err(HttpError::Malformed(_))));
     }
 
     #[test]

@@ -25,8 +25,7 @@ fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
     if body.is_empty() {
         return Err(ApiResponse::error(400, "this request needs a JSON body"));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiResponse::error(400, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiResponse::error(400, format!("invalid JSON body: {e}")))
 }
 
 fn no_body(req: &Request) -> Result<(), ApiResponse> {
@@ -34,10 +33,7 @@ fn no_body(req: &Request) -> Result<(), ApiResponse> {
     if trimmed || req.body == b"{}" {
         Ok(())
     } else {
-        Err(ApiResponse::error(
-            400,
-            format!("{} takes no body", req.path),
-        ))
+        Err(ApiResponse::error(400, format!("{} takes no body", req.path)))
     }
 }
 
@@ -49,31 +45,23 @@ fn wait_from_query(query: Option<&str>) -> Result<Option<u64>, ApiResponse> {
             Some(("wait", "true")) => wait = Some(DEFAULT_RESIZE_WAIT_MS),
             Some(("wait", "false")) => wait = None,
             Some(("wait_ms", v)) => {
-                wait = Some(v.parse().map_err(|_| {
-                    ApiResponse::error(400, format!("wait_ms={v:?} is not a number"))
-                })?)
+                wait = Some(v.parse().map_err(|_| ApiResponse::error(400, format!("wait_ms={v:?} is not a number")))?)
             }
-            _ => {
-                return Err(ApiResponse::error(
-                    400,
-                    format!("unknown query parameter {pair:?}"),
-                ))
-            }
+            _ => return Err(ApiResponse::error(400, format!("unknown query parameter {pair:?}"))),
         }
     }
     Ok(wait)
 }
 
+/// Decodes a request's body (and query) once the endpoint is known.
+type Decoder = fn(&Request) -> Result<ApiRequest, ApiResponse>;
+
 /// Maps an HTTP request to an [`ApiRequest`], or to the error reply.
 pub fn route(req: &Request) -> Result<ApiRequest, ApiResponse> {
     let Some(endpoint) = req.path.strip_prefix(API_PREFIX) else {
-        return Err(ApiResponse::error(
-            404,
-            format!("unknown path {}", req.path),
-        ));
+        return Err(ApiResponse::error(404, format!("unknown path {}", req.path)));
     };
-    let (expected, build): (&str, fn(&Request) -> Result<ApiRequest, ApiResponse>) = match endpoint
-    {
+    let (expected, build): (&str, Decoder) = match endpoint {
         "vmm.ping" => ("GET", |_| Ok(ApiRequest::VmmPing)),
         "vm.info" => ("GET", |_| Ok(ApiRequest::VmInfo)),
         "vmm.shutdown" => ("PUT", |r| no_body(r).map(|_| ApiRequest::VmmShutdown)),
@@ -87,39 +75,22 @@ pub fn route(req: &Request) -> Result<ApiRequest, ApiResponse> {
             let mut resize: ResizeRequest = json(&r.body)?;
             if let Some(w) = wait_from_query(r.query.as_deref())? {
                 if resize.wait_ms.is_some() {
-                    return Err(ApiResponse::error(
-                        400,
-                        "give the wait either in the body or in the query, not both",
-                    ));
+                    return Err(ApiResponse::error(400, "give the wait either in the body or in the query, not both"));
                 }
                 resize.wait_ms = Some(w);
             }
             if resize.wait_ms.is_some_and(|w| w > MAX_RESIZE_WAIT_MS) {
-                return Err(ApiResponse::error(
-                    400,
-                    format!("wait_ms may be at most {MAX_RESIZE_WAIT_MS}"),
-                ));
+                return Err(ApiResponse::error(400, format!("wait_ms may be at most {MAX_RESIZE_WAIT_MS}")));
             }
             Ok(ApiRequest::VmResize(resize))
         }),
-        _ => {
-            return Err(ApiResponse::error(
-                404,
-                format!("unknown endpoint {endpoint:?}"),
-            ))
-        }
+        _ => return Err(ApiResponse::error(404, format!("unknown endpoint {endpoint:?}"))),
     };
     if req.method != expected {
-        return Err(ApiResponse::error(
-            405,
-            format!("{endpoint} takes {expected}, not {}", req.method),
-        ));
+        return Err(ApiResponse::error(405, format!("{endpoint} takes {expected}, not {}", req.method)));
     }
     if req.query.is_some() && endpoint != "vm.resize" {
-        return Err(ApiResponse::error(
-            400,
-            format!("{endpoint} takes no query parameters"),
-        ));
+        return Err(ApiResponse::error(400, format!("{endpoint} takes no query parameters")));
     }
     build(req)
 }
@@ -133,12 +104,7 @@ mod tests {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (path.to_string(), None),
         };
-        Request {
-            method: method.into(),
-            path,
-            query,
-            body: body.as_bytes().to_vec(),
-        }
+        Request { method: method.into(), path, query, body: body.as_bytes().to_vec() }
     }
 
     fn status(r: Result<ApiRequest, ApiResponse>) -> u16 {
@@ -147,36 +113,17 @@ mod tests {
 
     #[test]
     fn routes_every_endpoint() {
-        assert_eq!(
-            route(&req("GET", "/api/v1/vmm.ping", "")),
-            Ok(ApiRequest::VmmPing)
-        );
-        assert_eq!(
-            route(&req("PUT", "/api/v1/vm.pause", "")),
-            Ok(ApiRequest::VmPause)
-        );
+        assert_eq!(route(&req("GET", "/api/v1/vmm.ping", "")), Ok(ApiRequest::VmmPing));
+        assert_eq!(route(&req("PUT", "/api/v1/vm.pause", "")), Ok(ApiRequest::VmPause));
         assert_eq!(
             route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":4}"#)),
-            Ok(ApiRequest::VmResize(ResizeRequest {
-                desired_vcpus: 4,
-                wait_ms: None
-            }))
+            Ok(ApiRequest::VmResize(ResizeRequest { desired_vcpus: 4, wait_ms: None }))
         );
         assert_eq!(
-            route(&req(
-                "PUT",
-                "/api/v1/vm.resize?wait=true",
-                r#"{"desired_vcpus":2}"#
-            )),
-            Ok(ApiRequest::VmResize(ResizeRequest {
-                desired_vcpus: 2,
-                wait_ms: Some(DEFAULT_RESIZE_WAIT_MS)
-            }))
+            route(&req("PUT", "/api/v1/vm.resize?wait=true", r#"{"desired_vcpus":2}"#)),
+            Ok(ApiRequest::VmResize(ResizeRequest { desired_vcpus: 2, wait_ms: Some(DEFAULT_RESIZE_WAIT_MS) }))
         );
-        assert!(matches!(
-            route(&req("PUT", "/api/v1/vm.create", r#"{"x":1}"#)),
-            Ok(ApiRequest::VmCreate(_))
-        ));
+        assert!(matches!(route(&req("PUT", "/api/v1/vm.create", r#"{"x":1}"#)), Ok(ApiRequest::VmCreate(_))));
     }
 
     #[test]
@@ -187,64 +134,22 @@ mod tests {
         assert_eq!(status(route(&req("POST", "/api/v1/vm.boot", ""))), 405);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", ""))), 400);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", "{"))), 400);
+        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":"4"}"#))), 400);
+        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":-1}"#))), 400);
+        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":2,"extra":1}"#))), 400);
+        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{}"#))), 400);
+        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize?wait=maybe", r#"{"desired_vcpus":2}"#))), 400);
         assert_eq!(
-            status(route(&req(
-                "PUT",
-                "/api/v1/vm.resize",
-                r#"{"desired_vcpus":"4"}"#
-            ))),
+            status(route(&req("PUT", "/api/v1/vm.resize?wait_ms=1", r#"{"desired_vcpus":2,"wait_ms":1}"#))),
             400
         );
         assert_eq!(
-            status(route(&req(
-                "PUT",
-                "/api/v1/vm.resize",
-                r#"{"desired_vcpus":-1}"#
-            ))),
-            400
-        );
-        assert_eq!(
-            status(route(&req(
-                "PUT",
-                "/api/v1/vm.resize",
-                r#"{"desired_vcpus":2,"extra":1}"#
-            ))),
-            400
-        );
-        assert_eq!(
-            status(route(&req("PUT", "/api/v1/vm.resize", r#"{}"#))),
-            400
-        );
-        assert_eq!(
-            status(route(&req(
-                "PUT",
-                "/api/v1/vm.resize?wait=maybe",
-                r#"{"desired_vcpus":2}"#
-            ))),
-            400
-        );
-        assert_eq!(
-            status(route(&req(
-                "PUT",
-                "/api/v1/vm.resize?wait_ms=1",
-                r#"{"desired_vcpus":2,"wait_ms":1}"#
-            ))),
-            400
-        );
-        assert_eq!(
-            status(route(&req(
-                "PUT",
-                "/api/v1/vm.resize",
-                r#"{"desired_vcpus":2,"wait_ms":99999999999}"#
-            ))),
+            status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":2,"wait_ms":99999999999}"#))),
             400
         );
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.boot", "junk"))), 400);
         assert_eq!(status(route(&req("GET", "/api/v1/vm.info?x=1", ""))), 400);
         let e = route(&req("PUT", "/api/v1/vm.resize", "{")).unwrap_err();
-        assert!(e.body.unwrap()["error"]
-            .as_str()
-            .unwrap()
-            .contains("invalid JSON"));
+        assert!(e.body.unwrap()["error"].as_str().unwrap().contains("invalid JSON"));
     }
 }

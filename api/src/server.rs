@@ -2,7 +2,7 @@
 //! pool of worker threads (a resize that waits for the guest must not block
 //! `vm.info`).
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ use crate::types::ApiResponse;
 pub const WORKERS: usize = 4;
 pub const MAX_QUEUED: usize = 16;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
+const MAX_DRAIN: usize = 1 << 20;
 
 /// What the VMM does with a request. Called on connection threads.
 pub trait ApiHandler: Send + Sync {
@@ -34,10 +36,7 @@ pub enum ServerError {
     #[error("API socket {path}: exists and is not a socket; not replacing it")]
     NotASocket { path: PathBuf },
     #[error("API socket {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 pub struct ApiServer {
@@ -51,12 +50,7 @@ fn clear_stale(path: &Path) -> Result<(), ServerError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(ServerError::Io {
-                path: path.into(),
-                source,
-            })
-        }
+        Err(source) => return Err(ServerError::Io { path: path.into(), source }),
     };
     if !meta.file_type().is_socket() {
         return Err(ServerError::NotASocket { path: path.into() });
@@ -65,10 +59,7 @@ fn clear_stale(path: &Path) -> Result<(), ServerError> {
         Ok(_) => Err(ServerError::InUse { path: path.into() }),
         Err(_) => {
             info!("replacing stale API socket {}", path.display());
-            std::fs::remove_file(path).map_err(|source| ServerError::Io {
-                path: path.into(),
-                source,
-            })
+            std::fs::remove_file(path).map_err(|source| ServerError::Io { path: path.into(), source })
         }
     }
 }
@@ -83,31 +74,17 @@ impl ApiServer {
         let bound = UnixListener::bind(path);
         // SAFETY: as above.
         unsafe { libc::umask(old) };
-        let listener = bound.map_err(|source| ServerError::Io {
-            path: path.into(),
-            source,
-        })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |source| ServerError::Io {
-                path: path.into(),
-                source,
-            },
-        )?;
+        let listener = bound.map_err(|source| ServerError::Io { path: path.into(), source })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| ServerError::Io { path: path.into(), source })?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || accept_loop(listener, handler, s))
-            .map_err(|source| ServerError::Io {
-                path: path.into(),
-                source,
-            })?;
+            .map_err(|source| ServerError::Io { path: path.into(), source })?;
         info!("API listening on {}", path.display());
-        Ok(ApiServer {
-            path: path.into(),
-            stop,
-            thread: Some(thread),
-        })
+        Ok(ApiServer { path: path.into(), stop, thread: Some(thread) })
     }
 
     pub fn path(&self) -> &Path {
@@ -135,15 +112,13 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn ApiHandler>, stop: Arc<A
     let mut workers = Vec::new();
     for i in 0..WORKERS {
         let (rx, handler) = (rx.clone(), handler.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("api-worker{i}"))
-            .spawn(move || loop {
-                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                match next {
-                    Ok(mut stream) => serve(&mut stream, handler.as_ref()),
-                    Err(_) => break,
-                }
-            });
+        let spawned = std::thread::Builder::new().name(format!("api-worker{i}")).spawn(move || loop {
+            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            match next {
+                Ok(mut stream) => serve(&mut stream, handler.as_ref()),
+                Err(_) => break,
+            }
+        });
         match spawned {
             Ok(t) => workers.push(t),
             Err(e) => warn!("API: cannot spawn worker {i}: {e}"),
@@ -162,13 +137,7 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn ApiHandler>, stop: Arc<A
             }
         };
         if let Err(std::sync::mpsc::TrySendError::Full(mut stream)) = tx.try_send(stream) {
-            let _ = write_response(
-                &mut stream,
-                503,
-                ApiResponse::error(503, "the API is busy; retry")
-                    .body
-                    .as_ref(),
-            );
+            let _ = write_response(&mut stream, 503, ApiResponse::error(503, "the API is busy; retry").body.as_ref());
         }
     }
     drop(tx);
@@ -194,5 +163,18 @@ fn serve(stream: &mut UnixStream, handler: &dyn ApiHandler) {
     }
     if let Err(e) = write_response(stream, response.status, response.body.as_ref()) {
         debug!("API: writing the response failed: {e}");
+    }
+    // Closing with unread input (say, the rest of an oversized body) makes
+    // the kernel reset the connection, and the client may lose our reply:
+    // read and drop a bounded amount first.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(DRAIN_TIMEOUT));
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_DRAIN {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
     }
 }

@@ -32,26 +32,15 @@ pub struct ApiResponse {
 
 impl ApiResponse {
     pub fn ok(body: impl Serialize) -> Self {
-        ApiResponse {
-            status: 200,
-            body: Some(serde_json::to_value(body).unwrap_or(serde_json::Value::Null)),
-        }
+        ApiResponse { status: 200, body: Some(serde_json::to_value(body).unwrap_or(serde_json::Value::Null)) }
     }
 
     pub fn no_content() -> Self {
-        ApiResponse {
-            status: 204,
-            body: None,
-        }
+        ApiResponse { status: 204, body: None }
     }
 
     pub fn error(status: u16, message: impl Into<String>) -> Self {
-        let body = ErrorBody {
-            error: message.into(),
-        };
-        ApiResponse {
-            status,
-            body: Some(serde_json::to_value(body).unwrap_or(serde_json::Value::Null)),
-        }
+        let body = ErrorBody { error: message.into() };
+        ApiResponse { status, body: Some(serde_json::to_value(body).unwrap_or(serde_json::Value::Null)) }
     }
 }

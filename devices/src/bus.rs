@@ -40,16 +40,8 @@ impl Bus {
     }
 
     /// Maps `device` at `[base, base + len)`.
-    pub fn insert(
-        &mut self,
-        base: u64,
-        len: u64,
-        device: Arc<dyn BusDevice>,
-    ) -> Result<(), BusError> {
-        let end = base
-            .checked_add(len)
-            .filter(|_| len > 0)
-            .ok_or(BusError::InvalidRange { base })?;
+    pub fn insert(&mut self, base: u64, len: u64, device: Arc<dyn BusDevice>) -> Result<(), BusError> {
+        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::InvalidRange { base })?;
         if let Some((&b, r)) = self.ranges.range(..end).next_back() {
             if b + r.len > base {
                 return Err(BusError::Overlap { base, len });
@@ -122,25 +114,10 @@ mod tests {
         let mut bus = Bus::new();
         let d = Arc::new(Recorder::default());
         bus.insert(0x100, 0x10, d.clone()).unwrap();
-        assert_eq!(
-            bus.insert(0x10f, 1, d.clone()),
-            Err(BusError::Overlap {
-                base: 0x10f,
-                len: 1
-            })
-        );
-        assert_eq!(
-            bus.insert(0xf8, 0x9, d.clone()),
-            Err(BusError::Overlap { base: 0xf8, len: 9 })
-        );
-        assert_eq!(
-            bus.insert(0x200, 0, d.clone()),
-            Err(BusError::InvalidRange { base: 0x200 })
-        );
-        assert_eq!(
-            bus.insert(u64::MAX, 2, d.clone()),
-            Err(BusError::InvalidRange { base: u64::MAX })
-        );
+        assert_eq!(bus.insert(0x10f, 1, d.clone()), Err(BusError::Overlap { base: 0x10f, len: 1 }));
+        assert_eq!(bus.insert(0xf8, 0x9, d.clone()), Err(BusError::Overlap { base: 0xf8, len: 9 }));
+        assert_eq!(bus.insert(0x200, 0, d.clone()), Err(BusError::InvalidRange { base: 0x200 }));
+        assert_eq!(bus.insert(u64::MAX, 2, d.clone()), Err(BusError::InvalidRange { base: u64::MAX }));
         bus.insert(0x110, 0x10, d.clone()).unwrap();
         bus.insert(0xf0, 0x10, d).unwrap();
     }

@@ -124,10 +124,7 @@ impl CpuHotplugController {
         if value < self.max_vcpus {
             Some(value)
         } else {
-            warn!(
-                "cpu-hotplug: guest wrote out-of-range vCPU id {value} to {what} (max {}), ignored",
-                self.max_vcpus
-            );
+            warn!("cpu-hotplug: guest wrote out-of-range vCPU id {value} to {what} (max {}), ignored", self.max_vcpus);
             None
         }
     }
@@ -141,23 +138,18 @@ impl CpuHotplugController {
 impl BusDevice for CpuHotplugController {
     fn read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        if data.len() != 4 || offset % 4 != 0 {
-            warn!(
-                "cpu-hotplug: ignoring {}-byte read at offset {offset:#x}",
-                data.len()
-            );
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            warn!("cpu-hotplug: ignoring {}-byte read at offset {offset:#x}", data.len());
             return;
         }
         let value = match offset {
-            REG_PRESENT..REG_INSERT => self
-                .word_index(offset, REG_PRESENT)
-                .map(|w| self.host.present_word(w)),
-            REG_INSERT..REG_REMOVE => self
-                .word_index(offset, REG_INSERT)
-                .map(|w| self.insert[w].load(Ordering::Acquire)),
-            REG_REMOVE..REG_EJECT => self
-                .word_index(offset, REG_REMOVE)
-                .map(|w| self.remove[w].load(Ordering::Acquire)),
+            REG_PRESENT..REG_INSERT => self.word_index(offset, REG_PRESENT).map(|w| self.host.present_word(w)),
+            REG_INSERT..REG_REMOVE => {
+                self.word_index(offset, REG_INSERT).map(|w| self.insert[w].load(Ordering::Acquire))
+            }
+            REG_REMOVE..REG_EJECT => {
+                self.word_index(offset, REG_REMOVE).map(|w| self.remove[w].load(Ordering::Acquire))
+            }
             _ => None,
         };
         data.copy_from_slice(&value.unwrap_or(0).to_le_bytes());
@@ -165,13 +157,10 @@ impl BusDevice for CpuHotplugController {
 
     fn write(&self, offset: u64, data: &[u8]) {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            warn!(
-                "cpu-hotplug: ignoring {}-byte write at offset {offset:#x}",
-                data.len()
-            );
+            warn!("cpu-hotplug: ignoring {}-byte write at offset {offset:#x}", data.len());
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             warn!("cpu-hotplug: ignoring unaligned write at offset {offset:#x}");
             return;
         }
@@ -232,10 +221,7 @@ mod tests {
             self.calls.lock().unwrap().push(format!("eject {id}"));
         }
         fn ost(&self, id: u32, event: u32, status: u32) {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("ost {id} {event:#x} {status:#x}"));
+            self.calls.lock().unwrap().push(format!("ost {id} {event:#x} {status:#x}"));
         }
     }
 
@@ -296,10 +282,7 @@ mod tests {
         wr(&c, REG_OST_SELECT, 2);
         wr(&c, REG_OST_EVENT, 3);
         wr(&c, REG_OST_STATUS, 0x80);
-        assert_eq!(
-            host.calls.lock().unwrap().as_slice(),
-            &["eject 3", "ost 2 0x3 0x80"]
-        );
+        assert_eq!(host.calls.lock().unwrap().as_slice(), &["eject 3", "ost 2 0x3 0x80"]);
     }
 
     #[test]

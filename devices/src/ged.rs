@@ -24,10 +24,7 @@ pub struct Ged<T: InterruptTrigger> {
 
 impl<T: InterruptTrigger> Ged<T> {
     pub fn new(irq: T) -> Self {
-        Ged {
-            pending: AtomicU32::new(0),
-            irq,
-        }
+        Ged { pending: AtomicU32::new(0), irq }
     }
 
     /// Marks `events` pending and interrupts the guest.
@@ -40,10 +37,7 @@ impl<T: InterruptTrigger> Ged<T> {
 impl<T: InterruptTrigger> BusDevice for Ged<T> {
     fn read(&self, offset: u64, data: &mut [u8]) {
         if offset != 0 || data.len() != 4 {
-            warn!(
-                "ged: ignoring {}-byte read at offset {offset:#x}",
-                data.len()
-            );
+            warn!("ged: ignoring {}-byte read at offset {offset:#x}", data.len());
             data.fill(0);
             return;
         }
@@ -53,10 +47,7 @@ impl<T: InterruptTrigger> BusDevice for Ged<T> {
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
-        warn!(
-            "ged: ignoring {}-byte guest write at offset {offset:#x} (register is read-only)",
-            data.len()
-        );
+        warn!("ged: ignoring {}-byte guest write at offset {offset:#x} (register is read-only)", data.len());
     }
 }
 
@@ -98,10 +89,6 @@ mod tests {
         ged.read(4, &mut b4);
         ged.write(0, &[1, 2, 3, 4]);
         ged.read(0, &mut b4);
-        assert_eq!(
-            u32::from_le_bytes(b4),
-            1,
-            "bad accesses must not consume events"
-        );
+        assert_eq!(u32::from_le_bytes(b4), 1, "bad accesses must not consume events");
     }
 }

@@ -57,10 +57,7 @@ impl BusDevice for AcpiPowerDevice {
 
     fn write(&self, offset: u64, data: &[u8]) {
         let [value] = data else {
-            warn!(
-                "acpi-power: ignoring {}-byte write at offset {offset}",
-                data.len()
-            );
+            warn!("acpi-power: ignoring {}-byte write at offset {offset}", data.len());
             return;
         };
         match offset {
@@ -70,9 +67,7 @@ impl BusDevice for AcpiPowerDevice {
                     info!("guest requested ACPI S5 (power off)");
                     (self.handler)(PowerEvent::Shutdown);
                 } else if value & SLP_EN != 0 {
-                    warn!(
-                        "acpi-power: guest asked for unsupported sleep type {sleep_type}, ignored"
-                    );
+                    warn!("acpi-power: guest asked for unsupported sleep type {sleep_type}, ignored");
                 }
             }
             RESET_OFFSET if *value == RESET_VALUE => {
@@ -127,10 +122,7 @@ mod tests {
         let dev = AcpiPowerDevice::new(h);
         dev.write(SLEEP_CONTROL_OFFSET, &[(S5_SLEEP_TYPE << 2) | (1 << 5)]);
         dev.write(RESET_OFFSET, &[RESET_VALUE]);
-        assert_eq!(
-            seen.lock().unwrap().as_slice(),
-            &[PowerEvent::Shutdown, PowerEvent::Reboot]
-        );
+        assert_eq!(seen.lock().unwrap().as_slice(), &[PowerEvent::Shutdown, PowerEvent::Reboot]);
     }
 
     #[test]

@@ -23,9 +23,7 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
-        SerialDevice {
-            uart: Mutex::new(Serial::new(irq, out)),
-        }
+        SerialDevice { uart: Mutex::new(Serial::new(irq, out)) }
     }
 
     /// Queues host input (stdin) for the guest; returns how many bytes fit in the FIFO.
@@ -35,42 +33,28 @@ impl SerialDevice {
         if room == 0 {
             return Ok(0);
         }
-        uart.enqueue_raw_bytes(&bytes[..room])
-            .map_err(|e| io::Error::other(format!("serial input: {e:?}")))
+        uart.enqueue_raw_bytes(&bytes[..room]).map_err(|e| io::Error::other(format!("serial input: {e:?}")))
     }
 
     /// Free space in the receive FIFO.
     pub fn input_capacity(&self) -> usize {
-        self.uart
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .fifo_capacity()
+        self.uart.lock().unwrap_or_else(|e| e.into_inner()).fifo_capacity()
     }
 }
 
 impl BusDevice for SerialDevice {
     fn read(&self, offset: u64, data: &mut [u8]) {
         if data.len() != 1 || offset >= COM1_PORT_LEN {
-            warn!(
-                "serial: ignoring {}-byte read at offset {offset}",
-                data.len()
-            );
+            warn!("serial: ignoring {}-byte read at offset {offset}", data.len());
             data.fill(0xff);
             return;
         }
-        data[0] = self
-            .uart
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read(offset as u8);
+        data[0] = self.uart.lock().unwrap_or_else(|e| e.into_inner()).read(offset as u8);
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
         if data.len() != 1 || offset >= COM1_PORT_LEN {
-            warn!(
-                "serial: ignoring {}-byte write at offset {offset}",
-                data.len()
-            );
+            warn!("serial: ignoring {}-byte write at offset {offset}", data.len());
             return;
         }
         let mut uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());

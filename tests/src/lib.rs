@@ -1,1 +1,341 @@
+//! Harness for tests that boot the real guest image under lithe and read
+//! what the guest itself prints on its console.
+//!
+//! The guest's init prints `LITHE-GUEST online=<list> present=<list>`
+//! whenever either set changes, and obeys commands typed on the console
+//! (`poweroff`, `refuse-eject`, `allow-eject`, `ping`).
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Guests boot slowly under a software-nested KVM: budget minutes.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+pub const HOTPLUG_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// One guest at a time: they share two host cores.
+static ONE_GUEST: Mutex<()> = Mutex::new(());
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The lithe binary: `$LITHE_BIN`, else the workspace's release or debug build.
+pub fn lithe_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LITHE_BIN") {
+        return p.into();
+    }
+    for profile in ["release", "debug"] {
+        let p = workspace().join("target").join(profile).join("lithe");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("lithe binary not found: run `cargo build --release --bin lithe` (scripts/test.sh does) or set LITHE_BIN");
+}
+
+/// Kernel, initramfs and cmdline of the guest image (`guest-images/build.sh`).
+pub struct GuestImage {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+}
+
+impl GuestImage {
+    pub fn locate() -> GuestImage {
+        let dir = std::env::var_os("LITHE_GUEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("guest-images/out"));
+        let image = GuestImage {
+            kernel: dir.join("vmlinux"),
+            initramfs: dir.join("initramfs.cpio"),
+            cmdline: std::fs::read_to_string(workspace().join("guest-images/cmdline"))
+                .expect("guest-images/cmdline")
+                .trim()
+                .to_string(),
+        };
+        assert!(
+            image.kernel.exists() && image.initramfs.exists(),
+            "guest image missing in {}: run guest-images/build.sh (scripts/test.sh does)",
+            dir.display()
+        );
+        image
+    }
+}
+
+#[derive(Default)]
+struct Output {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+type Shared = Arc<(Mutex<Output>, Condvar)>;
+
+fn pump(stream: impl Read + Send + 'static, sink: Shared, echo: &'static str) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let line = line.trim_end_matches('\r').to_string();
+            if std::env::var_os("LITHE_TEST_ECHO").is_some() {
+                eprintln!("{echo} {line}");
+            }
+            let (m, cv) = &*sink;
+            m.lock().unwrap().lines.push(line);
+            cv.notify_all();
+        }
+        let (m, cv) = &*sink;
+        m.lock().unwrap().closed = true;
+        cv.notify_all();
+    });
+}
+
+/// The online/present sets the guest reported last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuReport {
+    pub online: String,
+    pub present: String,
+}
+
+pub fn parse_report(line: &str) -> Option<CpuReport> {
+    let rest = line.split("LITHE-GUEST online=").nth(1)?;
+    let (online, present) = rest.split_once(" present=")?;
+    Some(CpuReport { online: online.trim().into(), present: present.trim().into() })
+}
+
+/// A running lithe with a booting or booted guest.
+pub struct Guest {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    console: Shared,
+    log: Shared,
+    pub socket: PathBuf,
+    _dir: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+pub struct Launch<'a> {
+    pub cpus: &'a str,
+    /// Boot from flags; false: only `--api-socket` (configure over the API).
+    pub with_kernel: bool,
+}
+
+impl Guest {
+    pub fn launch(opts: Launch<'_>) -> Guest {
+        let serial = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+        let image = GuestImage::locate();
+        let dir = std::env::temp_dir().join(format!("lithe-test-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let mut cmd = Command::new(lithe_bin());
+        cmd.arg("--api-socket").arg(&socket);
+        if opts.with_kernel {
+            cmd.arg("--kernel").arg(&image.kernel).arg("--initramfs").arg(&image.initramfs);
+            cmd.arg("--cmdline").arg(&image.cmdline).arg("--cpus").arg(opts.cpus).arg("--memory").arg("size=256M");
+        }
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn lithe");
+        let console: Shared = Default::default();
+        let log: Shared = Default::default();
+        pump(child.stdout.take().unwrap(), console.clone(), "[guest]");
+        pump(child.stderr.take().unwrap(), log.clone(), "[lithe]");
+        let stdin = child.stdin.take();
+        let g = Guest { child, stdin, console, log, socket, _dir: dir, _serial: serial };
+        g.wait_for(&g.log, "API listening", Duration::from_secs(30));
+        g
+    }
+
+    fn wait_for(&self, which: &Shared, needle: &str, timeout: Duration) -> String {
+        self.wait_until(which, timeout, needle, |l| l.contains(needle))
+    }
+
+    fn wait_until(&self, which: &Shared, timeout: Duration, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &**which;
+        let mut out = m.lock().unwrap();
+        loop {
+            if let Some(l) = out.lines.iter().find(|l| f(l)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || out.closed {
+                drop(out);
+                panic!(
+                    "timed out or exited waiting for {what:?}\n--- guest console (tail) ---\n{}\n--- lithe log (tail) ---\n{}",
+                    self.tail(&self.console, 40),
+                    self.tail(&self.log, 40)
+                );
+            }
+            out = cv.wait_timeout(out, deadline - now).unwrap().0;
+        }
+    }
+
+    fn tail(&self, which: &Shared, n: usize) -> String {
+        let out = which.0.lock().unwrap();
+        out.lines[out.lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits for a console line containing `needle`.
+    pub fn wait_console(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for(&self.console, needle, timeout)
+    }
+
+    /// Waits for a lithe log line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for(&self.log, needle, timeout)
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.0.lock().unwrap().lines.iter().any(|l| l.contains(needle))
+    }
+
+    /// The guest's latest CPU report.
+    pub fn last_report(&self) -> Option<CpuReport> {
+        self.console.0.lock().unwrap().lines.iter().rev().find_map(|l| parse_report(l))
+    }
+
+    /// Waits until the guest's latest report says exactly `online` and `present`.
+    pub fn wait_cpus(&self, online: &str, present: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.console;
+        let mut out = m.lock().unwrap();
+        loop {
+            let last = out.lines.iter().rev().find_map(|l| parse_report(l));
+            if last.as_ref().is_some_and(|r| r.online == online && r.present == present) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline || out.closed {
+                drop(out);
+                panic!(
+                    "guest never reported online={online} present={present} (last: {last:?})\n--- guest console ---\n{}\n--- lithe log ---\n{}",
+                    self.tail(&self.console, 40),
+                    self.tail(&self.log, 40)
+                );
+            }
+            out = cv.wait_timeout(out, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Types a line on the guest console.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("write to lithe stdin");
+        stdin.flush().unwrap();
+    }
+
+    /// One API call; `body` is sent as is (may be invalid on purpose).
+    pub fn api_raw(&self, method: &str, endpoint: &str, body: &str) -> (u16, serde_json::Value) {
+        use std::os::unix::net::UnixStream;
+        let mut s = UnixStream::connect(&self.socket).expect("connect API socket");
+        s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+        let req = format!(
+            "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code");
+        let json = if body.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(body).expect("JSON body")
+        };
+        (status, json)
+    }
+
+    pub fn api(&self, method: &str, endpoint: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        self.api_raw(method, endpoint, &body)
+    }
+
+    /// Resize and wait for the guest; returns the reply body.
+    pub fn resize(&self, n: u32) -> serde_json::Value {
+        let (status, body) = self.api(
+            "PUT",
+            "vm.resize",
+            serde_json::json!({ "desired_vcpus": n, "wait_ms": HOTPLUG_TIMEOUT.as_millis() as u64 }),
+        );
+        assert_eq!(status, 200, "resize to {n}: {body}");
+        body
+    }
+
+    /// Names of lithe's `vcpu<N>` threads, sorted.
+    pub fn vcpu_threads(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/task", self.child.id());
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("lithe is running")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .filter(|c| c.starts_with("vcpu"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Waits until lithe has exactly the `vcpu<N>` threads for `ids`.
+    pub fn wait_vcpu_threads(&self, ids: &[u32], timeout: Duration) {
+        let mut want: Vec<String> = ids.iter().map(|i| format!("vcpu{i}")).collect();
+        want.sort();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.vcpu_threads();
+            if have == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vCPU threads {have:?}, expected {want:?}\n{}",
+                self.tail(&self.log, 30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "lithe did not exit\n{}", self.tail(&self.log, 30));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_guest_reports() {
+        assert_eq!(
+            parse_report("LITHE-GUEST online=0-1,3 present=0-3"),
+            Some(CpuReport { online: "0-1,3".into(), present: "0-3".into() })
+        );
+        assert_eq!(
+            parse_report("[  1.0] LITHE-GUEST online=0 present=0\r"),
+            Some(CpuReport { online: "0".into(), present: "0\r".trim().into() })
+        );
+        assert_eq!(parse_report("LITHE-GUEST ready"), None);
+    }
+}

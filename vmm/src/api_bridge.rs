@@ -70,6 +70,8 @@ pub struct MainLoopRequest {
 pub enum MainLoopReply {
     Response(ApiResponse),
     Resized(ResizePlan),
+    /// The resize conflicts with removals still in progress: retryable.
+    RemovalPending(ApiResponse),
 }
 
 pub struct ApiBridge {
@@ -101,14 +103,8 @@ thread_local! {
 fn vcpu_info(view: &VmView, ids: &[u32]) -> Vec<VcpuInfo> {
     READER.with(|cell| {
         let mut cached = cell.borrow_mut();
-        if !cached
-            .as_ref()
-            .is_some_and(|r| Arc::ptr_eq(r.table(), &view.table))
-        {
-            *cached = Some(Reader::new(
-                &view.table,
-                &format!("{}", std::thread::current().name().unwrap_or("api")),
-            ));
+        if !cached.as_ref().is_some_and(|r| Arc::ptr_eq(r.table(), &view.table)) {
+            *cached = Some(Reader::new(&view.table, std::thread::current().name().unwrap_or("api")));
         }
         let reader = cached.as_mut().expect("just set");
         let guard = reader.read();
@@ -164,16 +160,11 @@ impl ApiBridge {
 
     fn call(&self, request: ApiRequest) -> Result<MainLoopReply, ApiResponse> {
         let (reply, rx) = sync_channel(1);
-        let sent = self
-            .tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(MainLoopRequest { request, reply });
+        let sent = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(MainLoopRequest { request, reply });
         if sent.is_err() || self.wake.write(1).is_err() {
             return Err(ApiResponse::error(503, "the VMM is shutting down"));
         }
-        rx.recv_timeout(MAIN_LOOP_TIMEOUT)
-            .map_err(|_| ApiResponse::error(503, "the VMM did not answer in time"))
+        rx.recv_timeout(MAIN_LOOP_TIMEOUT).map_err(|_| ApiResponse::error(503, "the VMM did not answer in time"))
     }
 
     fn info(&self) -> ApiResponse {
@@ -182,19 +173,12 @@ impl ApiBridge {
             Some(v) => vcpu_info(v, &(0..v.config.cpus.max_vcpus).collect::<Vec<_>>()),
             None => Vec::new(),
         };
-        ApiResponse::ok(InfoReply {
-            state: self.shared.state(),
-            config: view.as_deref().map(|v| &v.config),
-            vcpus,
-        })
+        ApiResponse::ok(InfoReply { state: self.shared.state(), config: view.as_deref().map(|v| &v.config), vcpus })
     }
 
     /// Whether the guest has finished with every vCPU of `plan`.
     fn settled(view: &VmView, plan: &ResizePlan) -> bool {
-        let added_done = plan
-            .added
-            .iter()
-            .all(|&id| view.table.state(id) != VcpuState::Inserting);
+        let added_done = plan.added.iter().all(|&id| view.table.state(id) != VcpuState::Inserting);
         let removed_done = plan.removing.iter().all(|&id| match view.table.state(id) {
             VcpuState::Parked => true,
             VcpuState::Online | VcpuState::Inserting => view.host.rollback(id) != Rollback::None,
@@ -204,26 +188,34 @@ impl ApiBridge {
     }
 
     fn resize(&self, req: ResizeRequest) -> ApiResponse {
-        let plan = match self.call(ApiRequest::VmResize(req.clone())) {
-            Ok(MainLoopReply::Resized(plan)) => plan,
-            Ok(MainLoopReply::Response(r)) | Err(r) => return r,
+        let deadline = req.wait_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+        // A waiting resize queues behind removals still in progress; one that
+        // does not wait is refused at once.
+        let plan = loop {
+            match self.call(ApiRequest::VmResize(req.clone())) {
+                Ok(MainLoopReply::Resized(plan)) => break plan,
+                Ok(MainLoopReply::RemovalPending(r)) => {
+                    if deadline.is_none_or(|d| Instant::now() >= d) {
+                        return r;
+                    }
+                    std::thread::sleep(WAIT_POLL);
+                }
+                Ok(MainLoopReply::Response(r)) | Err(r) => return r,
+            }
         };
         let Some(view) = self.shared.view.load_full() else {
             return ApiResponse::error(409, "the VM went away during the resize");
         };
-        let complete = match req.wait_ms {
-            Some(ms) => {
-                let deadline = Instant::now() + Duration::from_millis(ms);
-                loop {
-                    if Self::settled(&view, &plan) {
-                        break true;
-                    }
-                    if Instant::now() >= deadline {
-                        break false;
-                    }
-                    std::thread::sleep(WAIT_POLL);
+        let complete = match deadline {
+            Some(deadline) => loop {
+                if Self::settled(&view, &plan) {
+                    break true;
                 }
-            }
+                if Instant::now() >= deadline {
+                    break false;
+                }
+                std::thread::sleep(WAIT_POLL);
+            },
             None => Self::settled(&view, &plan),
         };
         let ids: Vec<u32> = plan.added.iter().chain(&plan.removing).copied().collect();
@@ -240,9 +232,7 @@ impl ApiBridge {
 impl ApiHandler for ApiBridge {
     fn handle(&self, request: ApiRequest) -> ApiResponse {
         match request {
-            ApiRequest::VmmPing => {
-                ApiResponse::ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
-            }
+            ApiRequest::VmmPing => ApiResponse::ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
             ApiRequest::VmInfo => self.info(),
             ApiRequest::VmResize(req) => {
                 if self.resize_in_flight.swap(true, Ordering::AcqRel) {
@@ -253,7 +243,7 @@ impl ApiHandler for ApiBridge {
                 r
             }
             other => match self.call(other) {
-                Ok(MainLoopReply::Response(r)) | Err(r) => r,
+                Ok(MainLoopReply::Response(r) | MainLoopReply::RemovalPending(r)) | Err(r) => r,
                 Ok(MainLoopReply::Resized(_)) => {
                     warn!("main loop answered a non-resize request with a resize plan");
                     ApiResponse::error(500, "internal error")

@@ -115,10 +115,7 @@ impl VmArgs {
             payload: PayloadConfig {
                 kernel: kernel.clone(),
                 initramfs: self.initramfs.clone(),
-                cmdline: self
-                    .cmdline
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+                cmdline: self.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
             },
             cpus: config::parse_cpus(&self.cpus)?,
             memory: config::parse_memory(&self.memory)?,
@@ -137,22 +134,10 @@ mod tests {
 
     #[test]
     fn vm_flags_become_a_config() {
-        let cli = parse(&[
-            "--kernel",
-            "/k",
-            "--cpus",
-            "boot=2,max=4",
-            "--memory",
-            "size=256M",
-            "--serial",
-            "off",
-        ])
-        .unwrap();
+        let cli =
+            parse(&["--kernel", "/k", "--cpus", "boot=2,max=4", "--memory", "size=256M", "--serial", "off"]).unwrap();
         let c = cli.vm.to_config().unwrap().unwrap();
-        assert_eq!(
-            (c.cpus.boot_vcpus, c.cpus.max_vcpus, c.memory.size),
-            (2, 4, 256 << 20)
-        );
+        assert_eq!((c.cpus.boot_vcpus, c.cpus.max_vcpus, c.memory.size), (2, 4, 256 << 20));
         assert_eq!(c.payload.cmdline, DEFAULT_CMDLINE);
     }
 
@@ -161,11 +146,7 @@ mod tests {
         let cli = parse(&["--api-socket", "/tmp/s"]).unwrap();
         assert!(cli.vm.to_config().unwrap().is_none());
         assert!(parse(&["--cmdline", "x"]).unwrap().vm.to_config().is_err());
-        let bad = parse(&["--kernel", "/k", "--cpus", "boot=x"])
-            .unwrap()
-            .vm
-            .to_config()
-            .unwrap_err();
+        let bad = parse(&["--kernel", "/k", "--cpus", "boot=x"]).unwrap().vm.to_config().unwrap_err();
         assert!(bad.to_string().starts_with("--cpus"), "{bad}");
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--log-level", "loud"]).is_err());
@@ -173,26 +154,9 @@ mod tests {
 
     #[test]
     fn remote_subcommands() {
-        let cli = parse(&[
-            "remote",
-            "--api-socket",
-            "/s",
-            "resize",
-            "--cpus",
-            "3",
-            "--wait",
-        ])
-        .unwrap();
+        let cli = parse(&["remote", "--api-socket", "/s", "resize", "--cpus", "3", "--wait"]).unwrap();
         match cli.command {
-            Some(Command::Remote(RemoteArgs {
-                action:
-                    RemoteAction::Resize {
-                        cpus: 3,
-                        wait: true,
-                        ..
-                    },
-                ..
-            })) => {}
+            Some(Command::Remote(RemoteArgs { action: RemoteAction::Resize { cpus: 3, wait: true, .. }, .. })) => {}
             other => panic!("{other:?}"),
         }
         assert!(parse(&["remote", "--api-socket", "/s", "resize"]).is_err());

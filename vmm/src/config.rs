@@ -94,15 +94,10 @@ impl VmConfig {
             }
             Ok(())
         };
-        check(&self.payload.kernel).map_err(|reason| ConfigError::Kernel {
-            path: self.payload.kernel.clone(),
-            reason,
-        })?;
+        check(&self.payload.kernel)
+            .map_err(|reason| ConfigError::Kernel { path: self.payload.kernel.clone(), reason })?;
         if let Some(i) = &self.payload.initramfs {
-            check(i).map_err(|reason| ConfigError::Initramfs {
-                path: i.clone(),
-                reason,
-            })?;
+            check(i).map_err(|reason| ConfigError::Initramfs { path: i.clone(), reason })?;
         }
         if self.payload.cmdline.len() >= crate::memory::CMDLINE_MAX_SIZE {
             return Err(ConfigError::Cmdline(format!(
@@ -129,37 +124,23 @@ pub fn validate_cpus(c: &CpusConfig, kvm_max_vcpus: u32) -> Result<(), ConfigErr
         return Err(ConfigError::Cpus("boot must be at least 1".into()));
     }
     if c.max_vcpus < c.boot_vcpus {
-        return Err(ConfigError::Cpus(format!(
-            "boot={} is larger than max={}",
-            c.boot_vcpus, c.max_vcpus
-        )));
+        return Err(ConfigError::Cpus(format!("boot={} is larger than max={}", c.boot_vcpus, c.max_vcpus)));
     }
     if c.max_vcpus > limit {
-        return Err(ConfigError::Cpus(format!(
-            "max={} exceeds the supported limit of {limit}",
-            c.max_vcpus
-        )));
+        return Err(ConfigError::Cpus(format!("max={} exceeds the supported limit of {limit}", c.max_vcpus)));
     }
     Ok(())
 }
 
 fn validate_memory(size: u64) -> Result<(), ConfigError> {
     if size < MIN_MEMORY {
-        return Err(ConfigError::Memory(format!(
-            "{size} bytes is less than the minimum of {}M",
-            MIN_MEMORY >> 20
-        )));
+        return Err(ConfigError::Memory(format!("{size} bytes is less than the minimum of {}M", MIN_MEMORY >> 20)));
     }
     if size > MAX_MEMORY {
-        return Err(ConfigError::Memory(format!(
-            "{size} bytes is more than the maximum of {}G",
-            MAX_MEMORY >> 30
-        )));
+        return Err(ConfigError::Memory(format!("{size} bytes is more than the maximum of {}G", MAX_MEMORY >> 30)));
     }
-    if size % 4096 != 0 {
-        return Err(ConfigError::Memory(format!(
-            "{size} bytes is not a multiple of 4 KiB"
-        )));
+    if !size.is_multiple_of(4096) {
+        return Err(ConfigError::Memory(format!("{size} bytes is not a multiple of 4 KiB")));
     }
     Ok(())
 }
@@ -168,14 +149,9 @@ fn validate_memory(size: u64) -> Result<(), ConfigError> {
 fn pairs<'a>(s: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
     let mut out: Vec<(&str, &str)> = Vec::new();
     for part in s.split(',') {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| format!("expected key=value, got {part:?}"))?;
+        let (k, v) = part.split_once('=').ok_or_else(|| format!("expected key=value, got {part:?}"))?;
         if !known.contains(&k) {
-            return Err(format!(
-                "unknown key {k:?} (expected one of {})",
-                known.join(", ")
-            ));
+            return Err(format!("unknown key {k:?} (expected one of {})", known.join(", ")));
         }
         if out.iter().any(|(seen, _)| *seen == k) {
             return Err(format!("{k} given twice"));
@@ -187,15 +163,9 @@ fn pairs<'a>(s: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, Stri
 
 /// `boot=N[,max=M]` (or just `N`); max defaults to boot.
 pub fn parse_cpus(s: &str) -> Result<CpusConfig, ConfigError> {
-    let num = |k: &str, v: &str| {
-        v.parse::<u32>()
-            .map_err(|_| ConfigError::Cpus(format!("{k}={v:?} is not a number")))
-    };
+    let num = |k: &str, v: &str| v.parse::<u32>().map_err(|_| ConfigError::Cpus(format!("{k}={v:?} is not a number")));
     if let Ok(n) = s.parse::<u32>() {
-        return Ok(CpusConfig {
-            boot_vcpus: n,
-            max_vcpus: n,
-        });
+        return Ok(CpusConfig { boot_vcpus: n, max_vcpus: n });
     }
     let mut boot = None;
     let mut max = None;
@@ -206,10 +176,7 @@ pub fn parse_cpus(s: &str) -> Result<CpusConfig, ConfigError> {
         }
     }
     let boot = boot.ok_or_else(|| ConfigError::Cpus("boot= is required".into()))?;
-    Ok(CpusConfig {
-        boot_vcpus: boot,
-        max_vcpus: max.unwrap_or(boot),
-    })
+    Ok(CpusConfig { boot_vcpus: boot, max_vcpus: max.unwrap_or(boot) })
 }
 
 /// A size like `128M`, `1G`, `4096K` or plain bytes.
@@ -221,11 +188,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 'G' | 'g')) => (&s[..i], 30),
         _ => (s, 0),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 128M, 1G)"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (e.g. 128M, 1G)"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `size=128M` (or just `128M`).
@@ -236,9 +200,7 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, ConfigError> {
     } else {
         s
     };
-    parse_size(value)
-        .map(|size| MemoryConfig { size })
-        .map_err(ConfigError::Memory)
+    parse_size(value).map(|size| MemoryConfig { size }).map_err(ConfigError::Memory)
 }
 
 /// `tty`, `off`, or `file=PATH`.
@@ -247,12 +209,8 @@ pub fn parse_serial(s: &str) -> Result<SerialConfig, ConfigError> {
         "tty" => Ok(SerialConfig::Tty),
         "off" => Ok(SerialConfig::Off),
         _ => match s.strip_prefix("file=") {
-            Some(p) if !p.is_empty() => Ok(SerialConfig::File {
-                file: PathBuf::from(p),
-            }),
-            _ => Err(ConfigError::Serial(format!(
-                "expected tty, off or file=PATH, got {s:?}"
-            ))),
+            Some(p) if !p.is_empty() => Ok(SerialConfig::File { file: PathBuf::from(p) }),
+            _ => Err(ConfigError::Serial(format!("expected tty, off or file=PATH, got {s:?}"))),
         },
     }
 }
@@ -263,84 +221,20 @@ mod tests {
 
     #[test]
     fn cpus() {
-        assert_eq!(
-            parse_cpus("boot=2,max=4"),
-            Ok(CpusConfig {
-                boot_vcpus: 2,
-                max_vcpus: 4
-            })
-        );
-        assert_eq!(
-            parse_cpus("max=4,boot=1"),
-            Ok(CpusConfig {
-                boot_vcpus: 1,
-                max_vcpus: 4
-            })
-        );
-        assert_eq!(
-            parse_cpus("boot=3"),
-            Ok(CpusConfig {
-                boot_vcpus: 3,
-                max_vcpus: 3
-            })
-        );
-        assert_eq!(
-            parse_cpus("2"),
-            Ok(CpusConfig {
-                boot_vcpus: 2,
-                max_vcpus: 2
-            })
-        );
-        for bad in [
-            "",
-            "boot=",
-            "boot=x",
-            "max=4",
-            "boot=1,boot=2",
-            "boot=1,min=2",
-            "boot=-1",
-            "boot",
-        ] {
-            assert!(
-                matches!(parse_cpus(bad), Err(ConfigError::Cpus(_))),
-                "{bad:?}"
-            );
+        assert_eq!(parse_cpus("boot=2,max=4"), Ok(CpusConfig { boot_vcpus: 2, max_vcpus: 4 }));
+        assert_eq!(parse_cpus("max=4,boot=1"), Ok(CpusConfig { boot_vcpus: 1, max_vcpus: 4 }));
+        assert_eq!(parse_cpus("boot=3"), Ok(CpusConfig { boot_vcpus: 3, max_vcpus: 3 }));
+        assert_eq!(parse_cpus("2"), Ok(CpusConfig { boot_vcpus: 2, max_vcpus: 2 }));
+        for bad in ["", "boot=", "boot=x", "max=4", "boot=1,boot=2", "boot=1,min=2", "boot=-1", "boot"] {
+            assert!(matches!(parse_cpus(bad), Err(ConfigError::Cpus(_))), "{bad:?}");
         }
-        let v = |b, m| {
-            validate_cpus(
-                &CpusConfig {
-                    boot_vcpus: b,
-                    max_vcpus: m,
-                },
-                1024,
-            )
-        };
+        let v = |b, m| validate_cpus(&CpusConfig { boot_vcpus: b, max_vcpus: m }, 1024);
         assert!(v(1, 254).is_ok());
-        assert_eq!(
-            v(0, 4),
-            Err(ConfigError::Cpus("boot must be at least 1".into()))
-        );
-        assert_eq!(
-            v(5, 4),
-            Err(ConfigError::Cpus("boot=5 is larger than max=4".into()))
-        );
-        assert_eq!(
-            v(1, 255),
-            Err(ConfigError::Cpus(
-                "max=255 exceeds the supported limit of 254".into()
-            ))
-        );
-        assert!(validate_cpus(
-            &CpusConfig {
-                boot_vcpus: 1,
-                max_vcpus: 20
-            },
-            16
-        )
-        .is_err());
-        assert!(ConfigError::Cpus("x".into())
-            .to_string()
-            .starts_with("--cpus:"));
+        assert_eq!(v(0, 4), Err(ConfigError::Cpus("boot must be at least 1".into())));
+        assert_eq!(v(5, 4), Err(ConfigError::Cpus("boot=5 is larger than max=4".into())));
+        assert_eq!(v(1, 255), Err(ConfigError::Cpus("max=255 exceeds the supported limit of 254".into())));
+        assert!(validate_cpus(&CpusConfig { boot_vcpus: 1, max_vcpus: 20 }, 16).is_err());
+        assert!(ConfigError::Cpus("x".into()).to_string().starts_with("--cpus:"));
     }
 
     #[test]
@@ -349,21 +243,10 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("4096k"), Ok(4096 << 10));
         assert_eq!(parse_size("4096"), Ok(4096));
-        for bad in [
-            "",
-            "M",
-            "12X",
-            "1.5G",
-            "-1M",
-            "99999999999999999999G",
-            "18446744073709551615G",
-        ] {
+        for bad in ["", "M", "12X", "1.5G", "-1M", "99999999999999999999G", "18446744073709551615G"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            parse_memory("size=256M"),
-            Ok(MemoryConfig { size: 256 << 20 })
-        );
+        assert_eq!(parse_memory("size=256M"), Ok(MemoryConfig { size: 256 << 20 }));
         assert_eq!(parse_memory("64M"), Ok(MemoryConfig { size: 64 << 20 }));
         assert!(parse_memory("size=1M,size=2M").is_err());
         assert!(parse_memory("sz=1M").is_err());
@@ -377,12 +260,7 @@ mod tests {
     fn serial() {
         assert_eq!(parse_serial("tty"), Ok(SerialConfig::Tty));
         assert_eq!(parse_serial("off"), Ok(SerialConfig::Off));
-        assert_eq!(
-            parse_serial("file=/tmp/x"),
-            Ok(SerialConfig::File {
-                file: "/tmp/x".into()
-            })
-        );
+        assert_eq!(parse_serial("file=/tmp/x"), Ok(SerialConfig::File { file: "/tmp/x".into() }));
         assert!(parse_serial("file=").is_err());
         assert!(parse_serial("pty").is_err());
     }
@@ -402,22 +280,14 @@ mod tests {
         c.validate(64).unwrap();
         let mut missing = c.clone();
         missing.payload.kernel = dir.path().join("nope");
-        assert!(matches!(
-            missing.validate(64),
-            Err(ConfigError::Kernel { .. })
-        ));
+        assert!(matches!(missing.validate(64), Err(ConfigError::Kernel { .. })));
         let mut dir_initrd = c.clone();
         dir_initrd.payload.initramfs = Some(dir.path().to_path_buf());
-        assert!(matches!(
-            dir_initrd.validate(64),
-            Err(ConfigError::Initramfs { .. })
-        ));
+        assert!(matches!(dir_initrd.validate(64), Err(ConfigError::Initramfs { .. })));
         let mut long = c.clone();
         long.payload.cmdline = "x".repeat(5000);
         assert!(matches!(long.validate(64), Err(ConfigError::Cmdline(_))));
-        assert!(
-            serde_json::from_str::<VmConfig>(r#"{"cpus":{"boot_vcpus":1,"max_vcpus":1}}"#).is_err()
-        );
+        assert!(serde_json::from_str::<VmConfig>(r#"{"cpus":{"boot_vcpus":1,"max_vcpus":1}}"#).is_err());
         let unknown = json.replace(r#""memory""#, r#""bogus":1,"memory""#);
         assert!(serde_json::from_str::<VmConfig>(&unknown).is_err());
     }

@@ -22,10 +22,7 @@ pub struct ExitNotifier {
 
 impl ExitNotifier {
     pub fn new() -> std::io::Result<Self> {
-        Ok(ExitNotifier {
-            evt: EventFd::new(libc::EFD_NONBLOCK)?,
-            reason: Mutex::new(None),
-        })
+        Ok(ExitNotifier { evt: EventFd::new(libc::EFD_NONBLOCK)?, reason: Mutex::new(None) })
     }
 
     pub fn notify(&self, exit: VmExit) {

@@ -22,10 +22,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> ExitCode {
-    env_logger::Builder::new()
-        .filter_level(cli.vm.log_level)
-        .format_target(false)
-        .init();
+    env_logger::Builder::new().filter_level(cli.vm.log_level).format_target(false).init();
     let config = match cli.vm.to_config() {
         Ok(c) => c,
         Err(e) => {
@@ -34,15 +31,11 @@ fn run(cli: Cli) -> ExitCode {
         }
     };
     if config.is_none() && cli.vm.api_socket.is_none() {
-        eprintln!(
-            "lithe: give --kernel to boot a VM, or --api-socket to configure one over the API"
-        );
+        eprintln!("lithe: give --kernel to boot a VM, or --api-socket to configure one over the API");
         return ExitCode::from(2);
     }
     if let Some(c) = &config {
-        let max = kvm_ioctls::Kvm::new()
-            .map(|k| k.get_max_vcpus() as u32)
-            .unwrap_or(u32::MAX);
+        let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
         if let Err(e) = c.validate(max) {
             eprintln!("lithe: {e}");
             return ExitCode::from(2);
@@ -121,11 +114,7 @@ fn remote(args: RemoteArgs) -> ExitCode {
     let (method, endpoint, body, timeout) = match &args.action {
         RemoteAction::Ping => ("GET", "vmm.ping", None, 10),
         RemoteAction::Info => ("GET", "vm.info", None, 10),
-        RemoteAction::Resize {
-            cpus,
-            wait,
-            wait_ms,
-        } => {
+        RemoteAction::Resize { cpus, wait, wait_ms } => {
             let wait = wait_ms.or(wait.then_some(api::types::DEFAULT_RESIZE_WAIT_MS));
             let mut b = json!({ "desired_vcpus": cpus });
             if let Some(w) = wait {
@@ -156,19 +145,10 @@ fn remote(args: RemoteArgs) -> ExitCode {
         RemoteAction::Shutdown => ("PUT", "vm.shutdown", None, 70),
         RemoteAction::VmmShutdown => ("PUT", "vmm.shutdown", None, 70),
     };
-    match api::client::request(
-        &args.api_socket,
-        method,
-        endpoint,
-        body.as_ref(),
-        Duration::from_secs(timeout),
-    ) {
+    match api::client::request(&args.api_socket, method, endpoint, body.as_ref(), Duration::from_secs(timeout)) {
         Ok(r) => {
             if !r.body.is_null() {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r.body).unwrap_or_default()
-                );
+                println!("{}", serde_json::to_string_pretty(&r.body).unwrap_or_default());
             }
             if (200..300).contains(&r.status) {
                 ExitCode::SUCCESS

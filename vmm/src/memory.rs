@@ -42,6 +42,18 @@ pub const LAPIC_BASE: u64 = 0xfee0_0000;
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 
+// The fixed structures must not overlap each other or the kernel; devices
+// must sit inside the MMIO hole without overlapping. Checked at compile time.
+const _: () = {
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(PDE_START + 0x1000 <= CMDLINE_START);
+    assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER + 0x10);
+    assert!(GED_MMIO_BASE >= MMIO_HOLE_START && GED_MMIO_BASE + 4 <= CPU_HOTPLUG_MMIO_BASE);
+    assert!(CPU_HOTPLUG_MMIO_BASE + 0x100 <= IOAPIC_BASE);
+    assert!(IOAPIC_BASE < LAPIC_BASE && LAPIC_BASE < KVM_IDENTITY_MAP_ADDR);
+    assert!(KVM_TSS_ADDR + 3 * 0x1000 <= FOUR_GIB);
+};
+
 /// The RAM regions for `size` bytes: below the MMIO hole, then above 4 GiB.
 pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
     let low = size.min(MMIO_HOLE_START);
@@ -86,31 +98,7 @@ mod tests {
     #[test]
     fn large_guest_skips_the_mmio_hole() {
         let r = ram_regions(4 << 30);
-        assert_eq!(
-            r,
-            vec![
-                (GuestAddress(0), MMIO_HOLE_START as usize),
-                (GuestAddress(FOUR_GIB), (1 << 30) as usize)
-            ]
-        );
+        assert_eq!(r, vec![(GuestAddress(0), MMIO_HOLE_START as usize), (GuestAddress(FOUR_GIB), (1 << 30) as usize)]);
         assert_eq!(low_ram_end(4 << 30), MMIO_HOLE_START);
-    }
-
-    #[test]
-    fn fixed_structures_fit_below_the_kernel_and_devices_in_the_hole() {
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(PDE_START + 0x1000 <= CMDLINE_START);
-        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER + 0x10);
-        for base in [
-            GED_MMIO_BASE,
-            CPU_HOTPLUG_MMIO_BASE,
-            IOAPIC_BASE,
-            LAPIC_BASE,
-            KVM_TSS_ADDR,
-        ] {
-            assert!((MMIO_HOLE_START..FOUR_GIB).contains(&base));
-        }
-        assert!(GED_MMIO_BASE + 4 <= CPU_HOTPLUG_MMIO_BASE);
-        assert!(CPU_HOTPLUG_MMIO_BASE + 0x100 <= IOAPIC_BASE);
     }
 }

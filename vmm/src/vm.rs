@@ -6,9 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use log::info;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -16,9 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use devices::cpu_hotplug::{self, CpuHotplugController};
 use devices::ged::{Ged, GED_MMIO_LEN};
-use devices::power::{
-    AcpiPowerDevice, I8042Device, PowerEvent, PowerHandler, ACPI_POWER_LEN, ACPI_POWER_PORT,
-};
+use devices::power::{AcpiPowerDevice, I8042Device, PowerEvent, PowerHandler, ACPI_POWER_LEN, ACPI_POWER_PORT};
 use devices::power::{I8042_COMMAND_PORT, I8042_DATA_PORT};
 use devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use devices::{Bus, BusError, EventFdTrigger};
@@ -41,10 +37,7 @@ pub enum VmError {
     #[error("opening /dev/kvm: {0}")]
     Kvm(kvm_ioctls::Error),
     #[error("{what}: {source}")]
-    KvmCall {
-        what: &'static str,
-        source: kvm_ioctls::Error,
-    },
+    KvmCall { what: &'static str, source: kvm_ioctls::Error },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
@@ -58,10 +51,7 @@ pub enum VmError {
     #[error("mapping devices: {0}")]
     Bus(#[from] BusError),
     #[error("serial output {path}: {source}")]
-    SerialFile {
-        path: String,
-        source: std::io::Error,
-    },
+    SerialFile { path: String, source: std::io::Error },
     #[error("creating an event fd: {0}")]
     EventFd(std::io::Error),
     #[error("installing the vCPU kick signal handler: {0}")]
@@ -98,11 +88,7 @@ fn kvm_is_pvm() -> bool {
 
 impl Vm {
     /// Builds the VM and starts its boot vCPUs.
-    pub fn create(
-        config: &VmConfig,
-        exit: Arc<ExitNotifier>,
-        hotplug_evt: &EventFd,
-    ) -> Result<Vm, VmError> {
+    pub fn create(config: &VmConfig, exit: Arc<ExitNotifier>, hotplug_evt: &EventFd) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
         config.validate(kvm.get_max_vcpus() as u32)?;
         if kvm_is_pvm() {
@@ -110,22 +96,11 @@ impl Vm {
         }
         install_kick_handler().map_err(VmError::Signal)?;
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
-        vm_fd
-            .set_tss_address(memory::KVM_TSS_ADDR as usize)
-            .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
-        vm_fd
-            .set_identity_map_address(memory::KVM_IDENTITY_MAP_ADDR)
-            .map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm_fd
-            .create_pit2(pit)
-            .map_err(kvm_call("KVM_CREATE_PIT2"))?;
+        vm_fd.set_tss_address(memory::KVM_TSS_ADDR as usize).map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
+        vm_fd.set_identity_map_address(memory::KVM_IDENTITY_MAP_ADDR).map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm_fd.create_irq_chip().map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm_fd.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))?;
 
         let mem = memory::create_guest_memory(config.memory.size)?;
         for (slot, region) in mem.iter().enumerate() {
@@ -138,8 +113,7 @@ impl Vm {
             };
             // SAFETY: the region is a live mapping owned by `mem`, which the Vm
             // keeps until after the VM fd (and every vCPU) is gone.
-            unsafe { vm_fd.set_user_memory_region(r) }
-                .map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
         // Devices.
@@ -154,9 +128,7 @@ impl Vm {
         };
         let irqfd = |gsi: u32| -> Result<EventFdTrigger, VmError> {
             let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
-            vm_fd
-                .register_irqfd(&fd, gsi)
-                .map_err(kvm_call("KVM_IRQFD"))?;
+            vm_fd.register_irqfd(&fd, gsi).map_err(kvm_call("KVM_IRQFD"))?;
             Ok(EventFdTrigger::new(fd))
         };
         let out: Box<dyn Write + Send> = match &config.serial {
@@ -167,10 +139,7 @@ impl Vm {
                     .create(true)
                     .append(true)
                     .open(file)
-                    .map_err(|source| VmError::SerialFile {
-                        path: file.display().to_string(),
-                        source,
-                    })?,
+                    .map_err(|source| VmError::SerialFile { path: file.display().to_string(), source })?,
             ),
         };
         let serial = Arc::new(SerialDevice::new(irqfd(COM1_IRQ)?, out));
@@ -179,53 +148,27 @@ impl Vm {
         let i8042 = Arc::new(I8042Device::new(power.clone()));
         pio.insert(u64::from(I8042_DATA_PORT), 1, i8042.clone())?;
         pio.insert(u64::from(I8042_COMMAND_PORT), 1, i8042)?;
-        pio.insert(
-            u64::from(ACPI_POWER_PORT),
-            ACPI_POWER_LEN,
-            Arc::new(AcpiPowerDevice::new(power)),
-        )?;
+        pio.insert(u64::from(ACPI_POWER_PORT), ACPI_POWER_LEN, Arc::new(AcpiPowerDevice::new(power)))?;
 
         let cpus = config.cpus;
         let table = Arc::new(VcpuTable::new(cpus.max_vcpus));
-        info!(
-            "vCPU table: {} slots, read-side fences: {:?}",
-            cpus.max_vcpus,
-            table.fence_mode()
-        );
-        let host = Arc::new(HotplugHost::new(
-            table.clone(),
-            hotplug_evt.try_clone().map_err(VmError::EventFd)?,
-        ));
+        info!("vCPU table: {} slots, read-side fences: {:?}", cpus.max_vcpus, table.fence_mode());
+        let host = Arc::new(HotplugHost::new(table.clone(), hotplug_evt.try_clone().map_err(VmError::EventFd)?));
         let controller = Arc::new(CpuHotplugController::new(cpus.max_vcpus, host.clone()));
         let ged = Arc::new(Ged::new(irqfd(GED_IRQ)?));
         let mut mmio = Bus::new();
         mmio.insert(memory::GED_MMIO_BASE, GED_MMIO_LEN, ged.clone())?;
-        mmio.insert(
-            memory::CPU_HOTPLUG_MMIO_BASE,
-            cpu_hotplug::MMIO_LEN,
-            controller.clone(),
-        )?;
+        mmio.insert(memory::CPU_HOTPLUG_MMIO_BASE, cpu_hotplug::MMIO_LEN, controller.clone())?;
 
         // Payload and firmware tables.
         let p = &config.payload;
-        let entry = boot::load_payload(
-            &mem,
-            &p.kernel,
-            p.initramfs.as_deref(),
-            &p.cmdline,
-            config.memory.size,
-        )?;
+        let entry = boot::load_payload(&mem, &p.kernel, p.initramfs.as_deref(), &p.cmdline, config.memory.size)?;
         regs::write_boot_tables(&mem)?;
         acpi::build(cpus.boot_vcpus, cpus.max_vcpus)?.write(&mem)?;
 
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
-        let ctx = VcpuContext {
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
-            exit,
-        };
+        let supported_cpuid =
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
+        let ctx = VcpuContext { pio: Arc::new(pio), mmio: Arc::new(mmio), exit };
         let mut manager = VcpuManager::new(ManagerParts {
             vm: vm_fd.clone(),
             table: table.clone(),
@@ -244,19 +187,8 @@ impl Vm {
             cpus.max_vcpus,
             p.kernel.display()
         );
-        let view = Arc::new(VmView {
-            config: config.clone(),
-            table,
-            host,
-        });
-        Ok(Vm {
-            manager,
-            serial,
-            view,
-            _vm_fd: vm_fd,
-            _memory: mem,
-            _kvm: kvm,
-        })
+        let view = Arc::new(VmView { config: config.clone(), table, host });
+        Ok(Vm { manager, serial, view, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
     }
 
     pub fn manager(&mut self) -> &mut VcpuManager {

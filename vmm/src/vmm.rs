@@ -44,10 +44,7 @@ pub enum VmmError {
 }
 
 impl Vmm {
-    pub fn new(
-        shared: Arc<VmmShared>,
-        api: Option<(Receiver<MainLoopRequest>, EventFd)>,
-    ) -> Result<Vmm, VmmError> {
+    pub fn new(shared: Arc<VmmShared>, api: Option<(Receiver<MainLoopRequest>, EventFd)>) -> Result<Vmm, VmmError> {
         let timer = TimerFd::new().map_err(VmmError::Timer)?;
         Ok(Vmm {
             config: None,
@@ -87,11 +84,7 @@ impl Vmm {
             drop(vm);
             info!("VM stopped");
         }
-        self.shared.set_state(if self.config.is_some() {
-            VmState::Created
-        } else {
-            VmState::NotCreated
-        });
+        self.shared.set_state(if self.config.is_some() { VmState::Created } else { VmState::NotCreated });
     }
 
     fn on_vm_exit(&mut self) {
@@ -156,13 +149,9 @@ impl Vmm {
                 }
                 let config: VmConfig = match serde_json::from_value(json) {
                     Ok(c) => c,
-                    Err(e) => {
-                        return Response(ApiResponse::error(400, format!("invalid VM config: {e}")))
-                    }
+                    Err(e) => return Response(ApiResponse::error(400, format!("invalid VM config: {e}"))),
                 };
-                let max = kvm_ioctls::Kvm::new()
-                    .map(|k| k.get_max_vcpus() as u32)
-                    .unwrap_or(u32::MAX);
+                let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
                 if let Err(e) = config.validate(max) {
                     return Response(ApiResponse::error(400, e.to_string()));
                 }
@@ -211,11 +200,7 @@ impl Vmm {
                 };
                 let m = vm.manager();
                 if m.is_paused() == pause {
-                    return conflict(if pause {
-                        "the VM is already paused"
-                    } else {
-                        "the VM is not paused"
-                    });
+                    return conflict(if pause { "the VM is already paused" } else { "the VM is not paused" });
                 }
                 if pause {
                     if let Err(e) = m.pause() {
@@ -234,12 +219,11 @@ impl Vmm {
                 };
                 match vm.manager().resize(req.desired_vcpus) {
                     Ok(plan) => MainLoopReply::Resized(plan),
-                    Err(e @ ManagerError::InvalidCount { .. }) => {
-                        Response(ApiResponse::error(400, e.to_string()))
+                    Err(e @ ManagerError::InvalidCount { .. }) => Response(ApiResponse::error(400, e.to_string())),
+                    Err(e @ ManagerError::RemovalPending { .. }) => {
+                        MainLoopReply::RemovalPending(ApiResponse::error(409, e.to_string()))
                     }
-                    Err(e) if e.is_client_error() => {
-                        Response(ApiResponse::error(409, e.to_string()))
-                    }
+                    Err(e) if e.is_client_error() => Response(ApiResponse::error(409, e.to_string())),
                     Err(e) => {
                         error!("resize failed: {e}");
                         Response(ApiResponse::error(500, e.to_string()))
@@ -252,19 +236,15 @@ impl Vmm {
                 self.exit_code = Some(0);
                 Response(ApiResponse::no_content())
             }
-            ApiRequest::VmmPing | ApiRequest::VmInfo => Response(ApiResponse::error(
-                500,
-                "answered by the API thread, not the main loop",
-            )),
+            ApiRequest::VmmPing | ApiRequest::VmInfo => {
+                Response(ApiResponse::error(500, "answered by the API thread, not the main loop"))
+            }
         }
     }
 
     fn wants_stdin(&self) -> bool {
         // Only a console on our stdout reads our stdin.
-        !matches!(
-            self.config.as_ref().map(|c| &c.serial),
-            Some(SerialConfig::Off | SerialConfig::File { .. })
-        )
+        !matches!(self.config.as_ref().map(|c| &c.serial), Some(SerialConfig::Off | SerialConfig::File { .. }))
     }
 }
 
@@ -307,9 +287,7 @@ impl MutEventSubscriber for Vmm {
                 vm.manager().check_removal_deadlines();
             }
         } else if fd == STDIN {
-            if events
-                .event_set()
-                .intersects(EventSet::HANG_UP | EventSet::ERROR)
+            if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR)
                 && !events.event_set().contains(EventSet::IN)
             {
                 let _ = ops.remove(events);

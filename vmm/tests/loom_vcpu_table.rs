@@ -21,20 +21,14 @@ struct Payload {
 }
 
 fn payload(data: usize) -> Arc<Payload> {
-    Arc::new(Payload {
-        canary: AtomicUsize::new(ALIVE),
-        data,
-    })
+    Arc::new(Payload { canary: AtomicUsize::new(ALIVE), data })
 }
 
 /// A reader that sees the bit also sees the payload's contents.
 #[test]
 fn publish_is_never_seen_half_initialised() {
     loom::model(|| {
-        let table = Arc::new(VcpuTable::<Arc<Payload>>::with_fence_mode(
-            2,
-            FenceMode::SeqCst,
-        ));
+        let table = Arc::new(VcpuTable::<Arc<Payload>>::with_fence_mode(2, FenceMode::SeqCst));
         let reader = {
             let table = table.clone();
             thread::spawn(move || {
@@ -64,11 +58,7 @@ fn retire_waits_for_readers_that_saw_the_bit() {
                 let mut r = Reader::new(&table, "r");
                 let g = r.read();
                 g.with_value(0, |p| {
-                    assert_eq!(
-                        p.canary.load(Ordering::Relaxed),
-                        ALIVE,
-                        "reader saw a torn-down slot"
-                    );
+                    assert_eq!(p.canary.load(Ordering::Relaxed), ALIVE, "reader saw a torn-down slot");
                 });
             })
         };

@@ -39,11 +39,7 @@ fn stress(mode: FenceMode, capacity: u32, rounds: usize, readers: usize) {
                     let g = r.read();
                     for (id, p) in g.iter() {
                         assert_eq!(p.id, id, "slot {id} holds payload of {}", p.id);
-                        assert_eq!(
-                            p.canary.load(Ordering::Relaxed),
-                            ALIVE,
-                            "reader saw a torn-down vCPU {id}"
-                        );
+                        assert_eq!(p.canary.load(Ordering::Relaxed), ALIVE, "reader saw a torn-down vCPU {id}");
                         observed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -60,18 +56,12 @@ fn stress(mode: FenceMode, capacity: u32, rounds: usize, readers: usize) {
         rng ^= rng << 17;
         let id = (rng % u64::from(capacity)) as u32;
         if present[id as usize] {
-            let p = table
-                .retire(id, Duration::from_secs(30))
-                .expect("grace period");
+            let p = table.retire(id, Duration::from_secs(30)).expect("grace period");
             // Teardown: poison, then drop. Any reader still holding it would notice.
             p.canary.store(DEAD, Ordering::Relaxed);
             drop(p);
         } else {
-            let p = Box::new(Payload {
-                id,
-                canary: AtomicU64::new(ALIVE),
-                drops: drops.clone(),
-            });
+            let p = Box::new(Payload { id, canary: AtomicU64::new(ALIVE), drops: drops.clone() });
             created += 1;
             table.publish(id, p).expect("publish");
         }
@@ -85,15 +75,8 @@ fn stress(mode: FenceMode, capacity: u32, rounds: usize, readers: usize) {
     assert_eq!(table.count() as usize, still);
     assert_eq!(drops.load(Ordering::SeqCst), created - still);
     drop(table);
-    assert_eq!(
-        drops.load(Ordering::SeqCst),
-        created,
-        "every payload dropped exactly once"
-    );
-    assert!(
-        observed.load(Ordering::Relaxed) > 0,
-        "readers never saw anything"
-    );
+    assert_eq!(drops.load(Ordering::SeqCst), created, "every payload dropped exactly once");
+    assert!(observed.load(Ordering::Relaxed) > 0, "readers never saw anything");
 }
 
 fn rounds() -> usize {

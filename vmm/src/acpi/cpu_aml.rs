@@ -13,9 +13,9 @@
 //!   `log2(max)` steps instead of one `If` per possible vCPU.
 
 use acpi_tables::aml::{
-    self, Add, And, Arg, BufferData, DeRefOf, Device, Else, Field, FieldAccessType, FieldEntry,
-    FieldLockRule, FieldUpdateRule, If, Index, LessThan, Local, Method, MethodCall, Name, Notify,
-    OpRegion, OpRegionSpace, Path, Return, ShiftLeft, ShiftRight, Store, Subtract, While,
+    self, Add, And, Arg, BufferData, DeRefOf, Device, Else, Field, FieldAccessType, FieldEntry, FieldLockRule,
+    FieldUpdateRule, If, Index, LessThan, Local, Method, MethodCall, Name, Notify, OpRegion, OpRegionSpace, Path,
+    Return, ShiftLeft, ShiftRight, Store, Subtract, While,
 };
 use acpi_tables::{Aml, AmlSink};
 
@@ -64,11 +64,7 @@ pub fn madt_entry(id: u32) -> Vec<u8> {
 /// Register block fields: PRSn, INSn, RMVn for the words in use, then EJCT/OSEL/OEVT/OSTS.
 fn register_fields(words: usize) -> Field {
     let mut fields = Vec::new();
-    for (base, prefix) in [
-        (REG_PRESENT, "PRS"),
-        (REG_INSERT, "INS"),
-        (REG_REMOVE, "RMV"),
-    ] {
+    for (base, prefix) in [(REG_PRESENT, "PRS"), (REG_INSERT, "INS"), (REG_REMOVE, "RMV")] {
         debug_assert_eq!(base as usize, fields_bits(&fields) / 8);
         for w in 0..words {
             fields.push(FieldEntry::Named(word_name(prefix, w), 32));
@@ -81,13 +77,7 @@ fn register_fields(words: usize) -> Field {
     for name in [b"EJCT", b"OSEL", b"OEVT", b"OSTS"] {
         fields.push(FieldEntry::Named(*name, 32));
     }
-    Field::new(
-        "CPHR".into(),
-        FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::WriteAsZeroes,
-        fields,
-    )
+    Field::new("CPHR".into(), FieldAccessType::DWord, FieldLockRule::NoLock, FieldUpdateRule::WriteAsZeroes, fields)
 }
 
 fn fields_bits(fields: &[FieldEntry]) -> usize {
@@ -102,58 +92,26 @@ fn fields_bits(fields: &[FieldEntry]) -> usize {
 /// `CSTA(id)`: 0xF if the cached presence bit of `id` is set, else 0.
 fn csta() -> Raw {
     let byte = bytes(&ShiftRight::new(&Local(0), &Arg(0), &3usize));
-    let mask = bytes(&ShiftLeft::new(
-        &Local(1),
-        &aml::ONE,
-        &And::new(&aml::ZERO, &Arg(0), &7usize),
-    ));
+    let mask = bytes(&ShiftLeft::new(&Local(1), &aml::ONE, &And::new(&aml::ZERO, &Arg(0), &7usize)));
     let present = bytes(&If::new(
-        &And::new(
-            &aml::ZERO,
-            &DeRefOf::new(&Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0))),
-            &Local(1),
-        ),
+        &And::new(&aml::ZERO, &DeRefOf::new(&Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0))), &Local(1)),
         vec![&Return::new(&0xfusize)],
     ));
     let absent = bytes(&Return::new(&aml::ZERO));
-    bytes(&Method::new(
-        "CSTA".into(),
-        1,
-        false,
-        vec![&byte, &mask, &present, &absent],
-    ))
+    bytes(&Method::new("CSTA".into(), 1, false, vec![&byte, &mask, &present, &absent]))
 }
 
 /// `CSET(id, on)`: sets or clears the cached presence bit of `id`.
 fn cset() -> Raw {
     let byte = bytes(&ShiftRight::new(&Local(0), &Arg(0), &3usize));
-    let mask = bytes(&ShiftLeft::new(
-        &Local(1),
-        &aml::ONE,
-        &And::new(&aml::ZERO, &Arg(0), &7usize),
-    ));
-    let cur = bytes(&Store::new(
-        &Local(2),
-        &DeRefOf::new(&Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0))),
-    ));
+    let mask = bytes(&ShiftLeft::new(&Local(1), &aml::ONE, &And::new(&aml::ZERO, &Arg(0), &7usize)));
+    let cur = bytes(&Store::new(&Local(2), &DeRefOf::new(&Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0)))));
     let set = bytes(&aml::Or::new(&Local(2), &Local(2), &Local(1)));
-    let clear = bytes(&And::new(
-        &Local(2),
-        &Local(2),
-        &Subtract::new(&aml::ZERO, &0xffusize, &Local(1)),
-    ));
+    let clear = bytes(&And::new(&Local(2), &Local(2), &Subtract::new(&aml::ZERO, &0xffusize, &Local(1))));
     let choose = bytes(&If::new(&Arg(1), vec![&set]));
     let otherwise = bytes(&Else::new(vec![&clear]));
-    let write = bytes(&Store::new(
-        &Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0)),
-        &Local(2),
-    ));
-    bytes(&Method::new(
-        "CSET".into(),
-        2,
-        true,
-        vec![&byte, &mask, &cur, &choose, &otherwise, &write],
-    ))
+    let write = bytes(&Store::new(&Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0)), &Local(2)));
+    bytes(&Method::new("CSET".into(), 2, true, vec![&byte, &mask, &cur, &choose, &otherwise, &write]))
 }
 
 /// `CTFY(id, event)`: Notify(Cxxx, event) through a binary search on id.
@@ -186,15 +144,8 @@ fn scan_word(w: usize, reg: [u8; 4], insert: bool) -> Raw {
     let cache = bytes(&MethodCall::new("CSET".into(), vec![&Local(2), &aml::ONE]));
     let notify_insert = bytes(&MethodCall::new("CTFY".into(), vec![&Local(2), &aml::ONE]));
     let notify_eject = bytes(&MethodCall::new("CTFY".into(), vec![&Local(2), &3usize]));
-    let on_bit: Vec<&dyn Aml> = if insert {
-        vec![&id, &cache, &notify_insert]
-    } else {
-        vec![&id, &notify_eject]
-    };
-    let bit_set = bytes(&If::new(
-        &And::new(&aml::ZERO, &Local(0), &aml::ONE),
-        on_bit,
-    ));
+    let on_bit: Vec<&dyn Aml> = if insert { vec![&id, &cache, &notify_insert] } else { vec![&id, &notify_eject] };
+    let bit_set = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &aml::ONE), on_bit));
     let shift = bytes(&ShiftRight::new(&Local(0), &Local(0), &aml::ONE));
     let next = bytes(&Add::new(&Local(1), &Local(1), &aml::ONE));
     let walk = bytes(&While::new(&Local(0), vec![&bit_set, &shift, &next]));
@@ -240,10 +191,7 @@ fn cpu_device(id: u32) -> Raw {
     let sta = Method::new("_STA".into(), 0, false, vec![&sta_ret]);
     let mat_buf = BufferData::new(madt_entry(id));
     let mat = bytes(&Name::new("_MAT".into(), &mat_buf));
-    let ost_call = bytes(&MethodCall::new(
-        "COST".into(),
-        vec![&(id as usize), &Arg(0), &Arg(1)],
-    ));
+    let ost_call = bytes(&MethodCall::new("COST".into(), vec![&(id as usize), &Arg(0), &Arg(1)]));
     let ost = Method::new("_OST".into(), 3, false, vec![&ost_call]);
     let ej0_call = bytes(&MethodCall::new("CEJ0".into(), vec![&(id as usize)]));
     let ej0 = Method::new("_EJ0".into(), 1, false, vec![&ej0_call]);
@@ -260,12 +208,8 @@ pub fn cpus_container(boot: u32, max: u32, mmio_base: u64) -> Raw {
     let words = max.div_ceil(32) as usize;
     let hid = bytes(&Name::new("_HID".into(), &"ACPI0010"));
     let cid = bytes(&Name::new("_CID".into(), &aml::EISAName::new("PNP0A05")));
-    let region = bytes(&OpRegion::new(
-        "CPHR".into(),
-        OpRegionSpace::SystemMemory,
-        &(mmio_base as usize),
-        &(MMIO_LEN as usize),
-    ));
+    let region =
+        bytes(&OpRegion::new("CPHR".into(), OpRegionSpace::SystemMemory, &(mmio_base as usize), &(MMIO_LEN as usize)));
     let fields = register_fields(words);
     let mut presence = vec![0u8; MAX_WORDS * 4];
     for id in 0..boot {

@@ -5,33 +5,23 @@
 
 pub mod cpu_aml;
 
-use acpi_tables::aml::{
-    self, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Method,
-};
-use acpi_tables::aml::{
-    And, Device, EISAName, Interrupt, Local, MethodCall, Name, OpRegion, OpRegionSpace, Package,
-};
+use acpi_tables::aml::{self, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Method};
+use acpi_tables::aml::{And, Device, EISAName, Interrupt, Local, MethodCall, Name, OpRegion, OpRegionSpace, Package};
 use acpi_tables::aml::{ResourceTemplate, Store, IO};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{
-    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
-};
+use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::memory::{
-    GuestMemory, ACPI_END, ACPI_START, CPU_HOTPLUG_MMIO_BASE, GED_MMIO_BASE, IOAPIC_BASE,
-    LAPIC_BASE,
-};
+use crate::memory::{GuestMemory, ACPI_END, ACPI_START, CPU_HOTPLUG_MMIO_BASE, GED_MMIO_BASE, IOAPIC_BASE, LAPIC_BASE};
 use cpu_aml::{bytes, cpus_container, Raw};
 use devices::ged::{GED_EVENT_CPU_HOTPLUG, GED_MMIO_LEN};
 use devices::power::{
-    ACPI_POWER_PORT, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET,
-    SLEEP_STATUS_OFFSET,
+    ACPI_POWER_PORT, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
 };
 use devices::serial::{COM1_IRQ, COM1_PORT};
 
@@ -60,10 +50,7 @@ pub struct AcpiTables {
 
 impl AcpiTables {
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.tables
-            .iter()
-            .find(|t| t.0 == name)
-            .map(|t| t.2.as_slice())
+        self.tables.iter().find(|t| t.0 == name).map(|t| t.2.as_slice())
     }
 
     pub fn write(&self, mem: &GuestMemory) -> Result<(), AcpiError> {
@@ -81,11 +68,7 @@ fn serial_device() -> Raw {
     let hid = EISAName::new("PNP0501");
     bytes(&Device::new(
         "COM1".into(),
-        vec![
-            &Name::new("_HID".into(), &hid),
-            &Name::new("_UID".into(), &aml::ZERO),
-            &Name::new("_CRS".into(), &crs),
-        ],
+        vec![&Name::new("_HID".into(), &hid), &Name::new("_UID".into(), &aml::ZERO), &Name::new("_CRS".into(), &crs)],
     ))
 }
 
@@ -107,10 +90,7 @@ fn ged_device() -> Raw {
     );
     let read = bytes(&Store::new(&Local(0), &aml::Path::new("GDAT")));
     let scan = bytes(&MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![]));
-    let cpu = bytes(&If::new(
-        &And::new(&aml::ZERO, &Local(0), &(GED_EVENT_CPU_HOTPLUG as usize)),
-        vec![&scan],
-    ));
+    let cpu = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(GED_EVENT_CPU_HOTPLUG as usize)), vec![&scan]));
     let evt = Method::new("_EVT".into(), 1, true, vec![&read, &cpu]);
     bytes(&Device::new(
         "GED_".into(),
@@ -151,13 +131,7 @@ fn dsdt(boot_vcpus: u32, max_vcpus: u32) -> Vec<u8> {
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
     let io = |offset: u64, width| {
-        GAS::new(
-            AddressSpace::SystemIo,
-            width,
-            0,
-            AccessSize::ByteAccess,
-            u64::from(ACPI_POWER_PORT) + offset,
-        )
+        GAS::new(AddressSpace::SystemIo, width, 0, AccessSize::ByteAccess, u64::from(ACPI_POWER_PORT) + offset)
     };
     let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt_addr)
@@ -183,18 +157,9 @@ fn fix_checksum(table: &mut [u8]) {
 
 /// Every possible vCPU: boot ones enabled, the rest online-capable (hot-pluggable).
 fn madt(boot_vcpus: u32, max_vcpus: u32) -> Vec<u8> {
-    let mut m = MADT::new(
-        OEM_ID,
-        OEM_TABLE_ID,
-        OEM_REVISION,
-        LocalInterruptController::Address(LAPIC_BASE as u32),
-    );
+    let mut m = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_BASE as u32));
     for id in 0..max_vcpus {
-        let status = if id < boot_vcpus {
-            EnabledStatus::Enabled
-        } else {
-            EnabledStatus::DisabledOnlineCapable
-        };
+        let status = if id < boot_vcpus { EnabledStatus::Enabled } else { EnabledStatus::DisabledOnlineCapable };
         m.add_structure(ProcessorLocalApic::new(id as u8, id as u8, status));
     }
     m.add_structure(IoApic::new(0, IOAPIC_BASE as u32, 0));
@@ -224,10 +189,7 @@ pub fn build(boot_vcpus: u32, max_vcpus: u32) -> Result<AcpiTables, AcpiError> {
     let madt = madt(boot_vcpus, max_vcpus);
     let end = madt_addr + madt.len() as u64;
     if end > ACPI_END {
-        return Err(AcpiError::TooLarge {
-            needed: end - ACPI_START,
-            available: ACPI_END - ACPI_START,
-        });
+        return Err(AcpiError::TooLarge { needed: end - ACPI_START, available: ACPI_END - ACPI_START });
     }
     let fadt = fadt(dsdt_addr);
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -263,10 +225,7 @@ mod tests {
         for (boot, max) in [(1, 1), (2, 4), (1, 254)] {
             let t = build(boot, max).unwrap();
             for (name, addr, data) in &t.tables {
-                assert!(
-                    *addr >= ACPI_START && addr + data.len() as u64 <= ACPI_END,
-                    "{name}"
-                );
+                assert!(*addr >= ACPI_START && addr + data.len() as u64 <= ACPI_END, "{name}");
                 if *name != "RSDP" {
                     assert!(checksum_ok(data), "{name} checksum");
                     assert_eq!(
@@ -314,10 +273,7 @@ mod tests {
     #[test]
     fn tables_pass_acpica() {
         let iasl = Command::new("iasl").arg("-v").output();
-        assert!(
-            iasl.is_ok(),
-            "iasl not found: install acpica-tools (the CI script does)"
-        );
+        assert!(iasl.is_ok(), "iasl not found: install acpica-tools (the CI script does)");
         for (boot, max) in [(2, 4), (1, 254)] {
             let dir = tempfile::tempdir().unwrap();
             let t = build(boot, max).unwrap();
@@ -327,42 +283,15 @@ mod tests {
                 }
                 let f = dir.path().join(format!("{}.dat", name.to_lowercase()));
                 std::fs::write(&f, data).unwrap();
-                let out = Command::new("iasl")
-                    .arg("-d")
-                    .arg(&f)
-                    .current_dir(dir.path())
-                    .output()
-                    .unwrap();
-                let text = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                assert!(
-                    out.status.success(),
-                    "iasl -d {name} (max={max}) failed:\n{text}"
-                );
-                assert!(
-                    !text.contains("Error") && !text.contains("error:"),
-                    "iasl -d {name}:\n{text}"
-                );
+                let out = Command::new("iasl").arg("-d").arg(&f).current_dir(dir.path()).output().unwrap();
+                let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                assert!(out.status.success(), "iasl -d {name} (max={max}) failed:\n{text}");
+                assert!(!text.contains("Error") && !text.contains("error:"), "iasl -d {name}:\n{text}");
             }
             let dsl = dir.path().join("dsdt.dsl");
-            let out = Command::new("iasl")
-                .arg("-p")
-                .arg(dir.path().join("recompiled"))
-                .arg(&dsl)
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success(),
-                "recompiling the DSDT (max={max}) failed:\n{text}"
-            );
+            let out = Command::new("iasl").arg("-p").arg(dir.path().join("recompiled")).arg(&dsl).output().unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "recompiling the DSDT (max={max}) failed:\n{text}");
             assert!(text.contains("0 Errors"), "recompiling the DSDT:\n{text}");
         }
     }

@@ -12,8 +12,8 @@ use linux_loader::loader::{self, BzImage, Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::memory::{
-    low_ram_end, GuestMemory, ACPI_START, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, FOUR_GIB,
-    HIMEM_START, MMIO_HOLE_START, ZERO_PAGE_START,
+    low_ram_end, GuestMemory, ACPI_START, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, FOUR_GIB, HIMEM_START,
+    MMIO_HOLE_START, ZERO_PAGE_START,
 };
 
 const E820_RAM: u32 = 1;
@@ -30,23 +30,13 @@ const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("opening {path}: {source}")]
-    Open {
-        path: String,
-        source: std::io::Error,
-    },
+    Open { path: String, source: std::io::Error },
     #[error("loading kernel {path}: not an ELF vmlinux ({elf}) nor a bzImage ({bzimage})")]
-    Kernel {
-        path: String,
-        elf: loader::Error,
-        bzimage: loader::Error,
-    },
+    Kernel { path: String, elf: loader::Error, bzimage: loader::Error },
     #[error("initramfs {path} ({size} bytes) does not fit in guest RAM below {limit:#x}")]
     InitramfsTooLarge { path: String, size: u64, limit: u64 },
     #[error("reading initramfs {path} into guest memory: {source}")]
-    Initramfs {
-        path: String,
-        source: vm_memory::GuestMemoryError,
-    },
+    Initramfs { path: String, source: vm_memory::GuestMemoryError },
     #[error("kernel command line: {0}")]
     Cmdline(String),
     #[error("writing the zero page: {0}")]
@@ -62,61 +52,31 @@ pub struct KernelEntry(pub GuestAddress);
 pub fn load_kernel(
     mem: &GuestMemory,
     kernel: &Path,
-) -> Result<
-    (
-        KernelEntry,
-        Option<linux_loader::loader::bootparam::setup_header>,
-    ),
-    BootError,
-> {
+) -> Result<(KernelEntry, Option<linux_loader::loader::bootparam::setup_header>), BootError> {
     let path = kernel.display().to_string();
-    let mut file = File::open(kernel).map_err(|source| BootError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    let mut file = File::open(kernel).map_err(|source| BootError::Open { path: path.clone(), source })?;
     let elf = match Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))) {
         Ok(r) => return Ok((KernelEntry(r.kernel_load), None)),
         Err(e) => e,
     };
     match BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))) {
-        Ok(r) => Ok((
-            KernelEntry(r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET)),
-            r.setup_header,
-        )),
+        Ok(r) => Ok((KernelEntry(r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET)), r.setup_header)),
         Err(bzimage) => Err(BootError::Kernel { path, elf, bzimage }),
     }
 }
 
 /// Places the initramfs at the top of low RAM (page aligned); returns (address, size).
-pub fn load_initramfs(
-    mem: &GuestMemory,
-    path: &Path,
-    ram_size: u64,
-    addr_max: u64,
-) -> Result<(u64, u64), BootError> {
+pub fn load_initramfs(mem: &GuestMemory, path: &Path, ram_size: u64, addr_max: u64) -> Result<(u64, u64), BootError> {
     let name = path.display().to_string();
-    let mut file = File::open(path).map_err(|source| BootError::Open {
-        path: name.clone(),
-        source,
-    })?;
-    let size = file
-        .metadata()
-        .map_err(|source| BootError::Open {
-            path: name.clone(),
-            source,
-        })?
-        .len();
+    let mut file = File::open(path).map_err(|source| BootError::Open { path: name.clone(), source })?;
+    let size = file.metadata().map_err(|source| BootError::Open { path: name.clone(), source })?.len();
     let top = low_ram_end(ram_size).min(addr_max + 1);
     let limit = top;
     let addr = top
         .checked_sub(size)
         .map(|a| a & !0xfff)
         .filter(|a| *a >= HIMEM_START)
-        .ok_or(BootError::InitramfsTooLarge {
-            path: name.clone(),
-            size,
-            limit,
-        })?;
+        .ok_or(BootError::InitramfsTooLarge { path: name.clone(), size, limit })?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|source| BootError::Initramfs { path: name, source })?;
     Ok((addr, size))
@@ -125,10 +85,8 @@ pub fn load_initramfs(
 /// Writes `cmdline` where the zero page will point.
 pub fn load_cmdline(mem: &GuestMemory, cmdline: &str) -> Result<usize, BootError> {
     let mut c = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    c.insert_str(cmdline)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &c)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    c.insert_str(cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &c).map_err(|e| BootError::Cmdline(e.to_string()))?;
     Ok(cmdline.len())
 }
 
@@ -191,13 +149,8 @@ pub fn load_payload(
     ram_size: u64,
 ) -> Result<KernelEntry, BootError> {
     let (entry, header) = load_kernel(mem, kernel)?;
-    let addr_max = header
-        .map(|h| u64::from(h.initrd_addr_max))
-        .filter(|m| *m != 0)
-        .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
-    let initrd = initramfs
-        .map(|p| load_initramfs(mem, p, ram_size, addr_max))
-        .transpose()?;
+    let addr_max = header.map(|h| u64::from(h.initrd_addr_max)).filter(|m| *m != 0).unwrap_or(DEFAULT_INITRD_ADDR_MAX);
+    let initrd = initramfs.map(|p| load_initramfs(mem, p, ram_size, addr_max)).transpose()?;
     let cmdline_len = load_cmdline(mem, cmdline)?;
     write_zero_page(mem, header, cmdline_len, initrd, ram_size)?;
     Ok(entry)
@@ -227,8 +180,7 @@ mod tests {
         let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&[0x5a; 10000]).unwrap();
-        let (addr, size) =
-            load_initramfs(&mem, f.path(), 64 << 20, DEFAULT_INITRD_ADDR_MAX).unwrap();
+        let (addr, size) = load_initramfs(&mem, f.path(), 64 << 20, DEFAULT_INITRD_ADDR_MAX).unwrap();
         assert_eq!(size, 10000);
         assert_eq!(addr % 4096, 0);
         assert!(addr + size <= 64 << 20);
@@ -248,10 +200,7 @@ mod tests {
         f.write_all(&[0u8; 8192]).unwrap();
         let err = load_kernel(&mem, f.path()).unwrap_err();
         assert!(matches!(err, BootError::Kernel { .. }), "{err}");
-        assert!(matches!(
-            load_kernel(&mem, Path::new("/nonexistent")),
-            Err(BootError::Open { .. })
-        ));
+        assert!(matches!(load_kernel(&mem, Path::new("/nonexistent")), Err(BootError::Open { .. })));
     }
 
     #[test]
@@ -265,8 +214,7 @@ mod tests {
         assert_eq!({ p.acpi_rsdp_addr }, ACPI_START);
         assert_eq!(p.e820_entries, 3);
         let mut raw = [0u8; 14];
-        mem.read_slice(&mut raw, GuestAddress(CMDLINE_START))
-            .unwrap();
+        mem.read_slice(&mut raw, GuestAddress(CMDLINE_START)).unwrap();
         assert_eq!(&raw, b"console=ttyS0\0");
         assert!(load_cmdline(&mem, &"x".repeat(CMDLINE_MAX_SIZE + 10)).is_err());
     }

@@ -78,10 +78,10 @@ pub fn vcpu_cpuid(supported: &CpuId, apic_id: u32, max_vcpus: u32) -> CpuId {
 
 /// Whether KVM's paravirtual signature leaf is present (KVM reports it itself).
 pub fn has_kvm_signature(cpuid: &CpuId) -> bool {
-    cpuid.as_slice().iter().any(|e| {
-        e.function == LEAF_HYPERVISOR
-            && [e.ebx, e.ecx, e.edx] == [0x4b4d_564b, 0x564b_4d56, 0x0000_004d]
-    })
+    cpuid
+        .as_slice()
+        .iter()
+        .any(|e| e.function == LEAF_HYPERVISOR && [e.ebx, e.ecx, e.edx] == [0x4b4d_564b, 0x564b_4d56, 0x0000_004d])
 }
 
 /// Whether a leaf's subleaves are distinguished by index (tests).
@@ -106,13 +106,7 @@ mod tests {
 
     #[test]
     fn apic_id_and_topology_per_vcpu() {
-        let mut e = vec![
-            entry(1, 0),
-            entry(0xb, 0),
-            entry(0xb, 1),
-            entry(0xb, 2),
-            entry(4, 0),
-        ];
+        let mut e = vec![entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0xb, 2), entry(4, 0)];
         fixup_entries(&mut e, 5, 6);
         assert_eq!(e[0].ebx >> 24, 5);
         assert_eq!((e[0].ebx >> 16) & 0xff, 6);

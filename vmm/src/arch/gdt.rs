@@ -12,12 +12,8 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 }
 
 /// NULL, 64-bit code, data, TSS.
-pub const BOOT_GDT: [u64; 4] = [
-    gdt_entry(0, 0, 0),
-    gdt_entry(0xa09b, 0, 0xfffff),
-    gdt_entry(0xc093, 0, 0xfffff),
-    gdt_entry(0x808b, 0, 0xfffff),
-];
+pub const BOOT_GDT: [u64; 4] =
+    [gdt_entry(0, 0, 0), gdt_entry(0xa09b, 0, 0xfffff), gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x808b, 0, 0xfffff)];
 pub const CODE_INDEX: u8 = 1;
 pub const DATA_INDEX: u8 = 2;
 pub const TSS_INDEX: u8 = 3;
@@ -64,10 +60,7 @@ mod tests {
     #[test]
     fn code_segment_is_64bit_present_ring0() {
         let s = segment_from_gdt(BOOT_GDT[CODE_INDEX as usize], CODE_INDEX);
-        assert_eq!(
-            (s.present, s.l, s.db, s.dpl, s.s, s.type_),
-            (1, 1, 0, 0, 1, 0xb)
-        );
+        assert_eq!((s.present, s.l, s.db, s.dpl, s.s, s.type_), (1, 1, 0, 0, 1, 0xb));
         assert_eq!(s.selector, 8);
         assert_eq!(s.limit, 0xffff_ffff);
         assert_eq!(s.base, 0);
@@ -76,10 +69,7 @@ mod tests {
     #[test]
     fn data_and_tss_and_null() {
         let d = segment_from_gdt(BOOT_GDT[DATA_INDEX as usize], DATA_INDEX);
-        assert_eq!(
-            (d.present, d.l, d.db, d.type_, d.selector),
-            (1, 0, 1, 3, 16)
-        );
+        assert_eq!((d.present, d.l, d.db, d.type_, d.selector), (1, 0, 1, 3, 16));
         let t = segment_from_gdt(BOOT_GDT[TSS_INDEX as usize], TSS_INDEX);
         assert_eq!((t.present, t.type_, t.s, t.selector), (1, 0xb, 0, 24));
         let n = segment_from_gdt(BOOT_GDT[0], 0);

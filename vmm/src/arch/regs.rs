@@ -6,8 +6,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::gdt::{segment_from_gdt, BOOT_GDT, CODE_INDEX, DATA_INDEX, TSS_INDEX};
 use crate::memory::{
-    GuestMemory, BOOT_STACK_POINTER, GDT_START, IDT_START, PDE_START, PDPTE_START, PML4_START,
-    ZERO_PAGE_START,
+    GuestMemory, BOOT_STACK_POINTER, GDT_START, IDT_START, PDE_START, PDPTE_START, PML4_START, ZERO_PAGE_START,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -15,10 +14,7 @@ pub enum RegsError {
     #[error("writing boot page tables or GDT to guest memory: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
     #[error("{what}: {source}")]
-    Kvm {
-        what: &'static str,
-        source: kvm_ioctls::Error,
-    },
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
     #[error("KVM accepted {set} of {total} boot MSRs")]
     PartialMsrs { set: usize, total: usize },
 }
@@ -84,11 +80,7 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
 
 /// FPU control word and MXCSR at their reset values (every vCPU).
 pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let fpu = kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        ..Default::default()
-    };
+    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
     vcpu.set_fpu(&fpu).map_err(kvm("KVM_SET_FPU"))
 }
 
@@ -109,11 +101,7 @@ const MTRR_MEM_TYPE_WB: u64 = 6;
 
 /// The MSRs every vCPU starts with.
 pub fn boot_msrs() -> Vec<kvm_msr_entry> {
-    let e = |index, data| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    };
+    let e = |index, data| kvm_msr_entry { index, data, ..Default::default() };
     vec![
         e(MSR_IA32_SYSENTER_CS, 0),
         e(MSR_IA32_SYSENTER_ESP, 0),
@@ -131,16 +119,10 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
 
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let entries = boot_msrs();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::PartialMsrs {
-        set: 0,
-        total: entries.len(),
-    })?;
+    let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::PartialMsrs { set: 0, total: entries.len() })?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
     if set != entries.len() {
-        return Err(RegsError::PartialMsrs {
-            set,
-            total: entries.len(),
-        });
+        return Err(RegsError::PartialMsrs { set, total: entries.len() });
     }
     Ok(())
 }

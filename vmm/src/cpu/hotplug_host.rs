@@ -69,11 +69,7 @@ impl HotplugHost {
     }
 
     pub fn rollback(&self, id: u32) -> Rollback {
-        match self
-            .rollback
-            .get(id as usize)
-            .map(|r| r.load(Ordering::Acquire))
-        {
+        match self.rollback.get(id as usize).map(|r| r.load(Ordering::Acquire)) {
             Some(1) => Rollback::GuestRefused,
             Some(2) => Rollback::Timeout,
             _ => Rollback::None,
@@ -92,10 +88,7 @@ impl CpuHotplugHost for HotplugHost {
         (0..32u32)
             .filter(|b| {
                 let state = self.table.state(word as u32 * 32 + b);
-                matches!(
-                    state,
-                    VcpuState::Inserting | VcpuState::Online | VcpuState::Removing
-                )
+                matches!(state, VcpuState::Inserting | VcpuState::Online | VcpuState::Removing)
             })
             .fold(0, |acc, b| acc | 1 << b)
     }
@@ -103,10 +96,7 @@ impl CpuHotplugHost for HotplugHost {
     fn eject(&self, id: u32) {
         // Keyed on our own pending-removal state: an _EJ0 we did not ask for
         // (or one arriving after a rollback) changes nothing.
-        if self
-            .table
-            .transition(id, VcpuState::Removing, VcpuState::Ejected)
-        {
+        if self.table.transition(id, VcpuState::Removing, VcpuState::Ejected) {
             info!("vCPU {id}: guest ejected it; retiring");
             self.ejected[(id / 64) as usize].fetch_or(1 << (id % 64), Ordering::AcqRel);
             if let Err(e) = self.wake.write(1) {
@@ -123,27 +113,21 @@ impl CpuHotplugHost for HotplugHost {
     fn ost(&self, id: u32, event: u32, status: u32) {
         let _ = self.table.set_ost(id, OstReport { event, status });
         match event {
-            OST_EVENT_DEVICE_CHECK if status == OST_SUCCESS => {
-                if self
-                    .table
-                    .transition(id, VcpuState::Inserting, VcpuState::Online)
-                {
-                    info!("vCPU {id}: guest acknowledged the hot-add");
-                }
+            OST_EVENT_DEVICE_CHECK
+                if status == OST_SUCCESS && self.table.transition(id, VcpuState::Inserting, VcpuState::Online) =>
+            {
+                info!("vCPU {id}: guest acknowledged the hot-add");
+            }
+            OST_EVENT_DEVICE_CHECK if status != OST_SUCCESS => {
+                warn!("vCPU {id}: guest reported hot-add failure (_OST status {status:#x})")
             }
             OST_EVENT_EJECT_REQUEST | OST_EVENT_EJECT_PROCESSING
-                if status != OST_SUCCESS && status != OST_EJECT_IN_PROGRESS =>
+                if status != OST_SUCCESS
+                    && status != OST_EJECT_IN_PROGRESS
+                    && self.table.transition(id, VcpuState::Removing, VcpuState::Online) =>
             {
-                if self
-                    .table
-                    .transition(id, VcpuState::Removing, VcpuState::Online)
-                {
-                    self.set_rollback(id, Rollback::GuestRefused);
-                    warn!("vCPU {id}: guest refused the eject (_OST status {status:#x}); removal rolled back");
-                }
-            }
-            OST_EVENT_DEVICE_CHECK => {
-                warn!("vCPU {id}: guest reported hot-add failure (_OST status {status:#x})")
+                self.set_rollback(id, Rollback::GuestRefused);
+                warn!("vCPU {id}: guest refused the eject (_OST status {status:#x}); removal rolled back");
             }
             _ => {}
         }
@@ -156,10 +140,7 @@ mod tests {
 
     fn host() -> (Arc<VcpuTable<VcpuHandle>>, HotplugHost) {
         let t = Arc::new(VcpuTable::new(70));
-        (
-            t.clone(),
-            HotplugHost::new(t, EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-        )
+        (t.clone(), HotplugHost::new(t, EventFd::new(libc::EFD_NONBLOCK).unwrap()))
     }
 
     #[test]
@@ -185,13 +166,7 @@ mod tests {
         t.set_state(1, VcpuState::Inserting).unwrap();
         h.ost(1, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
         assert_eq!(t.state(1), VcpuState::Online);
-        assert_eq!(
-            t.ost(1),
-            Some(OstReport {
-                event: 1,
-                status: 0
-            })
-        );
+        assert_eq!(t.ost(1), Some(OstReport { event: 1, status: 0 }));
         t.set_state(2, VcpuState::Removing).unwrap();
         h.ost(2, OST_EVENT_EJECT_REQUEST, OST_EJECT_IN_PROGRESS);
         assert_eq!(t.state(2), VcpuState::Removing);

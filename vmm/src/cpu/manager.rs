@@ -54,12 +54,7 @@ pub enum ManagerError {
 impl ManagerError {
     /// Errors the caller caused (bad request or wrong moment) rather than the VMM.
     pub fn is_client_error(&self) -> bool {
-        matches!(
-            self,
-            ManagerError::InvalidCount { .. }
-                | ManagerError::RemovalPending { .. }
-                | ManagerError::Paused
-        )
+        matches!(self, ManagerError::InvalidCount { .. } | ManagerError::RemovalPending { .. } | ManagerError::Paused)
     }
 }
 
@@ -135,8 +130,7 @@ impl VcpuManager {
         for id in 0..boot {
             let fd = self.create_vcpu(id)?;
             if id == 0 {
-                regs::setup_boot_vcpu(&fd, entry)
-                    .map_err(|source| ManagerError::Configure { id, source })?;
+                regs::setup_boot_vcpu(&fd, entry).map_err(|source| ManagerError::Configure { id, source })?;
             }
             self.start(id, fd, VcpuState::Online)?;
         }
@@ -145,16 +139,10 @@ impl VcpuManager {
     }
 
     fn create_vcpu(&self, id: u32) -> Result<VcpuFd, ManagerError> {
-        let fd = self
-            .vm
-            .create_vcpu(u64::from(id))
-            .map_err(|source| ManagerError::CreateVcpu { id, source })?;
+        let fd = self.vm.create_vcpu(u64::from(id)).map_err(|source| ManagerError::CreateVcpu { id, source })?;
         let cpuid = cpuid::vcpu_cpuid(&self.supported_cpuid, id, self.max_vcpus);
-        fd.set_cpuid2(&cpuid)
-            .map_err(|source| ManagerError::Cpuid { id, source })?;
-        let configure = |r: Result<(), regs::RegsError>| {
-            r.map_err(|source| ManagerError::Configure { id, source })
-        };
+        fd.set_cpuid2(&cpuid).map_err(|source| ManagerError::Cpuid { id, source })?;
+        let configure = |r: Result<(), regs::RegsError>| r.map_err(|source| ManagerError::Configure { id, source });
         configure(regs::setup_msrs(&fd))?;
         configure(regs::setup_fpu(&fd))?;
         configure(regs::setup_lapic_lints(&fd))?;
@@ -179,12 +167,7 @@ impl VcpuManager {
         let g = self.reader.read();
         g.iter()
             .map(|(id, _)| id)
-            .filter(|id| {
-                matches!(
-                    self.table.state(*id),
-                    VcpuState::Inserting | VcpuState::Online
-                )
-            })
+            .filter(|id| matches!(self.table.state(*id), VcpuState::Inserting | VcpuState::Online))
             .collect()
     }
 
@@ -192,10 +175,7 @@ impl VcpuManager {
     /// guest completes the change asynchronously.
     pub fn resize(&mut self, desired: u32) -> Result<ResizePlan, ManagerError> {
         if desired == 0 || desired > self.max_vcpus {
-            return Err(ManagerError::InvalidCount {
-                desired,
-                max: self.max_vcpus,
-            });
+            return Err(ManagerError::InvalidCount { desired, max: self.max_vcpus });
         }
         if self.paused {
             return Err(ManagerError::Paused);
@@ -210,12 +190,7 @@ impl VcpuManager {
                 .collect();
             if free.len() < (desired - current) as usize {
                 let ids = (0..self.max_vcpus)
-                    .filter(|id| {
-                        matches!(
-                            self.table.state(*id),
-                            VcpuState::Removing | VcpuState::Ejected
-                        )
-                    })
+                    .filter(|id| matches!(self.table.state(*id), VcpuState::Removing | VcpuState::Ejected))
                     .collect();
                 return Err(ManagerError::RemovalPending { ids });
             }
@@ -225,21 +200,13 @@ impl VcpuManager {
             }
         } else {
             // Highest ids first; vCPU 0 is never removable.
-            for id in active
-                .into_iter()
-                .rev()
-                .filter(|id| *id != 0)
-                .take((current - desired) as usize)
-            {
+            for id in active.into_iter().rev().filter(|id| *id != 0).take((current - desired) as usize) {
                 self.request_removal(id);
                 plan.removing.push(id);
             }
         }
         if !plan.added.is_empty() || !plan.removing.is_empty() {
-            info!(
-                "resize {current} -> {desired}: adding {:?}, removing {:?}",
-                plan.added, plan.removing
-            );
+            info!("resize {current} -> {desired}: adding {:?}, removing {:?}", plan.added, plan.removing);
             if let Err(e) = self.ged.notify(GED_EVENT_CPU_HOTPLUG) {
                 error!("cannot raise the GED interrupt: {e}");
             }
@@ -279,11 +246,7 @@ impl VcpuManager {
             self.removal_deadline[id as usize] = None;
             match self.retire(id) {
                 Ok(()) => {}
-                Err(ManagerError::Table(TableError::GracePeriodTimeout {
-                    readers,
-                    waited,
-                    ..
-                })) => {
+                Err(ManagerError::Table(TableError::GracePeriodTimeout { readers, waited, .. })) => {
                     warn!("vCPU {id}: readers {readers:?} still inside after {waited:?}; retrying the retire later");
                     self.retire_retry.push(id);
                 }
@@ -311,16 +274,10 @@ impl VcpuManager {
             };
             match self.table.state(id) {
                 VcpuState::Removing if now >= deadline => {
-                    if self
-                        .table
-                        .transition(id, VcpuState::Removing, VcpuState::Online)
-                    {
+                    if self.table.transition(id, VcpuState::Removing, VcpuState::Online) {
                         self.controller.cancel(id);
                         self.host.set_rollback(id, Rollback::Timeout);
-                        warn!(
-                            "vCPU {id}: guest did not eject it within {:?}; removal rolled back",
-                            self.eject_timeout
-                        );
+                        warn!("vCPU {id}: guest did not eject it within {:?}; removal rolled back", self.eject_timeout);
                     }
                     self.removal_deadline[id as usize] = None;
                 }
@@ -359,9 +316,7 @@ impl VcpuManager {
     /// Stops every vCPU thread (VM teardown).
     pub fn stop_all(&mut self) {
         for id in 0..self.max_vcpus {
-            if self.table.state(id) == VcpuState::Absent
-                || self.table.state(id) == VcpuState::Parked
-            {
+            if self.table.state(id) == VcpuState::Absent || self.table.state(id) == VcpuState::Parked {
                 continue;
             }
             match self.retire(id) {

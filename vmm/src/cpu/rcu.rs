@@ -68,19 +68,11 @@ pub(crate) struct Rcu {
 impl Rcu {
     pub(crate) fn new(mode: FenceMode) -> Self {
         // Loom does not model membarrier(): the model always uses fences.
-        let mode = if cfg!(any(loom, miri)) {
-            FenceMode::SeqCst
-        } else {
-            mode
-        };
+        let mode = if cfg!(any(loom, miri)) { FenceMode::SeqCst } else { mode };
         if mode == FenceMode::Membarrier && !membarrier::register() {
             panic!("FenceMode::Membarrier requested but membarrier() is unavailable; use best_available()");
         }
-        Rcu {
-            epoch: AtomicU64::new(1),
-            mode,
-            readers: Mutex::new(Vec::new()),
-        }
+        Rcu { epoch: AtomicU64::new(1), mode, readers: Mutex::new(Vec::new()) }
     }
 
     pub(crate) fn mode(&self) -> FenceMode {
@@ -88,10 +80,7 @@ impl Rcu {
     }
 
     pub(crate) fn register(&self, name: &str) -> ReaderHandle {
-        let slot = Arc::new(ReaderSlot {
-            epoch: AtomicU64::new(0),
-            name: name.to_string(),
-        });
+        let slot = Arc::new(ReaderSlot { epoch: AtomicU64::new(0), name: name.to_string() });
         self.readers.lock().unwrap().push(slot.clone());
         ReaderHandle { slot }
     }
@@ -143,10 +132,7 @@ impl Rcu {
                         })
                         .map(|r| r.name.clone())
                         .collect();
-                    return Err(StuckReaders {
-                        waited: start.elapsed(),
-                        readers: stuck,
-                    });
+                    return Err(StuckReaders { waited: start.elapsed(), readers: stuck });
                 }
                 backoff(&mut spins);
             }

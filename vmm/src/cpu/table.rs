@@ -78,11 +78,7 @@ pub enum TableError {
     #[error("vCPU {id} is still being retired (an earlier grace period did not complete)")]
     RetirePending { id: u32 },
     #[error("grace period for vCPU {id} did not end after {waited:?}; readers still inside: {readers:?}")]
-    GracePeriodTimeout {
-        id: u32,
-        waited: Duration,
-        readers: Vec<String>,
-    },
+    GracePeriodTimeout { id: u32, waited: Duration, readers: Vec<String> },
 }
 
 struct Slot<T> {
@@ -112,10 +108,7 @@ unsafe impl<T: Send> Send for VcpuTable<T> {}
 
 impl<T> fmt::Debug for VcpuTable<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VcpuTable")
-            .field("capacity", &self.capacity())
-            .field("present", &self.count())
-            .finish()
+        f.debug_struct("VcpuTable").field("capacity", &self.capacity()).field("present", &self.count()).finish()
     }
 }
 
@@ -131,11 +124,7 @@ impl<T> VcpuTable<T> {
 
     pub fn with_fence_mode(capacity: u32, mode: FenceMode) -> Self {
         let slots = (0..capacity)
-            .map(|_| Slot {
-                value: UnsafeCell::new(None),
-                state: AtomicU8::new(0),
-                ost: AtomicU64::new(0),
-            })
+            .map(|_| Slot { value: UnsafeCell::new(None), state: AtomicU8::new(0), ost: AtomicU64::new(0) })
             .collect();
         let words = (capacity as usize).div_ceil(WORD_BITS);
         VcpuTable {
@@ -161,17 +150,12 @@ impl<T> VcpuTable<T> {
     }
 
     fn slot(&self, id: u32) -> Result<&Slot<T>, TableError> {
-        self.slots.get(id as usize).ok_or(TableError::OutOfRange {
-            id,
-            capacity: self.capacity(),
-        })
+        self.slots.get(id as usize).ok_or(TableError::OutOfRange { id, capacity: self.capacity() })
     }
 
     /// Hotplug state of `id` (`Absent` for ids out of range). Lock-free.
     pub fn state(&self, id: u32) -> VcpuState {
-        self.slots.get(id as usize).map_or(VcpuState::Absent, |s| {
-            VcpuState::from_u8(s.state.load(Ordering::Acquire))
-        })
+        self.slots.get(id as usize).map_or(VcpuState::Absent, |s| VcpuState::from_u8(s.state.load(Ordering::Acquire)))
     }
 
     /// Sets the hotplug state of `id`.
@@ -183,19 +167,14 @@ impl<T> VcpuTable<T> {
     /// Moves `id` from `from` to `to` if it is in `from`; returns whether it did.
     pub fn transition(&self, id: u32, from: VcpuState, to: VcpuState) -> bool {
         self.slots.get(id as usize).is_some_and(|s| {
-            s.state
-                .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+            s.state.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
         })
     }
 
     /// The guest's last `_OST` report for `id`.
     pub fn ost(&self, id: u32) -> Option<OstReport> {
         let v = self.slots.get(id as usize)?.ost.load(Ordering::Acquire);
-        (v >> 63 == 1).then(|| OstReport {
-            event: ((v >> 32) & 0x7fff_ffff) as u32,
-            status: v as u32,
-        })
+        (v >> 63 == 1).then_some(OstReport { event: ((v >> 32) & 0x7fff_ffff) as u32, status: v as u32 })
     }
 
     pub fn set_ost(&self, id: u32, report: OstReport) -> Result<(), TableError> {
@@ -247,15 +226,11 @@ impl<T> VcpuTable<T> {
             self.present[word].fetch_and(!bit, Ordering::SeqCst);
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
-        self.rcu
-            .synchronize(limit)
-            .map_err(
-                |StuckReaders { waited, readers }| TableError::GracePeriodTimeout {
-                    id,
-                    waited,
-                    readers,
-                },
-            )?;
+        self.rcu.synchronize(limit).map_err(|StuckReaders { waited, readers }| TableError::GracePeriodTimeout {
+            id,
+            waited,
+            readers,
+        })?;
         // SAFETY: the bit is clear and every reader that could have seen it set
         // has left its section: nobody else refers to the value now.
         let value = slot.value.with_mut(|v| unsafe { (*v).take() });
@@ -264,10 +239,7 @@ impl<T> VcpuTable<T> {
 
     /// The present bitmap, one `u64` per 64 ids (a snapshot; for reports).
     pub fn present_snapshot(&self) -> Vec<u64> {
-        self.present
-            .iter()
-            .map(|w| w.load(Ordering::Acquire))
-            .collect()
+        self.present.iter().map(|w| w.load(Ordering::Acquire)).collect()
     }
 }
 
@@ -286,10 +258,7 @@ pub struct Reader<T> {
 impl<T> Reader<T> {
     /// Registers a reader of `table`. `name` shows up in grace-period timeout errors.
     pub fn new(table: &Arc<VcpuTable<T>>, name: &str) -> Self {
-        Reader {
-            handle: table.rcu.register(name),
-            table: table.clone(),
-        }
+        Reader { handle: table.rcu.register(name), table: table.clone() }
     }
 
     /// Opens a read-side section. Borrowing `self` mutably makes sections of
@@ -363,12 +332,7 @@ impl<'r, T> ReadGuard<'r, T> {
     /// Present vCPUs in id order. Each bitmap word is loaded once.
     #[inline]
     pub fn iter(&self) -> Iter<'_, T> {
-        Iter {
-            table: self.table(),
-            word: 0,
-            bits: 0,
-            first: true,
-        }
+        Iter { table: self.table(), word: 0, bits: 0, first: true }
     }
 }
 
@@ -441,14 +405,7 @@ mod tests {
             {
                 let g = r.read();
                 let seen: Vec<_> = g.iter().map(|(id, v)| (id, v.clone())).collect();
-                assert_eq!(
-                    seen,
-                    vec![
-                        (0, "zero".into()),
-                        (64, "sixty-four".into()),
-                        (129, "last".into())
-                    ]
-                );
+                assert_eq!(seen, vec![(0, "zero".into()), (64, "sixty-four".into()), (129, "last".into())]);
                 assert_eq!(g.get(64).map(String::as_str), Some("sixty-four"));
                 assert!(g.contains(129));
                 assert!(!g.contains(1));
@@ -466,33 +423,13 @@ mod tests {
     #[test]
     fn errors() {
         let t = Arc::new(VcpuTable::<u32>::new(4));
-        assert_eq!(
-            t.publish(4, 1),
-            Err(TableError::OutOfRange { id: 4, capacity: 4 })
-        );
-        assert_eq!(
-            t.retire(9, Duration::ZERO),
-            Err(TableError::OutOfRange { id: 9, capacity: 4 })
-        );
-        assert_eq!(
-            t.retire(1, Duration::ZERO),
-            Err(TableError::NotPresent { id: 1 })
-        );
+        assert_eq!(t.publish(4, 1), Err(TableError::OutOfRange { id: 4, capacity: 4 }));
+        assert_eq!(t.retire(9, Duration::ZERO), Err(TableError::OutOfRange { id: 9, capacity: 4 }));
+        assert_eq!(t.retire(1, Duration::ZERO), Err(TableError::NotPresent { id: 1 }));
         t.publish(1, 1).unwrap();
         assert_eq!(t.publish(1, 2), Err(TableError::AlreadyPresent { id: 1 }));
-        assert_eq!(
-            t.set_state(7, VcpuState::Online),
-            Err(TableError::OutOfRange { id: 7, capacity: 4 })
-        );
-        assert!(t
-            .set_ost(
-                7,
-                OstReport {
-                    event: 0,
-                    status: 0
-                }
-            )
-            .is_err());
+        assert_eq!(t.set_state(7, VcpuState::Online), Err(TableError::OutOfRange { id: 7, capacity: 4 }));
+        assert!(t.set_ost(7, OstReport { event: 0, status: 0 }).is_err());
     }
 
     #[test]
@@ -505,21 +442,8 @@ mod tests {
         assert!(!t.transition(1, VcpuState::Inserting, VcpuState::Removing));
         assert_eq!(t.state(1), VcpuState::Online);
         assert_eq!(t.ost(1), None);
-        t.set_ost(
-            1,
-            OstReport {
-                event: 0x103,
-                status: 0x80,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            t.ost(1),
-            Some(OstReport {
-                event: 0x103,
-                status: 0x80
-            })
-        );
+        t.set_ost(1, OstReport { event: 0x103, status: 0x80 }).unwrap();
+        assert_eq!(t.ost(1), Some(OstReport { event: 0x103, status: 0x80 }));
         assert_eq!(t.ost(5), None);
     }
 

@@ -27,8 +27,7 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
 
 /// Installs the (empty) kick handler once per process.
 pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
-    static ONCE: std::sync::OnceLock<Result<(), vmm_sys_util::errno::Error>> =
-        std::sync::OnceLock::new();
+    static ONCE: std::sync::OnceLock<Result<(), vmm_sys_util::errno::Error>> = std::sync::OnceLock::new();
     *ONCE.get_or_init(|| register_signal_handler(kick_signal(), handle_kick))
 }
 
@@ -71,12 +70,7 @@ const KICK_INTERVAL: Duration = Duration::from_millis(5);
 
 impl VcpuHandle {
     /// Starts vCPU `id` on a thread named `vcpu<id>`, paused if `paused`.
-    pub fn spawn(
-        id: u32,
-        fd: VcpuFd,
-        ctx: VcpuContext,
-        paused: bool,
-    ) -> Result<VcpuHandle, VcpuError> {
+    pub fn spawn(id: u32, fd: VcpuFd, ctx: VcpuContext, paused: bool) -> Result<VcpuHandle, VcpuError> {
         let control = Arc::new(VcpuControl::default());
         control.pause.store(paused, Ordering::Release);
         let c = control.clone();
@@ -84,11 +78,7 @@ impl VcpuHandle {
             .name(format!("vcpu{id}"))
             .spawn(move || run(id, fd, ctx, c))
             .map_err(|source| VcpuError::Spawn { id, source })?;
-        Ok(VcpuHandle {
-            id,
-            control,
-            thread,
-        })
+        Ok(VcpuHandle { id, control, thread })
     }
 
     fn kick(&self) {
@@ -103,10 +93,7 @@ impl VcpuHandle {
         let start = Instant::now();
         while !self.control.paused.load(Ordering::Acquire) && !self.thread.is_finished() {
             if start.elapsed() > limit {
-                return Err(VcpuError::StopTimeout {
-                    id: self.id,
-                    waited: start.elapsed(),
-                });
+                return Err(VcpuError::StopTimeout { id: self.id, waited: start.elapsed() });
             }
             self.kick();
             std::thread::sleep(Duration::from_micros(200));
@@ -126,17 +113,12 @@ impl VcpuHandle {
         let start = Instant::now();
         while !self.thread.is_finished() {
             if start.elapsed() > limit {
-                return Err(VcpuError::StopTimeout {
-                    id: self.id,
-                    waited: start.elapsed(),
-                });
+                return Err(VcpuError::StopTimeout { id: self.id, waited: start.elapsed() });
             }
             self.kick();
             std::thread::sleep(KICK_INTERVAL.min(Duration::from_micros(500)));
         }
-        self.thread
-            .join()
-            .map_err(|_| VcpuError::Panicked { id: self.id })
+        self.thread.join().map_err(|_| VcpuError::Panicked { id: self.id })
     }
 }
 
@@ -169,10 +151,7 @@ fn run(id: u32, mut fd: VcpuFd, ctx: VcpuContext, control: Arc<VcpuControl>) -> 
                 Step::Continue
             }
             Err(e) => {
-                ctx.exit.notify(VmExit::VcpuError {
-                    id,
-                    reason: format!("KVM_RUN failed: {e}"),
-                });
+                ctx.exit.notify(VmExit::VcpuError { id, reason: format!("KVM_RUN failed: {e}") });
                 Step::Exit
             }
         };
@@ -225,39 +204,26 @@ fn handle_exit(id: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Step {
             let exit = match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::Shutdown,
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmExit::Reboot,
-                other => VmExit::VcpuError {
-                    id,
-                    reason: format!("unexpected system event {other}"),
-                },
+                other => VmExit::VcpuError { id, reason: format!("unexpected system event {other}") },
             };
             ctx.exit.notify(exit);
             return Step::Exit;
         }
         VcpuExit::InternalError => {
-            error!(
-                "vCPU {id}: KVM internal error (emulation failure?); see dmesg for the guest rip"
-            );
-            ctx.exit.notify(VmExit::VcpuError {
-                id,
-                reason: "KVM_EXIT_INTERNAL_ERROR".into(),
-            });
+            error!("vCPU {id}: KVM internal error (emulation failure?); see dmesg for the guest rip");
+            ctx.exit.notify(VmExit::VcpuError { id, reason: "KVM_EXIT_INTERNAL_ERROR".into() });
             return Step::Exit;
         }
         VcpuExit::FailEntry(reason, cpu) => {
             ctx.exit.notify(VmExit::VcpuError {
                 id,
-                reason: format!(
-                    "KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on host cpu {cpu}"
-                ),
+                reason: format!("KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on host cpu {cpu}"),
             });
             return Step::Exit;
         }
         other => {
             warn!("vCPU {id}: unexpected exit {other:?}");
-            ctx.exit.notify(VmExit::VcpuError {
-                id,
-                reason: format!("unexpected exit {other:?}"),
-            });
+            ctx.exit.notify(VmExit::VcpuError { id, reason: format!("unexpected exit {other:?}") });
             return Step::Exit;
         }
     }

@@ -1,0 +1,86 @@
+//! The REST API against a running VM: launch over the API only, and bad
+//! input that must get a 4xx with a JSON error while the guest carries on.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tests::{Guest, GuestImage, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
+
+#[test]
+fn create_and_boot_over_the_api_then_resize() {
+    let g = Guest::launch(Launch { cpus: "", with_kernel: false });
+    let (s, info) = g.api("GET", "vm.info", json!(null));
+    assert_eq!((s, info["state"].as_str()), (200, Some("NotCreated")));
+    let (s, r) = g.api("PUT", "vm.boot", json!(null));
+    assert_eq!(s, 409, "boot before create: {r}");
+    let (s, r) = g.api("PUT", "vm.resize", json!({"desired_vcpus": 2}));
+    assert_eq!(s, 409, "resize before boot: {r}");
+
+    let image = GuestImage::locate();
+    let config = json!({
+        "payload": { "kernel": image.kernel, "initramfs": image.initramfs, "cmdline": image.cmdline },
+        "cpus": { "boot_vcpus": 1, "max_vcpus": 2 },
+        "memory": { "size": 256u64 << 20 },
+    });
+    let (s, r) = g.api("PUT", "vm.create", config);
+    assert_eq!(s, 204, "{r}");
+    let (s, r) = g.api("PUT", "vm.boot", json!(null));
+    assert_eq!(s, 204, "{r}");
+    g.wait_cpus("0", "0", BOOT_TIMEOUT);
+    let r = g.resize(2);
+    assert_eq!(r["added"], json!([1]));
+    g.wait_cpus("0-1", "0-1", HOTPLUG_TIMEOUT);
+    g.wait_vcpu_threads(&[0, 1], Duration::from_secs(5));
+}
+
+#[test]
+fn bad_input_gets_4xx_and_the_vm_carries_on() {
+    let g = Guest::launch(Launch { cpus: "boot=1,max=2", with_kernel: true });
+    g.wait_cpus("0", "0", BOOT_TIMEOUT);
+    let cases: &[(&str, &str, &str, u16)] = &[
+        ("PUT", "vm.resize", "{not json", 400),
+        ("PUT", "vm.resize", "", 400),
+        ("PUT", "vm.resize", r#"{}"#, 400),
+        ("PUT", "vm.resize", r#"{"desired_vcpus":2,"bogus":true}"#, 400),
+        ("PUT", "vm.resize", r#"{"desired_vcpus":"two"}"#, 400),
+        ("PUT", "vm.resize", r#"{"desired_vcpus":0}"#, 400),
+        ("PUT", "vm.resize", r#"{"desired_vcpus":3}"#, 400),
+        ("PUT", "vm.resize", r#"{"desired_vcpus":4294967295}"#, 400),
+        ("GET", "vm.resize", "", 405),
+        ("DELETE", "vm.info", "", 405),
+        ("GET", "vm.nonsense", "", 404),
+        ("PUT", "vm.create", r#"{"payload":{}}"#, 409),
+        ("PUT", "vm.boot", "", 409),
+        ("PUT", "vm.resume", "", 409),
+    ];
+    for (method, endpoint, body, want) in cases {
+        let (status, reply) = g.api_raw(method, endpoint, body);
+        assert_eq!(status, *want, "{method} {endpoint} {body:?} -> {reply}");
+        assert!(
+            reply["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {endpoint}: no error message: {reply}"
+        );
+    }
+    // Oversized body.
+    let big = format!(r#"{{"desired_vcpus":2,"pad":"{}"}}"#, "x".repeat(100_000));
+    let (status, reply) = g.api_raw("PUT", "vm.resize", &big);
+    assert_eq!(status, 413, "{reply}");
+    // Unknown top-level path.
+    let (status, _) = g.api_raw("GET", "../../etc/passwd", "");
+    assert_eq!(status, 404);
+
+    // Pause blocks resizes with 409 and resume lifts it.
+    let (s, _) = g.api("PUT", "vm.pause", json!(null));
+    assert_eq!(s, 204);
+    let (s, r) = g.api("PUT", "vm.resize", json!({"desired_vcpus": 2}));
+    assert_eq!(s, 409, "{r}");
+    let (s, _) = g.api("PUT", "vm.resume", json!(null));
+    assert_eq!(s, 204);
+
+    // Nothing was lost: the guest still answers and a resize still works.
+    let (s, ping) = g.api("GET", "vmm.ping", json!(null));
+    assert_eq!((s, ping["version"].is_string()), (200, true));
+    let r = g.resize(2);
+    assert_eq!(r["added"], json!([1]));
+    g.wait_cpus("0-1", "0-1", HOTPLUG_TIMEOUT);
+}
