@@ -5,6 +5,20 @@ use crate::types::{ApiResponse, ResizeRequest, DEFAULT_RESIZE_WAIT_MS, MAX_RESIZ
 
 pub const API_PREFIX: &str = "/api/v1/";
 
+/// Every endpoint and its method (kept in step with `api/openapi.yaml` by a test).
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "vmm.ping"),
+    ("PUT", "vmm.shutdown"),
+    ("PUT", "vm.create"),
+    ("PUT", "vm.boot"),
+    ("GET", "vm.info"),
+    ("PUT", "vm.resize"),
+    ("PUT", "vm.shutdown"),
+    ("PUT", "vm.reboot"),
+    ("PUT", "vm.pause"),
+    ("PUT", "vm.resume"),
+];
+
 /// A decoded API request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiRequest {
@@ -124,6 +138,33 @@ mod tests {
             Ok(ApiRequest::VmResize(ResizeRequest { desired_vcpus: 2, wait_ms: Some(DEFAULT_RESIZE_WAIT_MS) }))
         );
         assert!(matches!(route(&req("PUT", "/api/v1/vm.create", r#"{"x":1}"#)), Ok(ApiRequest::VmCreate(_))));
+    }
+
+    #[test]
+    fn every_endpoint_routes_and_is_in_the_openapi_document() {
+        let spec = include_str!("../openapi.yaml");
+        for (method, endpoint) in ENDPOINTS {
+            let body = if *endpoint == "vm.resize" {
+                r#"{"desired_vcpus":1}"#
+            } else if *endpoint == "vm.create" {
+                "{}"
+            } else {
+                ""
+            };
+            let r = route(&req(method, &format!("{API_PREFIX}{endpoint}"), body));
+            assert!(r.is_ok(), "{method} {endpoint}: {r:?}");
+            let block = spec
+                .split(&format!("  /{endpoint}:\n"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("{endpoint} not in openapi.yaml"));
+            let next_path = block.find("\n  /").unwrap_or(block.len());
+            assert!(
+                block[..next_path].contains(&format!("    {}:", method.to_lowercase())),
+                "{endpoint}: method {method} not documented"
+            );
+        }
+        let documented = spec.lines().filter(|l| l.starts_with("  /") && l.ends_with(':')).count();
+        assert_eq!(documented, ENDPOINTS.len(), "openapi.yaml documents paths the router does not serve");
     }
 
     #[test]

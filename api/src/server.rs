@@ -137,7 +137,11 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn ApiHandler>, stop: Arc<A
             }
         };
         if let Err(std::sync::mpsc::TrySendError::Full(mut stream)) = tx.try_send(stream) {
-            let _ = write_response(&mut stream, 503, ApiResponse::error(503, "the API is busy; retry").body.as_ref());
+            // Read the request (briefly) before refusing it, so the client
+            // sees our 503 rather than a broken pipe.
+            let _ = stream.set_read_timeout(Some(DRAIN_TIMEOUT));
+            let _ = read_request(&mut stream);
+            respond(&mut stream, ApiResponse::error(503, "the API is busy; retry"));
         }
     }
     drop(tx);
@@ -161,6 +165,11 @@ fn serve(stream: &mut UnixStream, handler: &dyn ApiHandler) {
     if response.status >= 400 {
         debug!("API: answering {} {:?}", response.status, response.body);
     }
+    respond(stream, response);
+}
+
+/// Writes the response, then closes gracefully.
+fn respond(stream: &mut UnixStream, response: ApiResponse) {
     if let Err(e) = write_response(stream, response.status, response.body.as_ref()) {
         debug!("API: writing the response failed: {e}");
     }

@@ -1,1 +1,160 @@
-fn main() {}
+//! Read-side cost of the vCPU table against the lock-based alternatives:
+//! enter a section, walk every present vCPU, leave. Uncontended, and while
+//! another thread churns (removes and re-adds) one vCPU as fast as it can.
+//!
+//! `cargo bench -p vmm --bench vcpu_table`; results in docs/vcpu-table.md.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use vmm::cpu::{FenceMode, Reader, VcpuTable};
+
+struct Payload {
+    exits: AtomicU64,
+}
+
+fn payload() -> Payload {
+    Payload { exits: AtomicU64::new(1) }
+}
+
+const SIZES: [u32; 4] = [1, 8, 64, 254];
+
+/// The structures under test, each holding `n` present vCPUs plus one spare
+/// id (`n`) for the churning writer.
+trait Subject: Send + Sync + 'static {
+    fn name(&self) -> String;
+    /// Sum over present vCPUs, inside one read-side section / lock.
+    fn walk(&self, reader: &mut Option<Reader<Payload>>) -> u64;
+    /// Remove and re-add the spare id once.
+    fn churn(&self);
+    fn reader(&self) -> Option<Reader<Payload>> {
+        None
+    }
+}
+
+struct Rcu(Arc<VcpuTable<Payload>>, FenceMode);
+
+impl Subject for Rcu {
+    fn name(&self) -> String {
+        format!("vcpu-table-{:?}", self.1).to_lowercase()
+    }
+    fn walk(&self, reader: &mut Option<Reader<Payload>>) -> u64 {
+        let g = reader.as_mut().unwrap().read();
+        g.iter().map(|(_, p)| p.exits.load(Ordering::Relaxed)).sum()
+    }
+    fn churn(&self) {
+        let spare = self.0.capacity() - 1;
+        let p = self.0.retire(spare, Duration::from_secs(10)).unwrap();
+        self.0.publish(spare, p).unwrap();
+    }
+    fn reader(&self) -> Option<Reader<Payload>> {
+        Some(Reader::new(&self.0, "bench"))
+    }
+}
+
+struct Locked(Mutex<Vec<Option<Payload>>>);
+
+impl Subject for Locked {
+    fn name(&self) -> String {
+        "mutex-vec".into()
+    }
+    fn walk(&self, _: &mut Option<Reader<Payload>>) -> u64 {
+        let v = self.0.lock().unwrap();
+        v.iter().flatten().map(|p| p.exits.load(Ordering::Relaxed)).sum()
+    }
+    fn churn(&self) {
+        let mut v = self.0.lock().unwrap();
+        let spare = v.len() - 1;
+        let p = v[spare].take();
+        v[spare] = p;
+    }
+}
+
+struct RwLocked(RwLock<Vec<Option<Payload>>>);
+
+impl Subject for RwLocked {
+    fn name(&self) -> String {
+        "rwlock-vec".into()
+    }
+    fn walk(&self, _: &mut Option<Reader<Payload>>) -> u64 {
+        let v = self.0.read().unwrap();
+        v.iter().flatten().map(|p| p.exits.load(Ordering::Relaxed)).sum()
+    }
+    fn churn(&self) {
+        let mut v = self.0.write().unwrap();
+        let spare = v.len() - 1;
+        let p = v[spare].take();
+        v[spare] = p;
+    }
+}
+
+fn subjects(n: u32) -> Vec<Arc<dyn Subject>> {
+    let mut out: Vec<Arc<dyn Subject>> = Vec::new();
+    let mut modes = vec![FenceMode::SeqCst];
+    if FenceMode::best_available() == FenceMode::Membarrier {
+        modes.push(FenceMode::Membarrier);
+    }
+    for mode in modes {
+        let t = Arc::new(VcpuTable::with_fence_mode(n + 1, mode));
+        for id in 0..=n {
+            t.publish(id, payload()).unwrap();
+        }
+        out.push(Arc::new(Rcu(t, mode)));
+    }
+    let vec = || (0..=n).map(|_| Some(payload())).collect::<Vec<_>>();
+    out.push(Arc::new(Locked(Mutex::new(vec()))));
+    out.push(Arc::new(RwLocked(RwLock::new(vec()))));
+    out
+}
+
+struct Churner {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<u64>>,
+}
+
+impl Churner {
+    fn start(s: Arc<dyn Subject>) -> Churner {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !st.load(Ordering::Relaxed) {
+                s.churn();
+                rounds += 1;
+            }
+            rounds
+        });
+        Churner { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Churner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.take().unwrap().join();
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    for churn in [false, true] {
+        let mut group = c.benchmark_group(if churn { "read-under-churn" } else { "read-uncontended" });
+        group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(50);
+        for n in SIZES {
+            for s in subjects(n) {
+                let mut reader = s.reader();
+                let _churner = churn.then(|| Churner::start(s.clone()));
+                group.bench_with_input(BenchmarkId::new(s.name(), n), &n, |b, _| {
+                    b.iter(|| black_box(s.walk(&mut reader)))
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

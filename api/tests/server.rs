@@ -1,0 +1,77 @@
+//! The API server on a real Unix socket.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::client::request;
+use api::server::ServerError;
+use api::{ApiHandler, ApiRequest, ApiResponse, ApiServer};
+
+struct Echo;
+
+impl ApiHandler for Echo {
+    fn handle(&self, request: ApiRequest) -> ApiResponse {
+        match request {
+            ApiRequest::VmmPing => ApiResponse::ok(serde_json::json!({"version": "test"})),
+            ApiRequest::VmResize(r) => ApiResponse::ok(serde_json::json!({"desired": r.desired_vcpus})),
+            _ => ApiResponse::no_content(),
+        }
+    }
+}
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn serves_requests_with_mode_0600_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.sock");
+    let server = ApiServer::start(&path, Arc::new(Echo)).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let r = request(&path, "GET", "vmm.ping", None, T).unwrap();
+    assert_eq!((r.status, r.body["version"].as_str()), (200, Some("test")));
+    let r = request(&path, "PUT", "vm.resize", Some(&serde_json::json!({"desired_vcpus": 3})), T).unwrap();
+    assert_eq!((r.status, r.body["desired"].as_u64()), (200, Some(3)));
+    let r = request(&path, "PUT", "vm.resize", Some(&serde_json::json!({"desired": 3})), T).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body["error"].as_str().unwrap().contains("unknown field"));
+    let r = request(&path, "POST", "vmm.ping", None, T).unwrap();
+    assert_eq!(r.status, 405);
+
+    // Many clients at once all get answers.
+    let handles: Vec<_> = (0..32)
+        .map(|_| {
+            let p = path.clone();
+            std::thread::spawn(move || request(&p, "GET", "vmm.ping", None, T).map(|r| r.status))
+        })
+        .collect();
+    for h in handles {
+        let status = h.join().unwrap().unwrap();
+        assert!(status == 200 || status == 503, "{status}");
+    }
+
+    drop(server);
+    assert!(!path.exists(), "socket file removed on shutdown");
+}
+
+#[test]
+fn replaces_a_stale_socket_but_not_a_live_one_or_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&stale).unwrap()); // bound, then nobody listens
+    let server = ApiServer::start(&stale, Arc::new(Echo)).unwrap();
+    assert_eq!(request(&stale, "GET", "vmm.ping", None, T).unwrap().status, 200);
+
+    // A second server on the live socket is refused.
+    assert!(matches!(ApiServer::start(&stale, Arc::new(Echo)), Err(ServerError::InUse { .. })));
+    drop(server);
+
+    let file = dir.path().join("precious.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    assert!(matches!(ApiServer::start(&file, Arc::new(Echo)), Err(ServerError::NotASocket { .. })));
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
