@@ -151,18 +151,29 @@ impl Guest {
     }
 
     fn wait_until(&self, which: &Shared, timeout: Duration, what: &str, f: impl Fn(&str) -> bool) -> String {
+        self.wait_lines(which, timeout, what, |lines| lines.iter().find(|l| f(l)).cloned())
+    }
+
+    /// Waits until `check` finds what it wants in all lines so far.
+    fn wait_lines(
+        &self,
+        which: &Shared,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&[String]) -> Option<String>,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &**which;
         let mut out = m.lock().unwrap();
         loop {
-            if let Some(l) = out.lines.iter().find(|l| f(l)) {
-                return l.clone();
+            if let Some(found) = check(&out.lines) {
+                return found;
             }
             let now = Instant::now();
             if now >= deadline || out.closed {
                 drop(out);
                 panic!(
-                    "timed out or exited waiting for {what:?}\n--- guest console (tail) ---\n{}\n--- lithe log (tail) ---\n{}",
+                    "timed out or exited waiting for {what}\n--- guest console (tail) ---\n{}\n--- lithe log (tail) ---\n{}",
                     self.tail(&self.console, 40),
                     self.tail(&self.log, 40)
                 );
@@ -197,25 +208,11 @@ impl Guest {
 
     /// Waits until the guest's latest report says exactly `online` and `present`.
     pub fn wait_cpus(&self, online: &str, present: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.console;
-        let mut out = m.lock().unwrap();
-        loop {
-            let last = out.lines.iter().rev().find_map(|l| parse_report(l));
-            if last.as_ref().is_some_and(|r| r.online == online && r.present == present) {
-                return;
-            }
-            let now = Instant::now();
-            if now >= deadline || out.closed {
-                drop(out);
-                panic!(
-                    "guest never reported online={online} present={present} (last: {last:?})\n--- guest console ---\n{}\n--- lithe log ---\n{}",
-                    self.tail(&self.console, 40),
-                    self.tail(&self.log, 40)
-                );
-            }
-            out = cv.wait_timeout(out, deadline - now).unwrap().0;
-        }
+        let what = format!("the guest to report online={online} present={present} (last: {:?})", self.last_report());
+        self.wait_lines(&self.console, timeout, &what, |lines| {
+            let last = lines.iter().rev().find_map(|l| parse_report(l))?;
+            (last.online == online && last.present == present).then(String::new)
+        });
     }
 
     /// Types a line on the guest console.

@@ -7,8 +7,8 @@ use serde_json::json;
 use tests::{Guest, GuestImage, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
 
 #[test]
-fn create_and_boot_over_the_api_then_resize() {
-    let g = Guest::launch(Launch { cpus: "", with_kernel: false });
+fn create_and_boot_over_the_api_then_resize_then_guest_reboot_ends_lithe() {
+    let mut g = Guest::launch(Launch { cpus: "", with_kernel: false });
     let (s, info) = g.api("GET", "vm.info", json!(null));
     assert_eq!((s, info["state"].as_str()), (200, Some("NotCreated")));
     let (s, r) = g.api("PUT", "vm.boot", json!(null));
@@ -31,6 +31,13 @@ fn create_and_boot_over_the_api_then_resize() {
     assert_eq!(r["added"], json!([1]));
     g.wait_cpus("0-1", "0-1", HOTPLUG_TIMEOUT);
     g.wait_vcpu_threads(&[0, 1], Duration::from_secs(5));
+    let (s, info) = g.api("GET", "vm.info", json!(null));
+    assert_eq!((s, info["state"].as_str()), (200, Some("Running")));
+
+    // The guest resets through the i8042 (reboot=k): lithe ends with status 0.
+    g.send("reboot");
+    assert_eq!(g.wait_exit(Duration::from_secs(120)).code(), Some(0));
+    assert!(g.log_contains("guest rebooted"));
 }
 
 #[test]

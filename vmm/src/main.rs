@@ -1,18 +1,32 @@
 //! `lithe`: boot a VM from the command line or over the API, or drive a
 //! running one with `lithe remote`.
 
+#[cfg(not(loom))]
 use std::process::ExitCode;
+#[cfg(not(loom))]
 use std::sync::{Arc, Mutex};
+#[cfg(not(loom))]
 use std::time::Duration;
 
+#[cfg(not(loom))]
 use clap::Parser;
+#[cfg(not(loom))]
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+#[cfg(not(loom))]
 use log::error;
 
+#[cfg(not(loom))]
 use vmm::api_bridge::{ApiBridge, VmmShared};
+#[cfg(not(loom))]
 use vmm::cli::{Cli, Command, RemoteAction, RemoteArgs};
+#[cfg(not(loom))]
 use vmm::vmm::Vmm;
 
+/// A loom build only models the vCPU table; there is no VMM to run.
+#[cfg(loom)]
+fn main() {}
+
+#[cfg(not(loom))]
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -21,6 +35,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(not(loom))]
 fn run(cli: Cli) -> ExitCode {
     env_logger::Builder::new().filter_level(cli.vm.log_level).format_target(false).init();
     let config = match cli.vm.to_config() {
@@ -109,6 +124,7 @@ fn run(cli: Cli) -> ExitCode {
     ExitCode::from(code as u8)
 }
 
+#[cfg(not(loom))]
 fn remote(args: RemoteArgs) -> ExitCode {
     use serde_json::json;
     let (method, endpoint, body, timeout) = match &args.action {

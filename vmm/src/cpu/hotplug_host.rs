@@ -95,9 +95,18 @@ impl CpuHotplugHost for HotplugHost {
 
     fn eject(&self, id: u32) {
         // Keyed on our own pending-removal state: an _EJ0 we did not ask for
-        // (or one arriving after a rollback) changes nothing.
-        if self.table.transition(id, VcpuState::Removing, VcpuState::Ejected) {
-            info!("vCPU {id}: guest ejected it; retiring");
+        // changes nothing. One exception: after a removal timed out, a slow
+        // guest that finally ejects has really removed the CPU, so it counts.
+        let late =
+            self.rollback(id) == Rollback::Timeout && self.table.transition(id, VcpuState::Online, VcpuState::Ejected);
+        if late || self.table.transition(id, VcpuState::Removing, VcpuState::Ejected) {
+            if late {
+                self.set_rollback(id, Rollback::None);
+            }
+            info!(
+                "vCPU {id}: guest ejected it{}; retiring",
+                if late { " after the removal had timed out" } else { "" }
+            );
             self.ejected[(id / 64) as usize].fetch_or(1 << (id % 64), Ordering::AcqRel);
             if let Err(e) = self.wake.write(1) {
                 warn!("vCPU {id}: cannot wake the main loop to retire it: {e}");
@@ -174,6 +183,22 @@ mod tests {
         assert_eq!(t.state(2), VcpuState::Online);
         assert_eq!(h.rollback(2), Rollback::GuestRefused);
         // a late _EJ0 after the rollback is ignored
+        h.eject(2);
+        assert!(h.take_ejected().is_empty());
+    }
+
+    #[test]
+    fn a_late_eject_after_a_timeout_still_retires() {
+        let (t, h) = host();
+        t.set_state(1, VcpuState::Online).unwrap();
+        h.set_rollback(1, Rollback::Timeout);
+        h.eject(1);
+        assert_eq!(h.take_ejected(), vec![1]);
+        assert_eq!(t.state(1), VcpuState::Ejected);
+        assert_eq!(h.rollback(1), Rollback::None);
+        // but not after the guest refused
+        t.set_state(2, VcpuState::Online).unwrap();
+        h.set_rollback(2, Rollback::GuestRefused);
         h.eject(2);
         assert!(h.take_ejected().is_empty());
     }
