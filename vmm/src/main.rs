@@ -92,6 +92,10 @@ fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = vmm.handle_termination_signals() {
+        eprintln!("lithe: installing signal handlers: {e}");
+        return ExitCode::from(1);
+    }
     if let Some(c) = config {
         vmm.set_config(c);
         if let Err(e) = vmm.boot() {

@@ -29,6 +29,7 @@ pub struct Vmm {
     vm: Option<Vm>,
     exit: Arc<ExitNotifier>,
     hotplug_evt: EventFd,
+    term_evt: EventFd,
     api: Option<(Receiver<MainLoopRequest>, EventFd)>,
     timer: TimerFd,
     shared: Arc<VmmShared>,
@@ -51,11 +52,17 @@ impl Vmm {
             vm: None,
             exit: Arc::new(ExitNotifier::new()?),
             hotplug_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            term_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             api,
             timer,
             shared,
             exit_code: None,
         })
+    }
+
+    /// Makes SIGINT/SIGTERM end the main loop cleanly.
+    pub fn handle_termination_signals(&self) -> Result<(), vmm_sys_util::errno::Error> {
+        crate::signals::install(&self.term_evt)
     }
 
     /// Set when the process should end, with its exit code.
@@ -258,6 +265,7 @@ impl MutEventSubscriber for Vmm {
         add(self.exit.event_fd().as_raw_fd(), "VM exits");
         add(self.hotplug_evt.as_raw_fd(), "guest ejects");
         add(self.timer.as_raw_fd(), "the tick timer");
+        add(self.term_evt.as_raw_fd(), "termination signals");
         if let Some((_, evt)) = &self.api {
             add(evt.as_raw_fd(), "API requests");
         }
@@ -281,6 +289,11 @@ impl MutEventSubscriber for Vmm {
             if let Some(vm) = self.vm.as_mut() {
                 vm.manager().retire_ejected();
             }
+        } else if fd == self.term_evt.as_raw_fd() {
+            let _ = self.term_evt.read();
+            info!("termination signal received; stopping the VM");
+            self.teardown();
+            self.exit_code = Some(0);
         } else if fd == self.timer.as_raw_fd() {
             let _ = self.timer.wait();
             if let Some(vm) = self.vm.as_mut() {
