@@ -1,0 +1,47 @@
+//! The lithe binary's command line and process behaviour, without a guest.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tests::{lithe_bin, Guest, GuestImage, Launch};
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(lithe_bin()).args(args).output().expect("run lithe");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim().to_string())
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line_naming_the_flag() {
+    let image = GuestImage::locate();
+    let k = image.kernel.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--kernel", k, "--cpus", "boot=0,max=2"], "--cpus"),
+        (&["--kernel", k, "--cpus", "boot=3,max=2"], "--cpus"),
+        (&["--kernel", k, "--cpus", "boot=1,max=255"], "--cpus"),
+        (&["--kernel", k, "--cpus", "boot=two"], "--cpus"),
+        (&["--kernel", k, "--memory", "size=lots"], "--memory"),
+        (&["--kernel", k, "--memory", "size=1M"], "--memory"),
+        (&["--kernel", k, "--serial", "pty"], "--serial"),
+        (&["--kernel", "/nonexistent/vmlinux"], "--kernel"),
+        (&["--kernel", k, "--initramfs", "/nonexistent.cpio"], "--initramfs"),
+        (&[], "--kernel"),
+    ];
+    for (args, flag) in cases {
+        let (code, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line expected, got:\n{err}");
+        assert!(err.contains(flag), "{args:?}: {err:?} does not name {flag}");
+    }
+    // clap's own errors (unknown flags) also exit 2.
+    assert_eq!(run(&["--bogus"]).0, 2);
+}
+
+#[test]
+fn sigterm_stops_lithe_cleanly_and_removes_the_socket() {
+    let mut g = Guest::launch(Launch { cpus: "", with_kernel: false });
+    assert!(g.socket.exists());
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(g.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    assert!(!g.socket.exists(), "socket removed on SIGTERM");
+}
