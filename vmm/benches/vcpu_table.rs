@@ -117,7 +117,8 @@ struct Churner {
 }
 
 impl Churner {
-    fn start(s: Arc<dyn Subject>) -> Churner {
+    /// Removes and re-adds the spare vCPU in a loop, pausing `pace` between rounds.
+    fn start(s: Arc<dyn Subject>, pace: Option<Duration>) -> Churner {
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -125,6 +126,9 @@ impl Churner {
             while !st.load(Ordering::Relaxed) {
                 s.churn();
                 rounds += 1;
+                if let Some(p) = pace {
+                    std::thread::sleep(p);
+                }
             }
             rounds
         });
@@ -139,14 +143,22 @@ impl Drop for Churner {
     }
 }
 
+/// How hard the writer churns: not at all, one round per 100 µs (still far
+/// above any real resize rate), or flat out.
+const CHURN: [(&str, Option<Option<Duration>>); 3] = [
+    ("read-uncontended", None),
+    ("read-paced-churn", Some(Some(Duration::from_micros(100)))),
+    ("read-tight-churn", Some(None)),
+];
+
 fn bench(c: &mut Criterion) {
-    for churn in [false, true] {
-        let mut group = c.benchmark_group(if churn { "read-under-churn" } else { "read-uncontended" });
+    for (name, churn) in CHURN {
+        let mut group = c.benchmark_group(name);
         group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(50);
         for n in SIZES {
             for s in subjects(n) {
                 let mut reader = s.reader();
-                let _churner = churn.then(|| Churner::start(s.clone()));
+                let _churner = churn.map(|pace| Churner::start(s.clone(), pace));
                 group.bench_with_input(BenchmarkId::new(s.name(), n), &n, |b, _| {
                     b.iter(|| black_box(s.walk(&mut reader)))
                 });

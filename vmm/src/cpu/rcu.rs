@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::sync::{fence, yield_now, Arc, AtomicU64, Mutex, Ordering};
+use super::sync::{fence, yield_now, Arc, AtomicU64, CachePadded, Mutex, Ordering};
 
 /// How read-side sections are ordered against grace periods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,9 +60,15 @@ struct ReaderSlot {
 }
 
 pub(crate) struct Rcu {
+    /// What every read-side entry loads, on its own line: the registry mutex
+    /// below is written on every grace period and must not share it.
+    hot: CachePadded<Hot>,
+    readers: CachePadded<Mutex<Vec<Arc<ReaderSlot>>>>,
+}
+
+struct Hot {
     epoch: AtomicU64,
     mode: FenceMode,
-    readers: Mutex<Vec<Arc<ReaderSlot>>>,
 }
 
 impl Rcu {
@@ -72,11 +78,11 @@ impl Rcu {
         if mode == FenceMode::Membarrier && !membarrier::register() {
             panic!("FenceMode::Membarrier requested but membarrier() is unavailable; use best_available()");
         }
-        Rcu { epoch: AtomicU64::new(1), mode, readers: Mutex::new(Vec::new()) }
+        Rcu { hot: CachePadded(Hot { epoch: AtomicU64::new(1), mode }), readers: CachePadded(Mutex::new(Vec::new())) }
     }
 
     pub(crate) fn mode(&self) -> FenceMode {
-        self.mode
+        self.hot.mode
     }
 
     pub(crate) fn register(&self, name: &str) -> ReaderHandle {
@@ -93,11 +99,11 @@ impl Rcu {
     /// Enters a read-side section for `handle`. Sections do not nest.
     #[inline]
     pub(crate) fn read_lock(&self, handle: &ReaderHandle) {
-        let e = self.epoch.load(Ordering::Acquire);
+        let e = self.hot.epoch.load(Ordering::Acquire);
         // Release: a writer that sees this (new) epoch skips the wait, so this
         // store must also publish the end of this reader's previous section.
         handle.slot.epoch.store(e, Ordering::Release);
-        match self.mode {
+        match self.hot.mode {
             FenceMode::SeqCst => fence(Ordering::SeqCst),
             FenceMode::Membarrier => std::sync::atomic::compiler_fence(Ordering::SeqCst),
         }
@@ -112,7 +118,7 @@ impl Rcu {
     /// ended. The caller's unpublishing store must come before the call.
     /// `limit` bounds the wait (ignored under loom, which has no clock).
     pub(crate) fn synchronize(&self, limit: Duration) -> Result<(), StuckReaders> {
-        let target = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let target = self.hot.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.heavy_fence();
         let readers: Vec<Arc<ReaderSlot>> = self.readers.lock().unwrap().clone();
         let start = Instant::now();
@@ -141,7 +147,7 @@ impl Rcu {
     }
 
     fn heavy_fence(&self) {
-        match self.mode {
+        match self.hot.mode {
             FenceMode::SeqCst => fence(Ordering::SeqCst),
             FenceMode::Membarrier => {
                 if !membarrier::private_expedited() {
@@ -155,12 +161,16 @@ impl Rcu {
     }
 }
 
+/// Waiting for a reader: a few quick re-checks, then sleep. Polling a
+/// reader's slot steals its cache line on every poll and slows the very
+/// section we wait for; grace-period latency does not matter (a vCPU retire
+/// then joins a thread), reader speed does.
 fn backoff(spins: &mut u32) {
     *spins += 1;
-    if cfg!(loom) || *spins < 64 {
+    if cfg!(loom) || *spins < 4 {
         yield_now();
     } else {
-        std::thread::sleep(Duration::from_micros(50));
+        std::thread::sleep(Duration::from_micros(20));
     }
 }
 

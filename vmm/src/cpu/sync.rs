@@ -35,3 +35,16 @@ impl<T> UnsafeCell<T> {
         f(self.0.get())
     }
 }
+
+/// Keeps `T` on a cache line of its own, so writes to neighbours do not
+/// invalidate it (readers' hot fields vs. the writer's bookkeeping).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

@@ -24,7 +24,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::rcu::{FenceMode, Rcu, ReaderHandle, StuckReaders};
-use super::sync::{Arc, AtomicU32, AtomicU64, AtomicU8, Mutex, Ordering, UnsafeCell};
+use super::sync::{Arc, AtomicU32, AtomicU64, AtomicU8, CachePadded, Mutex, Ordering, UnsafeCell};
 
 const WORD_BITS: usize = 64;
 
@@ -83,6 +83,11 @@ pub enum TableError {
 
 struct Slot<T> {
     value: UnsafeCell<Option<T>>,
+}
+
+/// Hotplug bookkeeping of one id, kept apart from the slots so that its
+/// writes (from vCPU threads, in MMIO exits) do not touch readers' lines.
+struct Meta {
     state: AtomicU8,
     /// `1 << 63 | event << 32 | status`, or 0 when no report came yet.
     ost: AtomicU64,
@@ -90,12 +95,24 @@ struct Slot<T> {
 
 /// The lock-free vCPU table. Share it in an `Arc`.
 pub struct VcpuTable<T> {
+    // Read side: loaded by every section, written only by publish/retire.
     slots: Box<[Slot<T>]>,
-    present: Box<[AtomicU64]>,
-    count: AtomicU32,
+    meta: Box<[Meta]>,
+    present: Box<CachePadded<[AtomicU64; PRESENT_WORDS]>>,
+    capacity: u32,
     rcu: Rcu,
-    writer: Mutex<()>,
+    // Write side, on a line of its own so its churn does not hit readers.
+    writer: CachePadded<Writer>,
 }
+
+struct Writer {
+    lock: Mutex<()>,
+    count: AtomicU32,
+}
+
+/// Capacity limit: four bitmap words, one cache line.
+pub const MAX_CAPACITY: u32 = (PRESENT_WORDS * WORD_BITS) as u32;
+const PRESENT_WORDS: usize = 4;
 
 // SAFETY: values are written only by the (mutex-serialised) write side while
 // their bit is clear and no reader can reach them (publish before setting the
@@ -122,22 +139,23 @@ impl<T> VcpuTable<T> {
         Self::with_fence_mode(capacity, FenceMode::best_available())
     }
 
+    /// Panics if `capacity` exceeds [`MAX_CAPACITY`].
     pub fn with_fence_mode(capacity: u32, mode: FenceMode) -> Self {
-        let slots = (0..capacity)
-            .map(|_| Slot { value: UnsafeCell::new(None), state: AtomicU8::new(0), ost: AtomicU64::new(0) })
-            .collect();
-        let words = (capacity as usize).div_ceil(WORD_BITS);
+        assert!(capacity <= MAX_CAPACITY, "vCPU table capacity {capacity} exceeds {MAX_CAPACITY}");
+        let slots = (0..capacity).map(|_| Slot { value: UnsafeCell::new(None) }).collect();
+        let meta = (0..capacity).map(|_| Meta { state: AtomicU8::new(0), ost: AtomicU64::new(0) }).collect();
         VcpuTable {
             slots,
-            present: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU32::new(0),
+            meta,
+            present: Box::new(CachePadded(std::array::from_fn(|_| AtomicU64::new(0)))),
+            capacity,
             rcu: Rcu::new(mode),
-            writer: Mutex::new(()),
+            writer: CachePadded(Writer { lock: Mutex::new(()), count: AtomicU32::new(0) }),
         }
     }
 
     pub fn capacity(&self) -> u32 {
-        self.slots.len() as u32
+        self.capacity
     }
 
     pub fn fence_mode(&self) -> FenceMode {
@@ -146,7 +164,11 @@ impl<T> VcpuTable<T> {
 
     /// How many vCPUs are present (a snapshot).
     pub fn count(&self) -> u32 {
-        self.count.load(Ordering::Acquire)
+        self.writer.count.load(Ordering::Acquire)
+    }
+
+    fn meta(&self, id: u32) -> Result<&Meta, TableError> {
+        self.meta.get(id as usize).ok_or(TableError::OutOfRange { id, capacity: self.capacity() })
     }
 
     fn slot(&self, id: u32) -> Result<&Slot<T>, TableError> {
@@ -155,38 +177,38 @@ impl<T> VcpuTable<T> {
 
     /// Hotplug state of `id` (`Absent` for ids out of range). Lock-free.
     pub fn state(&self, id: u32) -> VcpuState {
-        self.slots.get(id as usize).map_or(VcpuState::Absent, |s| VcpuState::from_u8(s.state.load(Ordering::Acquire)))
+        self.meta.get(id as usize).map_or(VcpuState::Absent, |m| VcpuState::from_u8(m.state.load(Ordering::Acquire)))
     }
 
     /// Sets the hotplug state of `id`.
     pub fn set_state(&self, id: u32, state: VcpuState) -> Result<(), TableError> {
-        self.slot(id)?.state.store(state as u8, Ordering::Release);
+        self.meta(id)?.state.store(state as u8, Ordering::Release);
         Ok(())
     }
 
     /// Moves `id` from `from` to `to` if it is in `from`; returns whether it did.
     pub fn transition(&self, id: u32, from: VcpuState, to: VcpuState) -> bool {
-        self.slots.get(id as usize).is_some_and(|s| {
-            s.state.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.meta.get(id as usize).is_some_and(|m| {
+            m.state.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
         })
     }
 
     /// The guest's last `_OST` report for `id`.
     pub fn ost(&self, id: u32) -> Option<OstReport> {
-        let v = self.slots.get(id as usize)?.ost.load(Ordering::Acquire);
+        let v = self.meta.get(id as usize)?.ost.load(Ordering::Acquire);
         (v >> 63 == 1).then_some(OstReport { event: ((v >> 32) & 0x7fff_ffff) as u32, status: v as u32 })
     }
 
     pub fn set_ost(&self, id: u32, report: OstReport) -> Result<(), TableError> {
         let v = 1u64 << 63 | u64::from(report.event & 0x7fff_ffff) << 32 | u64::from(report.status);
-        self.slot(id)?.ost.store(v, Ordering::Release);
+        self.meta(id)?.ost.store(v, Ordering::Release);
         Ok(())
     }
 
     /// Publishes `value` as vCPU `id`: the slot is filled first, then the bit set.
     pub fn publish(&self, id: u32, value: T) -> Result<(), TableError> {
         let slot = self.slot(id)?;
-        let _w = self.writer.lock().unwrap();
+        let _w = self.writer.lock.lock().unwrap();
         let (word, bit) = split(id);
         if self.present[word].load(Ordering::Relaxed) & bit != 0 {
             return Err(TableError::AlreadyPresent { id });
@@ -202,7 +224,7 @@ impl<T> VcpuTable<T> {
         // that saw it set before the last retire left before that retire
         // returned the old value (grace period).
         slot.value.with_mut(|v| unsafe { *v = Some(value) });
-        self.count.fetch_add(1, Ordering::AcqRel);
+        self.writer.count.fetch_add(1, Ordering::AcqRel);
         // Release: the slot's contents happen-before any Acquire load seeing the bit.
         self.present[word].fetch_or(bit, Ordering::Release);
         Ok(())
@@ -213,7 +235,7 @@ impl<T> VcpuTable<T> {
     /// stays in the slot, and a later `retire(id)` finishes the job.
     pub fn retire(&self, id: u32, limit: Duration) -> Result<T, TableError> {
         let slot = self.slot(id)?;
-        let _w = self.writer.lock().unwrap();
+        let _w = self.writer.lock.lock().unwrap();
         let (word, bit) = split(id);
         // SAFETY: the writer lock is held; we only test for presence of a value.
         let occupied = slot.value.with(|v| unsafe { (*v).is_some() });
@@ -224,7 +246,7 @@ impl<T> VcpuTable<T> {
             // SeqCst: this store must be ordered before synchronize()'s epoch
             // bump and fence, which readers' fences pair with.
             self.present[word].fetch_and(!bit, Ordering::SeqCst);
-            self.count.fetch_sub(1, Ordering::AcqRel);
+            self.writer.count.fetch_sub(1, Ordering::AcqRel);
         }
         self.rcu.synchronize(limit).map_err(|StuckReaders { waited, readers }| TableError::GracePeriodTimeout {
             id,
@@ -235,6 +257,16 @@ impl<T> VcpuTable<T> {
         // has left its section: nobody else refers to the value now.
         let value = slot.value.with_mut(|v| unsafe { (*v).take() });
         Ok(value.expect("slot checked occupied under the writer lock"))
+    }
+
+    /// The value in slot `id`. Only for iterators of a live section that saw
+    /// `id`'s bit set.
+    #[inline]
+    fn value(&self, id: u32) -> Option<&T> {
+        let slot = self.slots.get(id as usize)?;
+        // SAFETY: callers saw the bit set inside a read-side section that
+        // outlives the returned reference (see `ReadGuard::get`).
+        slot.value.with(|v| unsafe { (*v).as_ref() })
     }
 
     /// The present bitmap, one `u64` per 64 ids (a snapshot; for reports).
@@ -369,10 +401,7 @@ impl<'g, T> Iterator for Iter<'g, T> {
             let b = self.bits.trailing_zeros() as usize;
             self.bits &= self.bits - 1;
             let id = (self.word * WORD_BITS + b) as u32;
-            let slot = &self.table.slots[id as usize];
-            // SAFETY: as in `ReadGuard::get`: the bit was seen set inside the
-            // section that borrows this iterator's table reference.
-            if let Some(v) = slot.value.with(|v| unsafe { (*v).as_ref() }) {
+            if let Some(v) = self.table.value(id) {
                 return Some((id, v));
             }
         }
