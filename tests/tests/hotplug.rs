@@ -106,3 +106,30 @@ fn resize_while_a_removal_is_pending() {
     g.wait_cpus("0-2", "0-2", HOTPLUG_TIMEOUT);
     g.wait_vcpu_threads(&[0, 1, 2], Duration::from_secs(5));
 }
+
+#[test]
+fn an_ignored_eject_times_out_rolls_back_and_the_next_resize_works() {
+    let mut g = Guest::launch(Launch { cpus: "boot=2,max=2,eject_timeout_ms=5000", with_kernel: true });
+    g.wait_cpus("0-1", "0-1", BOOT_TIMEOUT);
+    // The guest stops handling GED interrupts: the eject request goes unanswered.
+    g.send("ignore-hotplug");
+    g.wait_console("LITHE-GUEST hotplug=ignored", HOTPLUG_TIMEOUT);
+    let r = g.resize(1);
+    assert_eq!(r["complete"], json!(true), "{r}");
+    assert_eq!(r["vcpus"][0]["state"], json!("online"), "{r}");
+    assert_eq!(r["vcpus"][0]["rollback"], json!("timeout"), "{r}");
+    g.wait_log("vCPU 1: guest did not eject it", Duration::from_secs(5));
+    assert_eq!(g.last_report().unwrap().online, "0-1", "the guest still has CPU 1");
+    g.wait_vcpu_threads(&[0, 1], Duration::from_secs(5));
+    // vm.info reports the rollback too.
+    let (_, info) = g.api("GET", "vm.info", json!(null));
+    assert_eq!(info["vcpus"][1]["rollback"], json!("timeout"), "{info}");
+
+    // Once the guest handles hotplug again, the next resize goes through.
+    g.send("allow-hotplug");
+    g.wait_console("LITHE-GUEST hotplug=handled", HOTPLUG_TIMEOUT);
+    let r = g.resize(1);
+    assert_eq!(states(&r), vec![(1, "parked".into())], "{r}");
+    g.wait_cpus("0", "0", HOTPLUG_TIMEOUT);
+    g.wait_vcpu_threads(&[0], Duration::from_secs(5));
+}

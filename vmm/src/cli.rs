@@ -32,7 +32,8 @@ pub struct VmArgs {
     /// Kernel command line.
     #[arg(long, value_name = "STRING")]
     pub cmdline: Option<String>,
-    /// vCPUs at boot and at most: boot=N,max=M.
+    /// vCPUs at boot and at most: boot=N,max=M[,eject_timeout_ms=T] (how long
+    /// the guest gets to eject a vCPU before the removal is rolled back).
     #[arg(long, value_name = "boot=N,max=M", default_value = "boot=1")]
     pub cpus: String,
     /// Guest RAM: size=128M.

@@ -36,6 +36,23 @@ pub enum ConfigError {
 pub struct CpusConfig {
     pub boot_vcpus: u32,
     pub max_vcpus: u32,
+    /// How long the guest gets to eject a vCPU before the removal is rolled back.
+    #[serde(default = "default_eject_timeout_ms")]
+    pub eject_timeout_ms: u64,
+}
+
+/// Default for [`CpusConfig::eject_timeout_ms`]: generous, slow guests take seconds.
+pub const DEFAULT_EJECT_TIMEOUT_MS: u64 = 120_000;
+const MAX_EJECT_TIMEOUT_MS: u64 = 3_600_000;
+
+fn default_eject_timeout_ms() -> u64 {
+    DEFAULT_EJECT_TIMEOUT_MS
+}
+
+impl CpusConfig {
+    pub fn new(boot_vcpus: u32, max_vcpus: u32) -> Self {
+        CpusConfig { boot_vcpus, max_vcpus, eject_timeout_ms: DEFAULT_EJECT_TIMEOUT_MS }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +146,12 @@ pub fn validate_cpus(c: &CpusConfig, kvm_max_vcpus: u32) -> Result<(), ConfigErr
     if c.max_vcpus > limit {
         return Err(ConfigError::Cpus(format!("max={} exceeds the supported limit of {limit}", c.max_vcpus)));
     }
+    if c.eject_timeout_ms == 0 || c.eject_timeout_ms > MAX_EJECT_TIMEOUT_MS {
+        return Err(ConfigError::Cpus(format!(
+            "eject_timeout_ms={} must be between 1 and {MAX_EJECT_TIMEOUT_MS}",
+            c.eject_timeout_ms
+        )));
+    }
     Ok(())
 }
 
@@ -161,22 +184,24 @@ fn pairs<'a>(s: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, Stri
     Ok(out)
 }
 
-/// `boot=N[,max=M]` (or just `N`); max defaults to boot.
+/// `boot=N[,max=M][,eject_timeout_ms=T]` (or just `N`); max defaults to boot.
 pub fn parse_cpus(s: &str) -> Result<CpusConfig, ConfigError> {
     let num = |k: &str, v: &str| v.parse::<u32>().map_err(|_| ConfigError::Cpus(format!("{k}={v:?} is not a number")));
     if let Ok(n) = s.parse::<u32>() {
-        return Ok(CpusConfig { boot_vcpus: n, max_vcpus: n });
+        return Ok(CpusConfig::new(n, n));
     }
     let mut boot = None;
     let mut max = None;
-    for (k, v) in pairs(s, &["boot", "max"]).map_err(ConfigError::Cpus)? {
+    let mut timeout = DEFAULT_EJECT_TIMEOUT_MS;
+    for (k, v) in pairs(s, &["boot", "max", "eject_timeout_ms"]).map_err(ConfigError::Cpus)? {
         match k {
             "boot" => boot = Some(num(k, v)?),
-            _ => max = Some(num(k, v)?),
+            "max" => max = Some(num(k, v)?),
+            _ => timeout = v.parse().map_err(|_| ConfigError::Cpus(format!("{k}={v:?} is not a number")))?,
         }
     }
     let boot = boot.ok_or_else(|| ConfigError::Cpus("boot= is required".into()))?;
-    Ok(CpusConfig { boot_vcpus: boot, max_vcpus: max.unwrap_or(boot) })
+    Ok(CpusConfig { boot_vcpus: boot, max_vcpus: max.unwrap_or(boot), eject_timeout_ms: timeout })
 }
 
 /// A size like `128M`, `1G`, `4096K` or plain bytes.
@@ -221,19 +246,24 @@ mod tests {
 
     #[test]
     fn cpus() {
-        assert_eq!(parse_cpus("boot=2,max=4"), Ok(CpusConfig { boot_vcpus: 2, max_vcpus: 4 }));
-        assert_eq!(parse_cpus("max=4,boot=1"), Ok(CpusConfig { boot_vcpus: 1, max_vcpus: 4 }));
-        assert_eq!(parse_cpus("boot=3"), Ok(CpusConfig { boot_vcpus: 3, max_vcpus: 3 }));
-        assert_eq!(parse_cpus("2"), Ok(CpusConfig { boot_vcpus: 2, max_vcpus: 2 }));
+        assert_eq!(parse_cpus("boot=2,max=4"), Ok(CpusConfig::new(2, 4)));
+        assert_eq!(parse_cpus("max=4,boot=1"), Ok(CpusConfig::new(1, 4)));
+        assert_eq!(parse_cpus("boot=3"), Ok(CpusConfig::new(3, 3)));
+        assert_eq!(parse_cpus("2"), Ok(CpusConfig::new(2, 2)));
         for bad in ["", "boot=", "boot=x", "max=4", "boot=1,boot=2", "boot=1,min=2", "boot=-1", "boot"] {
             assert!(matches!(parse_cpus(bad), Err(ConfigError::Cpus(_))), "{bad:?}");
         }
-        let v = |b, m| validate_cpus(&CpusConfig { boot_vcpus: b, max_vcpus: m }, 1024);
+        let v = |b, m| validate_cpus(&CpusConfig::new(b, m), 1024);
         assert!(v(1, 254).is_ok());
         assert_eq!(v(0, 4), Err(ConfigError::Cpus("boot must be at least 1".into())));
         assert_eq!(v(5, 4), Err(ConfigError::Cpus("boot=5 is larger than max=4".into())));
         assert_eq!(v(1, 255), Err(ConfigError::Cpus("max=255 exceeds the supported limit of 254".into())));
-        assert!(validate_cpus(&CpusConfig { boot_vcpus: 1, max_vcpus: 20 }, 16).is_err());
+        assert!(validate_cpus(&CpusConfig::new(1, 20), 16).is_err());
+        let t = parse_cpus("boot=1,max=2,eject_timeout_ms=3000").unwrap();
+        assert_eq!(t.eject_timeout_ms, 3000);
+        assert!(validate_cpus(&CpusConfig { eject_timeout_ms: 0, ..t }, 64).is_err());
+        assert!(validate_cpus(&CpusConfig { eject_timeout_ms: u64::MAX, ..t }, 64).is_err());
+        assert!(parse_cpus("boot=1,eject_timeout_ms=soon").is_err());
         assert!(ConfigError::Cpus("x".into()).to_string().starts_with("--cpus:"));
     }
 

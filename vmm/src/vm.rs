@@ -29,9 +29,6 @@ use crate::cpu::VcpuTable;
 use crate::exit::{ExitNotifier, VmExit};
 use crate::memory::{self, GuestMemory};
 
-/// How long the guest gets to eject a vCPU before the removal is rolled back.
-pub const DEFAULT_EJECT_TIMEOUT: Duration = Duration::from_secs(120);
-
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("opening /dev/kvm: {0}")]
@@ -177,7 +174,7 @@ impl Vm {
             ged,
             ctx,
             supported_cpuid,
-            eject_timeout: DEFAULT_EJECT_TIMEOUT,
+            eject_timeout: Duration::from_millis(cpus.eject_timeout_ms),
         });
         manager.start_boot_vcpus(cpus.boot_vcpus, entry.0 .0)?;
         info!(
