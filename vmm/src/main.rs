@@ -38,80 +38,71 @@ fn main() -> ExitCode {
 #[cfg(not(loom))]
 fn run(cli: Cli) -> ExitCode {
     env_logger::Builder::new().filter_level(cli.vm.log_level).format_target(false).init();
-    let config = match cli.vm.to_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("lithe: {e}");
-            return ExitCode::from(2);
+    match serve(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure { code, message }) => {
+            eprintln!("lithe: {message}");
+            ExitCode::from(code)
         }
-    };
+    }
+}
+
+/// Why lithe stops before its main loop: 2 for bad usage, 1 otherwise.
+#[cfg(not(loom))]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+#[cfg(not(loom))]
+fn usage(e: impl std::fmt::Display) -> Failure {
+    Failure { code: 2, message: e.to_string() }
+}
+
+#[cfg(not(loom))]
+fn fatal(e: impl std::fmt::Display) -> Failure {
+    Failure { code: 1, message: e.to_string() }
+}
+
+/// Boots the VM (if configured) and runs the main loop; returns the exit code.
+#[cfg(not(loom))]
+fn serve(cli: &Cli) -> Result<u8, Failure> {
+    let config = cli.vm.to_config().map_err(usage)?;
     if config.is_none() && cli.vm.api_socket.is_none() {
-        eprintln!("lithe: give --kernel to boot a VM, or --api-socket to configure one over the API");
-        return ExitCode::from(2);
+        return Err(usage("give --kernel to boot a VM, or --api-socket to configure one over the API"));
     }
     if let Some(c) = &config {
         let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
-        if let Err(e) = c.validate(max) {
-            eprintln!("lithe: {e}");
-            return ExitCode::from(2);
-        }
+        c.validate(max).map_err(usage)?;
     }
 
     let shared = Arc::new(VmmShared::default());
-    let mut server = None;
-    let mut api = None;
-    if let Some(path) = &cli.vm.api_socket {
-        let (bridge, rx) = match ApiBridge::new(shared.clone()) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("lithe: API: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        let wake = match bridge.wake_fd() {
-            Ok(w) => w,
-            Err(e) => {
-                eprintln!("lithe: API: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        match api::ApiServer::start(path, Arc::new(bridge)) {
-            Ok(s) => server = Some(s),
-            Err(e) => {
-                eprintln!("lithe: {e}");
-                return ExitCode::from(1);
-            }
+    let (bridge, api) = match &cli.vm.api_socket {
+        Some(_) => {
+            let (bridge, rx) = ApiBridge::new(shared.clone()).map_err(|e| fatal(format!("API: {e}")))?;
+            let wake = bridge.wake_fd().map_err(|e| fatal(format!("API: {e}")))?;
+            (Some(bridge), Some((rx, wake)))
         }
-        api = Some((rx, wake));
-    }
-
-    let mut vmm = match Vmm::new(shared, api) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("lithe: {e}");
-            return ExitCode::from(1);
-        }
+        None => (None, None),
     };
-    if let Err(e) = vmm.handle_termination_signals() {
-        eprintln!("lithe: installing signal handlers: {e}");
-        return ExitCode::from(1);
-    }
+    let mut vmm = Vmm::new(shared, api).map_err(fatal)?;
+    // Before the socket appears: from then on a SIGTERM must end lithe cleanly.
+    vmm.handle_termination_signals().map_err(|e| fatal(format!("installing signal handlers: {e}")))?;
+    let server = match (bridge, &cli.vm.api_socket) {
+        (Some(bridge), Some(path)) => Some(api::ApiServer::start(path, Arc::new(bridge)).map_err(fatal)?),
+        _ => None,
+    };
     if let Some(c) = config {
         vmm.set_config(c);
-        if let Err(e) = vmm.boot() {
+        vmm.boot().map_err(|e| {
             error!("boot failed: {e}");
-            eprintln!("lithe: {e}");
-            return ExitCode::from(1);
-        }
+            fatal(e)
+        })?;
     }
+
     let vmm = Arc::new(Mutex::new(vmm));
-    let mut em = match EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new() {
-        Ok(em) => em,
-        Err(e) => {
-            eprintln!("lithe: event manager: {e:?}");
-            return ExitCode::from(1);
-        }
-    };
+    let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+        .map_err(|e| fatal(format!("event manager: {e:?}")))?;
     em.add_subscriber(vmm.clone());
     let code = loop {
         if let Err(e) = em.run() {
@@ -122,10 +113,11 @@ fn run(cli: Cli) -> ExitCode {
             break code;
         }
     };
+    // Stop the VM before the socket goes away.
     drop(em);
     drop(vmm);
     drop(server);
-    ExitCode::from(code as u8)
+    Ok(code as u8)
 }
 
 #[cfg(not(loom))]
