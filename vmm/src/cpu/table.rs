@@ -259,16 +259,6 @@ impl<T> VcpuTable<T> {
         Ok(value.expect("slot checked occupied under the writer lock"))
     }
 
-    /// The value in slot `id`. Only for iterators of a live section that saw
-    /// `id`'s bit set.
-    #[inline]
-    fn value(&self, id: u32) -> Option<&T> {
-        let slot = self.slots.get(id as usize)?;
-        // SAFETY: callers saw the bit set inside a read-side section that
-        // outlives the returned reference (see `ReadGuard::get`).
-        slot.value.with(|v| unsafe { (*v).as_ref() })
-    }
-
     /// The present bitmap, one `u64` per 64 ids (a snapshot; for reports).
     pub fn present_snapshot(&self) -> Vec<u64> {
         self.present.iter().map(|w| w.load(Ordering::Acquire)).collect()
@@ -364,7 +354,8 @@ impl<'r, T> ReadGuard<'r, T> {
     /// Present vCPUs in id order. Each bitmap word is loaded once.
     #[inline]
     pub fn iter(&self) -> Iter<'_, T> {
-        Iter { table: self.table(), word: 0, bits: 0, first: true }
+        let table = self.table();
+        Iter { slots: &table.slots, words: &table.present[..], word: 0, bits: 0, first: true }
     }
 }
 
@@ -377,7 +368,10 @@ impl<T> Drop for ReadGuard<'_, T> {
 
 /// Iterator over `(id, &value)` of present vCPUs.
 pub struct Iter<'g, T> {
-    table: &'g VcpuTable<T>,
+    // The slices themselves, not the table: their pointers and lengths then
+    // live in registers instead of being re-loaded for every element.
+    slots: &'g [Slot<T>],
+    words: &'g [AtomicU64],
     word: usize,
     bits: u64,
     first: bool,
@@ -395,14 +389,17 @@ impl<'g, T> Iterator for Iter<'g, T> {
                 } else {
                     self.word += 1;
                 }
-                self.bits = self.table.present.get(self.word)?.load(Ordering::Acquire);
+                self.bits = self.words.get(self.word)?.load(Ordering::Acquire);
                 continue;
             }
             let b = self.bits.trailing_zeros() as usize;
             self.bits &= self.bits - 1;
-            let id = (self.word * WORD_BITS + b) as u32;
-            if let Some(v) = self.table.value(id) {
-                return Some((id, v));
+            let id = self.word * WORD_BITS + b;
+            let Some(slot) = self.slots.get(id) else { continue };
+            // SAFETY: as in `ReadGuard::get`: the bit was seen set inside the
+            // section that this iterator borrows.
+            if let Some(v) = slot.value.with(|v| unsafe { (*v).as_ref() }) {
+                return Some((id as u32, v));
             }
         }
     }
