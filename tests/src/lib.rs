@@ -22,12 +22,15 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
-/// The lithe binary: `$LITHE_BIN`, else the workspace's release or debug build.
+/// The lithe binary: `$LITHE_BIN`, else the workspace's build of the same
+/// profile as these tests (so `cargo test` never picks a stale other one),
+/// else the other profile's.
 pub fn lithe_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("LITHE_BIN") {
         return p.into();
     }
-    for profile in ["release", "debug"] {
+    let profiles = if cfg!(debug_assertions) { ["debug", "release"] } else { ["release", "debug"] };
+    for profile in profiles {
         let p = workspace().join("target").join(profile).join("lithe");
         if p.exists() {
             return p;
