@@ -86,10 +86,6 @@ impl ApiServer {
         info!("API listening on {}", path.display());
         Ok(ApiServer { path: path.into(), stop, thread: Some(thread) })
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for ApiServer {

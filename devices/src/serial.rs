@@ -35,11 +35,6 @@ impl SerialDevice {
         }
         uart.enqueue_raw_bytes(&bytes[..room]).map_err(|e| io::Error::other(format!("serial input: {e:?}")))
     }
-
-    /// Free space in the receive FIFO.
-    pub fn input_capacity(&self) -> usize {
-        self.uart.lock().unwrap_or_else(|e| e.into_inner()).fifo_capacity()
-    }
 }
 
 impl BusDevice for SerialDevice {

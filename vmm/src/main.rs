@@ -1,177 +1,169 @@
 //! `lithe`: boot a VM from the command line or over the API, or drive a
 //! running one with `lithe remote`.
 
-#[cfg(not(loom))]
-use std::process::ExitCode;
-#[cfg(not(loom))]
-use std::sync::{Arc, Mutex};
-#[cfg(not(loom))]
-use std::time::Duration;
-
-#[cfg(not(loom))]
-use clap::Parser;
-#[cfg(not(loom))]
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-#[cfg(not(loom))]
-use log::error;
-
-#[cfg(not(loom))]
-use vmm::api_bridge::{ApiBridge, VmmShared};
-#[cfg(not(loom))]
-use vmm::cli::{Cli, Command, RemoteAction, RemoteArgs};
-#[cfg(not(loom))]
-use vmm::vmm::Vmm;
-
 /// A loom build only models the vCPU table; there is no VMM to run.
 #[cfg(loom)]
 fn main() {}
 
 #[cfg(not(loom))]
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Remote(args)) => remote(args),
-        None => run(cli),
-    }
+fn main() -> std::process::ExitCode {
+    app::main()
 }
 
 #[cfg(not(loom))]
-fn run(cli: Cli) -> ExitCode {
-    env_logger::Builder::new().filter_level(cli.vm.log_level).format_target(false).init();
-    match serve(&cli) {
-        Ok(code) => ExitCode::from(code),
-        Err(Failure { code, message }) => {
-            eprintln!("lithe: {message}");
-            ExitCode::from(code)
+mod app {
+    use std::process::ExitCode;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use clap::Parser;
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use log::error;
+
+    use vmm::api_bridge::{ApiBridge, VmmShared};
+    use vmm::cli::{Cli, Command, RemoteAction, RemoteArgs};
+    use vmm::vmm::Vmm;
+
+    pub fn main() -> ExitCode {
+        let cli = Cli::parse();
+        match cli.command {
+            Some(Command::Remote(args)) => remote(args),
+            None => run(cli),
         }
     }
-}
 
-/// Why lithe stops before its main loop: 2 for bad usage, 1 otherwise.
-#[cfg(not(loom))]
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-#[cfg(not(loom))]
-fn usage(e: impl std::fmt::Display) -> Failure {
-    Failure { code: 2, message: e.to_string() }
-}
-
-#[cfg(not(loom))]
-fn fatal(e: impl std::fmt::Display) -> Failure {
-    Failure { code: 1, message: e.to_string() }
-}
-
-/// Boots the VM (if configured) and runs the main loop; returns the exit code.
-#[cfg(not(loom))]
-fn serve(cli: &Cli) -> Result<u8, Failure> {
-    let config = cli.vm.to_config().map_err(usage)?;
-    if config.is_none() && cli.vm.api_socket.is_none() {
-        return Err(usage("give --kernel to boot a VM, or --api-socket to configure one over the API"));
-    }
-    if let Some(c) = &config {
-        let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
-        c.validate(max).map_err(usage)?;
-    }
-
-    let shared = Arc::new(VmmShared::default());
-    let (bridge, api) = match &cli.vm.api_socket {
-        Some(_) => {
-            let (bridge, rx) = ApiBridge::new(shared.clone()).map_err(|e| fatal(format!("API: {e}")))?;
-            let wake = bridge.wake_fd().map_err(|e| fatal(format!("API: {e}")))?;
-            (Some(bridge), Some((rx, wake)))
-        }
-        None => (None, None),
-    };
-    let mut vmm = Vmm::new(shared, api).map_err(fatal)?;
-    // Before the socket appears: from then on a SIGTERM must end lithe cleanly.
-    vmm.handle_termination_signals().map_err(|e| fatal(format!("installing signal handlers: {e}")))?;
-    let server = match (bridge, &cli.vm.api_socket) {
-        (Some(bridge), Some(path)) => Some(api::ApiServer::start(path, Arc::new(bridge)).map_err(fatal)?),
-        _ => None,
-    };
-    if let Some(c) = config {
-        vmm.set_config(c);
-        vmm.boot().map_err(|e| {
-            error!("boot failed: {e}");
-            fatal(e)
-        })?;
-    }
-
-    let vmm = Arc::new(Mutex::new(vmm));
-    let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
-        .map_err(|e| fatal(format!("event manager: {e:?}")))?;
-    em.add_subscriber(vmm.clone());
-    let code = loop {
-        if let Err(e) = em.run() {
-            error!("event loop: {e:?}");
-            break 1;
-        }
-        if let Some(code) = vmm.lock().unwrap_or_else(|e| e.into_inner()).exit_code() {
-            break code;
-        }
-    };
-    // Stop the VM before the socket goes away.
-    drop(em);
-    drop(vmm);
-    drop(server);
-    Ok(code as u8)
-}
-
-#[cfg(not(loom))]
-fn remote(args: RemoteArgs) -> ExitCode {
-    use serde_json::json;
-    let (method, endpoint, body, timeout) = match &args.action {
-        RemoteAction::Ping => ("GET", "vmm.ping", None, 10),
-        RemoteAction::Info => ("GET", "vm.info", None, 10),
-        RemoteAction::Resize { cpus, wait, wait_ms } => {
-            let wait = wait_ms.or(wait.then_some(api::types::DEFAULT_RESIZE_WAIT_MS));
-            let mut b = json!({ "desired_vcpus": cpus });
-            if let Some(w) = wait {
-                b["wait_ms"] = json!(w);
+    fn run(cli: Cli) -> ExitCode {
+        env_logger::Builder::new().filter_level(cli.vm.log_level).format_target(false).init();
+        match serve(&cli) {
+            Ok(code) => ExitCode::from(code),
+            Err(Failure { code, message }) => {
+                eprintln!("lithe: {message}");
+                ExitCode::from(code)
             }
-            ("PUT", "vm.resize", Some(b), wait.unwrap_or(0) / 1000 + 70)
         }
-        RemoteAction::Create { config } => {
-            let text = match std::fs::read_to_string(config) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("lithe: {}: {e}", config.display());
-                    return ExitCode::from(2);
+    }
+
+    /// Why lithe stops before its main loop: 2 for bad usage, 1 otherwise.
+    struct Failure {
+        code: u8,
+        message: String,
+    }
+
+    fn usage(e: impl std::fmt::Display) -> Failure {
+        Failure { code: 2, message: e.to_string() }
+    }
+
+    fn fatal(e: impl std::fmt::Display) -> Failure {
+        Failure { code: 1, message: e.to_string() }
+    }
+
+    /// Boots the VM (if configured) and runs the main loop; returns the exit code.
+    fn serve(cli: &Cli) -> Result<u8, Failure> {
+        let config = cli.vm.to_config().map_err(usage)?;
+        if config.is_none() && cli.vm.api_socket.is_none() {
+            return Err(usage("give --kernel to boot a VM, or --api-socket to configure one over the API"));
+        }
+        if let Some(c) = &config {
+            let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
+            c.validate(max).map_err(usage)?;
+        }
+
+        let shared = Arc::new(VmmShared::default());
+        let (bridge, api) = match &cli.vm.api_socket {
+            Some(_) => {
+                let (bridge, rx) = ApiBridge::new(shared.clone()).map_err(|e| fatal(format!("API: {e}")))?;
+                let wake = bridge.wake_fd().map_err(|e| fatal(format!("API: {e}")))?;
+                (Some(bridge), Some((rx, wake)))
+            }
+            None => (None, None),
+        };
+        let mut vmm = Vmm::new(shared, api).map_err(fatal)?;
+        // Before the socket appears: from then on a SIGTERM must end lithe cleanly.
+        vmm.handle_termination_signals().map_err(|e| fatal(format!("installing signal handlers: {e}")))?;
+        let server = match (bridge, &cli.vm.api_socket) {
+            (Some(bridge), Some(path)) => Some(api::ApiServer::start(path, Arc::new(bridge)).map_err(fatal)?),
+            _ => None,
+        };
+        if let Some(c) = config {
+            vmm.set_config(c);
+            vmm.boot().map_err(|e| {
+                error!("boot failed: {e}");
+                fatal(e)
+            })?;
+        }
+
+        let vmm = Arc::new(Mutex::new(vmm));
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+            .map_err(|e| fatal(format!("event manager: {e:?}")))?;
+        em.add_subscriber(vmm.clone());
+        let code = loop {
+            if let Err(e) = em.run() {
+                error!("event loop: {e:?}");
+                break 1;
+            }
+            if let Some(code) = vmm.lock().unwrap_or_else(|e| e.into_inner()).exit_code() {
+                break code;
+            }
+        };
+        // Stop the VM before the socket goes away.
+        drop(em);
+        drop(vmm);
+        drop(server);
+        Ok(code as u8)
+    }
+
+    fn remote(args: RemoteArgs) -> ExitCode {
+        use serde_json::json;
+        let (method, endpoint, body, timeout) = match &args.action {
+            RemoteAction::Ping => ("GET", "vmm.ping", None, 10),
+            RemoteAction::Info => ("GET", "vm.info", None, 10),
+            RemoteAction::Resize { cpus, wait, wait_ms } => {
+                let wait = wait_ms.or(wait.then_some(api::types::DEFAULT_RESIZE_WAIT_MS));
+                let mut b = json!({ "desired_vcpus": cpus });
+                if let Some(w) = wait {
+                    b["wait_ms"] = json!(w);
                 }
-            };
-            match serde_json::from_str(&text) {
-                Ok(v) => ("PUT", "vm.create", Some(v), 70),
-                Err(e) => {
-                    eprintln!("lithe: {}: not JSON: {e}", config.display());
-                    return ExitCode::from(2);
+                ("PUT", "vm.resize", Some(b), wait.unwrap_or(0) / 1000 + 70)
+            }
+            RemoteAction::Create { config } => {
+                let text = match std::fs::read_to_string(config) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("lithe: {}: {e}", config.display());
+                        return ExitCode::from(2);
+                    }
+                };
+                match serde_json::from_str(&text) {
+                    Ok(v) => ("PUT", "vm.create", Some(v), 70),
+                    Err(e) => {
+                        eprintln!("lithe: {}: not JSON: {e}", config.display());
+                        return ExitCode::from(2);
+                    }
                 }
             }
-        }
-        RemoteAction::Boot => ("PUT", "vm.boot", None, 70),
-        RemoteAction::Pause => ("PUT", "vm.pause", None, 70),
-        RemoteAction::Resume => ("PUT", "vm.resume", None, 70),
-        RemoteAction::Reboot => ("PUT", "vm.reboot", None, 70),
-        RemoteAction::Shutdown => ("PUT", "vm.shutdown", None, 70),
-        RemoteAction::VmmShutdown => ("PUT", "vmm.shutdown", None, 70),
-    };
-    match api::client::request(&args.api_socket, method, endpoint, body.as_ref(), Duration::from_secs(timeout)) {
-        Ok(r) => {
-            if !r.body.is_null() {
-                println!("{}", serde_json::to_string_pretty(&r.body).unwrap_or_default());
+            RemoteAction::Boot => ("PUT", "vm.boot", None, 70),
+            RemoteAction::Pause => ("PUT", "vm.pause", None, 70),
+            RemoteAction::Resume => ("PUT", "vm.resume", None, 70),
+            RemoteAction::Reboot => ("PUT", "vm.reboot", None, 70),
+            RemoteAction::Shutdown => ("PUT", "vm.shutdown", None, 70),
+            RemoteAction::VmmShutdown => ("PUT", "vmm.shutdown", None, 70),
+        };
+        match api::client::request(&args.api_socket, method, endpoint, body.as_ref(), Duration::from_secs(timeout)) {
+            Ok(r) => {
+                if !r.body.is_null() {
+                    println!("{}", serde_json::to_string_pretty(&r.body).unwrap_or_default());
+                }
+                if (200..300).contains(&r.status) {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("lithe: {endpoint}: HTTP {}", r.status);
+                    ExitCode::from(1)
+                }
             }
-            if (200..300).contains(&r.status) {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("lithe: {endpoint}: HTTP {}", r.status);
+            Err(e) => {
+                eprintln!("lithe: {e}");
                 ExitCode::from(1)
             }
-        }
-        Err(e) => {
-            eprintln!("lithe: {e}");
-            ExitCode::from(1)
         }
     }
 }

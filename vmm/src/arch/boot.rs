@@ -71,12 +71,11 @@ pub fn load_initramfs(mem: &GuestMemory, path: &Path, ram_size: u64, addr_max: u
     let mut file = File::open(path).map_err(|source| BootError::Open { path: name.clone(), source })?;
     let size = file.metadata().map_err(|source| BootError::Open { path: name.clone(), source })?.len();
     let top = low_ram_end(ram_size).min(addr_max + 1);
-    let limit = top;
     let addr = top
         .checked_sub(size)
         .map(|a| a & !0xfff)
         .filter(|a| *a >= HIMEM_START)
-        .ok_or(BootError::InitramfsTooLarge { path: name.clone(), size, limit })?;
+        .ok_or(BootError::InitramfsTooLarge { path: name.clone(), size, limit: top })?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|source| BootError::Initramfs { path: name, source })?;
     Ok((addr, size))

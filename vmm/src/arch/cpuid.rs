@@ -1,13 +1,12 @@
 //! Per-vCPU CPUID: KVM's supported set with this vCPU's APIC id and a flat
 //! topology (one thread per core, `max` cores in one package) filled in.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
-const LEAF_HYPERVISOR: u32 = 0x4000_0000;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
@@ -76,22 +75,10 @@ pub fn vcpu_cpuid(supported: &CpuId, apic_id: u32, max_vcpus: u32) -> CpuId {
     cpuid
 }
 
-/// Whether KVM's paravirtual signature leaf is present (KVM reports it itself).
-pub fn has_kvm_signature(cpuid: &CpuId) -> bool {
-    cpuid
-        .as_slice()
-        .iter()
-        .any(|e| e.function == LEAF_HYPERVISOR && [e.ebx, e.ecx, e.edx] == [0x4b4d_564b, 0x564b_4d56, 0x0000_004d])
-}
-
-/// Whether a leaf's subleaves are distinguished by index (tests).
-pub fn is_indexed(e: &kvm_cpuid_entry2) -> bool {
-    e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {
@@ -117,7 +104,6 @@ mod tests {
         assert_eq!((e[2].eax, e[2].ebx, e[2].ecx, e[2].edx), (3, 6, 0x201, 5));
         assert_eq!((e[3].eax, e[3].ebx, e[3].ecx), (0, 0, 2));
         assert_eq!(e[4].eax >> 26, 5);
-        assert!(is_indexed(&e[1]));
     }
 
     #[test]

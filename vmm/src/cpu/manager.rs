@@ -117,14 +117,6 @@ impl VcpuManager {
         }
     }
 
-    pub fn table(&self) -> &Arc<VcpuTable<VcpuHandle>> {
-        &self.table
-    }
-
-    pub fn host(&self) -> &Arc<HotplugHost> {
-        &self.host
-    }
-
     /// Creates and starts vCPUs `0..boot`; vCPU 0 starts at `entry` in long mode.
     pub fn start_boot_vcpus(&mut self, boot: u32, entry: u64) -> Result<(), ManagerError> {
         for id in 0..boot {
@@ -316,7 +308,7 @@ impl VcpuManager {
     /// Stops every vCPU thread (VM teardown).
     pub fn stop_all(&mut self) {
         for id in 0..self.max_vcpus {
-            if self.table.state(id) == VcpuState::Absent || self.table.state(id) == VcpuState::Parked {
+            if matches!(self.table.state(id), VcpuState::Absent | VcpuState::Parked) {
                 continue;
             }
             match self.retire(id) {

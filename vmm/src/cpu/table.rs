@@ -258,17 +258,6 @@ impl<T> VcpuTable<T> {
         let value = slot.value.with_mut(|v| unsafe { (*v).take() });
         Ok(value.expect("slot checked occupied under the writer lock"))
     }
-
-    /// The present bitmap, one `u64` per 64 ids (a snapshot; for reports).
-    pub fn present_snapshot(&self) -> Vec<u64> {
-        self.present.iter().map(|w| w.load(Ordering::Acquire)).collect()
-    }
-}
-
-impl<T> Drop for VcpuTable<T> {
-    fn drop(&mut self) {
-        // Readers hold an Arc to the table, so none is left: values drop normally.
-    }
 }
 
 /// A registered reader, owned by one thread at a time.
@@ -312,43 +301,35 @@ impl<'r, T> ReadGuard<'r, T> {
         &self.reader.table
     }
 
-    /// The value of vCPU `id` if its bit is set.
+    /// The slot of `id` if its bit is set (Acquire, pairing with publish's Release).
     #[inline]
-    pub fn get(&self, id: u32) -> Option<&T> {
+    fn visible(&self, id: u32) -> Option<&Slot<T>> {
         let table = self.table();
         let slot = table.slots.get(id as usize)?;
         let (word, bit) = split(id);
-        if table.present[word].load(Ordering::Acquire) & bit == 0 {
-            return None;
-        }
-        // SAFETY: we saw the bit set (Acquire, pairing with publish's Release)
-        // inside a read-side section: the slot is initialised and retire will
-        // not take it before this guard drops.
-        slot.value.with(|v| unsafe { (*v).as_ref() })
+        (table.present[word].load(Ordering::Acquire) & bit != 0).then_some(slot)
+    }
+
+    /// The value of vCPU `id` if its bit is set.
+    #[inline]
+    pub fn get(&self, id: u32) -> Option<&T> {
+        // SAFETY: we saw the bit set inside a read-side section: the slot is
+        // initialised and retire will not take it before this guard drops.
+        self.visible(id)?.value.with(|v| unsafe { (*v).as_ref() })
     }
 
     /// Runs `f` on the value of vCPU `id` if its bit is set. Same as `get`, but
     /// the access is scoped, which lets loom track it for the whole call.
     #[inline]
     pub fn with_value<R>(&self, id: u32, f: impl FnOnce(&T) -> R) -> Option<R> {
-        let table = self.table();
-        let slot = table.slots.get(id as usize)?;
-        let (word, bit) = split(id);
-        if table.present[word].load(Ordering::Acquire) & bit == 0 {
-            return None;
-        }
         // SAFETY: as in `get`.
-        slot.value.with(|v| unsafe { (*v).as_ref().map(f) })
+        self.visible(id)?.value.with(|v| unsafe { (*v).as_ref().map(f) })
     }
 
     /// Whether vCPU `id` is present.
     #[inline]
     pub fn contains(&self, id: u32) -> bool {
-        let table = self.table();
-        (id as usize) < table.slots.len() && {
-            let (word, bit) = split(id);
-            table.present[word].load(Ordering::Acquire) & bit != 0
-        }
+        self.visible(id).is_some()
     }
 
     /// Present vCPUs in id order. Each bitmap word is loaded once.
@@ -409,7 +390,6 @@ impl<'g, T> Iterator for Iter<'g, T> {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
-    use std::time::Instant;
 
     fn modes() -> Vec<FenceMode> {
         let mut m = vec![FenceMode::SeqCst];
@@ -507,9 +487,7 @@ mod tests {
         assert!(!Reader::new(&t, "probe").read().contains(1));
         assert_eq!(t.publish(1, 12), Err(TableError::RetirePending { id: 1 }));
         release.store(true, Ordering::SeqCst);
-        let start = Instant::now();
         assert_eq!(t.retire(1, Duration::from_secs(10)).unwrap(), 11);
-        assert!(start.elapsed() < Duration::from_secs(10));
         assert_eq!(reader.join().unwrap(), 11);
         t.publish(1, 12).unwrap();
     }

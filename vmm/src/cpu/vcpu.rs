@@ -66,7 +66,8 @@ pub enum VcpuError {
     StopTimeout { id: u32, waited: Duration },
 }
 
-const KICK_INTERVAL: Duration = Duration::from_millis(5);
+/// How often an unacknowledged kick is repeated.
+const KICK_INTERVAL: Duration = Duration::from_micros(500);
 
 impl VcpuHandle {
     /// Starts vCPU `id` on a thread named `vcpu<id>`, paused if `paused`.
@@ -96,7 +97,7 @@ impl VcpuHandle {
                 return Err(VcpuError::StopTimeout { id: self.id, waited: start.elapsed() });
             }
             self.kick();
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(KICK_INTERVAL);
         }
         Ok(())
     }
@@ -116,7 +117,7 @@ impl VcpuHandle {
                 return Err(VcpuError::StopTimeout { id: self.id, waited: start.elapsed() });
             }
             self.kick();
-            std::thread::sleep(KICK_INTERVAL.min(Duration::from_micros(500)));
+            std::thread::sleep(KICK_INTERVAL);
         }
         self.thread.join().map_err(|_| VcpuError::Panicked { id: self.id })
     }
