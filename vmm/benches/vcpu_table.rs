@@ -1,8 +1,9 @@
 //! Read-side cost of the vCPU table against the lock-based alternatives:
-//! enter a section, walk every present vCPU, leave. Uncontended, and while
-//! another thread churns (removes and re-adds) one vCPU as fast as it can.
+//! enter a section, walk every present vCPU (or look one up), leave.
+//! Uncontended, and while another thread churns (removes and re-adds) one
+//! vCPU, paced or as fast as it can.
 //!
-//! `cargo bench -p vmm --bench vcpu_table`; results in docs/vcpu-table.md.
+//! `scripts/bench-table.sh` runs this and prints the tables in docs/vcpu-table.md.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +30,9 @@ trait Subject: Send + Sync + 'static {
     fn name(&self) -> String;
     /// Sum over present vCPUs, inside one read-side section / lock.
     fn walk(&self, reader: &mut Option<Reader<Payload>>) -> u64;
+    /// One vCPU's counter, inside one read-side section / lock: what device
+    /// emulation and interrupt routing do.
+    fn lookup(&self, reader: &mut Option<Reader<Payload>>, id: u32) -> u64;
     /// Remove and re-add the spare id once.
     fn churn(&self);
     fn reader(&self) -> Option<Reader<Payload>> {
@@ -40,11 +44,20 @@ struct Rcu(Arc<VcpuTable<Payload>>, FenceMode);
 
 impl Subject for Rcu {
     fn name(&self) -> String {
-        format!("vcpu-table-{:?}", self.1).to_lowercase()
+        match self.1 {
+            FenceMode::SeqCst => "vcpu-table-seqcst",
+            FenceMode::MembarrierExpedited => "vcpu-table-membarrier-expedited",
+            FenceMode::MembarrierGlobal => "vcpu-table-membarrier-global",
+        }
+        .into()
     }
     fn walk(&self, reader: &mut Option<Reader<Payload>>) -> u64 {
         let g = reader.as_mut().unwrap().read();
         g.iter().map(|(_, p)| p.exits.load(Ordering::Relaxed)).sum()
+    }
+    fn lookup(&self, reader: &mut Option<Reader<Payload>>, id: u32) -> u64 {
+        let g = reader.as_mut().unwrap().read();
+        g.get(id).map_or(0, |p| p.exits.load(Ordering::Relaxed))
     }
     fn churn(&self) {
         let spare = self.0.capacity() - 1;
@@ -66,6 +79,10 @@ impl Subject for Locked {
         let v = self.0.lock().unwrap();
         v.iter().flatten().map(|p| p.exits.load(Ordering::Relaxed)).sum()
     }
+    fn lookup(&self, _: &mut Option<Reader<Payload>>, id: u32) -> u64 {
+        let v = self.0.lock().unwrap();
+        v.get(id as usize).and_then(Option::as_ref).map_or(0, |p| p.exits.load(Ordering::Relaxed))
+    }
     fn churn(&self) {
         let mut v = self.0.lock().unwrap();
         let spare = v.len() - 1;
@@ -84,6 +101,10 @@ impl Subject for RwLocked {
         let v = self.0.read().unwrap();
         v.iter().flatten().map(|p| p.exits.load(Ordering::Relaxed)).sum()
     }
+    fn lookup(&self, _: &mut Option<Reader<Payload>>, id: u32) -> u64 {
+        let v = self.0.read().unwrap();
+        v.get(id as usize).and_then(Option::as_ref).map_or(0, |p| p.exits.load(Ordering::Relaxed))
+    }
     fn churn(&self) {
         let mut v = self.0.write().unwrap();
         let spare = v.len() - 1;
@@ -94,11 +115,8 @@ impl Subject for RwLocked {
 
 fn subjects(n: u32) -> Vec<Arc<dyn Subject>> {
     let mut out: Vec<Arc<dyn Subject>> = Vec::new();
-    let mut modes = vec![FenceMode::SeqCst];
-    if FenceMode::best_available() == FenceMode::Membarrier {
-        modes.push(FenceMode::Membarrier);
-    }
-    for mode in modes {
+    let modes = [FenceMode::SeqCst, FenceMode::MembarrierExpedited, FenceMode::MembarrierGlobal];
+    for mode in modes.into_iter().filter(|m| m.is_available()) {
         let t = Arc::new(VcpuTable::with_fence_mode(n + 1, mode));
         for id in 0..=n {
             t.publish(id, payload()).unwrap();
@@ -145,26 +163,28 @@ impl Drop for Churner {
 
 /// How hard the writer churns: not at all, one round per 100 µs (still far
 /// above any real resize rate), or flat out.
-const CHURN: [(&str, Option<Option<Duration>>); 3] = [
-    ("read-uncontended", None),
-    ("read-paced-churn", Some(Some(Duration::from_micros(100)))),
-    ("read-tight-churn", Some(None)),
-];
+const CHURN: [(&str, Option<Option<Duration>>); 3] =
+    [("uncontended", None), ("paced-churn", Some(Some(Duration::from_micros(100)))), ("tight-churn", Some(None))];
 
 fn bench(c: &mut Criterion) {
-    for (name, churn) in CHURN {
-        let mut group = c.benchmark_group(name);
-        group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(50);
-        for n in SIZES {
-            for s in subjects(n) {
-                let mut reader = s.reader();
-                let _churner = churn.map(|pace| Churner::start(s.clone(), pace));
-                group.bench_with_input(BenchmarkId::new(s.name(), n), &n, |b, _| {
-                    b.iter(|| black_box(s.walk(&mut reader)))
-                });
+    for (churn_name, churn) in CHURN {
+        for op in ["walk", "lookup"] {
+            let mut group = c.benchmark_group(format!("{op}-{churn_name}"));
+            group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(50);
+            for n in SIZES {
+                for s in subjects(n) {
+                    let mut reader = s.reader();
+                    let _churner = churn.map(|pace| Churner::start(s.clone(), pace));
+                    // The looked-up vCPU is a present one in the middle of the table.
+                    let id = n / 2;
+                    group.bench_with_input(BenchmarkId::new(s.name(), n), &n, |b, _| match op {
+                        "walk" => b.iter(|| black_box(s.walk(&mut reader))),
+                        _ => b.iter(|| black_box(s.lookup(&mut reader, black_box(id)))),
+                    });
+                }
             }
+            group.finish();
         }
-        group.finish();
     }
 }
 

@@ -15,10 +15,12 @@
 //! The read side pays one store and one fence. The fence pairs with the
 //! writer's fence in a store-buffering pattern: either the writer sees the
 //! reader's epoch store and waits for it, or the reader sees the writer's
-//! unpublishing store. With [`FenceMode::Membarrier`] the reader's fence is a
-//! compiler barrier only and the writer forces a full barrier on every thread
-//! of the process with `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, as
-//! userspace RCU does; the benchmark in `docs/vcpu-table.md` compares both.
+//! unpublishing store. With the membarrier modes the reader's fence is a
+//! compiler barrier only and the writer has the kernel force a full barrier on
+//! every thread of the process, as userspace RCU does: with IPIs
+//! (`MEMBARRIER_CMD_PRIVATE_EXPEDITED`), or by waiting for the kernel's own
+//! RCU grace period (`MEMBARRIER_CMD_GLOBAL`, liburcu's original choice).
+//! [`FenceMode`] says which; `docs/vcpu-table.md` measures all three.
 
 use std::time::{Duration, Instant};
 
@@ -27,21 +29,44 @@ use super::sync::{fence, yield_now, Arc, AtomicU64, CachePadded, Mutex, Ordering
 /// How read-side sections are ordered against grace periods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FenceMode {
-    /// A `SeqCst` fence on both sides.
+    /// A `SeqCst` fence on both sides. Readers pay the fence; no syscalls.
     SeqCst,
-    /// Compiler barrier on the read side, `membarrier()` on the write side.
-    Membarrier,
+    /// Compiler barrier on the read side; the writer calls
+    /// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which IPIs every CPU
+    /// running a thread of this process (vCPU threads in `KVM_RUN` included):
+    /// grace periods of microseconds, paid for by interrupting readers.
+    MembarrierExpedited,
+    /// Compiler barrier on the read side; the writer calls
+    /// `membarrier(MEMBARRIER_CMD_GLOBAL)`, which waits for a kernel RCU grace
+    /// period: no IPIs, no thread disturbed, but milliseconds per grace period.
+    MembarrierGlobal,
 }
 
 impl FenceMode {
-    /// The cheapest mode this process can use: membarrier when the kernel
-    /// offers private expedited barriers and we could register for them.
+    /// The mode lithe uses: the global membarrier where the kernel offers it
+    /// (it does not with `nohz_full`), else the expedited one, else fences.
+    /// Retiring a vCPU follows a guest eject that takes about a second, so a
+    /// few milliseconds of grace period cost nothing, while readers — and
+    /// running vCPUs — are never interrupted; numbers in docs/vcpu-table.md.
     pub fn best_available() -> FenceMode {
-        if membarrier::register() {
-            FenceMode::Membarrier
-        } else {
-            FenceMode::SeqCst
+        [FenceMode::MembarrierGlobal, FenceMode::MembarrierExpedited]
+            .into_iter()
+            .find(|m| m.is_available())
+            .unwrap_or(FenceMode::SeqCst)
+    }
+
+    /// Whether this process can use the mode (registering for it if needed).
+    pub fn is_available(self) -> bool {
+        match self {
+            FenceMode::SeqCst => true,
+            FenceMode::MembarrierExpedited => membarrier::register_expedited(),
+            FenceMode::MembarrierGlobal => membarrier::global_supported(),
         }
+    }
+
+    /// Whether the read side needs a real fence (else a compiler barrier does).
+    fn reader_fences(self) -> bool {
+        self == FenceMode::SeqCst
     }
 }
 
@@ -73,11 +98,9 @@ struct Hot {
 
 impl Rcu {
     pub(crate) fn new(mode: FenceMode) -> Self {
-        // Loom does not model membarrier(): the model always uses fences.
+        // Loom and Miri do not model membarrier(): they always use fences.
         let mode = if cfg!(any(loom, miri)) { FenceMode::SeqCst } else { mode };
-        if mode == FenceMode::Membarrier && !membarrier::register() {
-            panic!("FenceMode::Membarrier requested but membarrier() is unavailable; use best_available()");
-        }
+        assert!(mode.is_available(), "{mode:?} is unavailable on this kernel; use FenceMode::best_available()");
         Rcu { hot: CachePadded(Hot { epoch: AtomicU64::new(1), mode }), readers: CachePadded(Mutex::new(Vec::new())) }
     }
 
@@ -103,9 +126,10 @@ impl Rcu {
         // Release: a writer that sees this (new) epoch skips the wait, so this
         // store must also publish the end of this reader's previous section.
         handle.slot.epoch.store(e, Ordering::Release);
-        match self.hot.mode {
-            FenceMode::SeqCst => fence(Ordering::SeqCst),
-            FenceMode::Membarrier => std::sync::atomic::compiler_fence(Ordering::SeqCst),
+        if self.hot.mode.reader_fences() {
+            fence(Ordering::SeqCst);
+        } else {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
         }
     }
 
@@ -146,18 +170,22 @@ impl Rcu {
         Ok(())
     }
 
+    /// The writer's half of the store-buffering pattern: after it, every
+    /// reader's entry store made before it is visible, or that reader sees
+    /// the writer's unpublishing store.
     fn heavy_fence(&self) {
-        match self.hot.mode {
-            FenceMode::SeqCst => fence(Ordering::SeqCst),
-            FenceMode::Membarrier => {
-                if !membarrier::private_expedited() {
-                    // Registration succeeded earlier, so this does not happen;
-                    // a fence keeps us correct against our own thread at least,
-                    // and readers' compiler barriers are then insufficient: abort loudly.
-                    panic!("membarrier(PRIVATE_EXPEDITED) failed after successful registration");
-                }
+        let ok = match self.hot.mode {
+            FenceMode::SeqCst => {
+                fence(Ordering::SeqCst);
+                true
             }
-        }
+            FenceMode::MembarrierExpedited => membarrier::expedited(),
+            FenceMode::MembarrierGlobal => membarrier::global(),
+        };
+        // Both commands were checked available when the domain was built; the
+        // kernel does not withdraw them. If it ever did, readers' compiler
+        // barriers would no longer be enough: stop rather than free too early.
+        assert!(ok, "membarrier() failed in {:?} mode after it was found available", self.hot.mode);
     }
 }
 
@@ -184,36 +212,55 @@ mod membarrier {
     use std::sync::OnceLock;
 
     const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1 << 0;
     const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
     const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
 
     fn call(cmd: libc::c_long) -> libc::c_long {
-        // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
-        unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_long) }
+        // SAFETY: membarrier takes integer arguments and touches no memory of ours.
+        unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_long, 0 as libc::c_long) }
+    }
+
+    /// The commands the kernel supports (0 if it has no membarrier at all).
+    fn supported() -> libc::c_long {
+        static SUPPORTED: OnceLock<libc::c_long> = OnceLock::new();
+        *SUPPORTED.get_or_init(|| call(MEMBARRIER_CMD_QUERY).max(0))
+    }
+
+    /// The kernel leaves GLOBAL out of the query's answer under `nohz_full`.
+    pub(super) fn global_supported() -> bool {
+        supported() & MEMBARRIER_CMD_GLOBAL != 0
     }
 
     /// Registers the process for private expedited barriers, once.
-    pub(super) fn register() -> bool {
+    pub(super) fn register_expedited() -> bool {
         static REGISTERED: OnceLock<bool> = OnceLock::new();
         *REGISTERED.get_or_init(|| {
-            let supported = call(MEMBARRIER_CMD_QUERY);
-            supported >= 0
-                && supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED != 0
-                && call(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+            supported() & MEMBARRIER_CMD_PRIVATE_EXPEDITED != 0 && call(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
         })
     }
 
-    pub(super) fn private_expedited() -> bool {
+    pub(super) fn expedited() -> bool {
         call(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0
+    }
+
+    pub(super) fn global() -> bool {
+        call(MEMBARRIER_CMD_GLOBAL) == 0
     }
 }
 
 #[cfg(any(loom, miri))]
 mod membarrier {
-    pub(super) fn register() -> bool {
+    pub(super) fn global_supported() -> bool {
         false
     }
-    pub(super) fn private_expedited() -> bool {
+    pub(super) fn register_expedited() -> bool {
+        false
+    }
+    pub(super) fn expedited() -> bool {
+        false
+    }
+    pub(super) fn global() -> bool {
         false
     }
 }

@@ -458,12 +458,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
-    fn modes() -> Vec<FenceMode> {
-        let mut m = vec![FenceMode::SeqCst];
-        if FenceMode::best_available() == FenceMode::Membarrier {
-            m.push(FenceMode::Membarrier);
-        }
-        m
+    /// Every mode this kernel offers.
+    pub(crate) fn modes() -> Vec<FenceMode> {
+        [FenceMode::SeqCst, FenceMode::MembarrierExpedited, FenceMode::MembarrierGlobal]
+            .into_iter()
+            .filter(|m| m.is_available())
+            .collect()
     }
 
     #[test]
