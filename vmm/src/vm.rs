@@ -149,7 +149,7 @@ impl Vm {
 
         let cpus = config.cpus;
         let table = Arc::new(VcpuTable::new(cpus.max_vcpus));
-        info!("vCPU table: {} slots, read-side fences: {:?}", cpus.max_vcpus, table.fence_mode());
+        info!("vCPU table: {} slots, grace periods by {:?}", cpus.max_vcpus, table.fence_mode());
         let host = Arc::new(HotplugHost::new(table.clone(), hotplug_evt.try_clone().map_err(VmError::EventFd)?));
         let controller = Arc::new(CpuHotplugController::new(cpus.max_vcpus, host.clone()));
         let ged = Arc::new(Ged::new(irqfd(GED_IRQ)?));
