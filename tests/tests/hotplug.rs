@@ -17,7 +17,7 @@ fn states(reply: &serde_json::Value) -> Vec<(u64, String)> {
 
 #[test]
 fn scales_1_4_2_4_1_and_reuses_parked_vcpus() {
-    let g = Guest::launch(Launch { cpus: "boot=1,max=4", with_kernel: true });
+    let mut g = Guest::launch(Launch { cpus: "boot=1,max=4", with_kernel: true });
     g.wait_cpus("0", "0", BOOT_TIMEOUT);
     g.wait_vcpu_threads(&[0], Duration::from_secs(5));
 
@@ -53,6 +53,11 @@ fn scales_1_4_2_4_1_and_reuses_parked_vcpus() {
         states(&info),
         vec![(0, "online".into()), (1, "parked".into()), (2, "parked".into()), (3, "parked".into())]
     );
+
+    // A guest reset after all that (through the i8042, reboot=k) still ends lithe cleanly.
+    g.send("reboot");
+    assert_eq!(g.wait_exit(Duration::from_secs(120)).code(), Some(0));
+    assert!(g.log_contains("guest requested reset through the i8042"));
 }
 
 #[test]
