@@ -54,7 +54,12 @@ fn scales_1_4_2_4_1_and_reuses_parked_vcpus() {
         vec![(0, "online".into()), (1, "parked".into()), (2, "parked".into()), (3, "parked".into())]
     );
 
-    // A guest reset after all that (through the i8042, reboot=k) still ends lithe cleanly.
+    // A reset with a re-added (parked, reused) vCPU online sends it a stop
+    // IPI: it must still end lithe cleanly, through the i8042 (reboot=k).
+    // (On PVM this oopsed the guest until guest-images stopped using PV IPIs.)
+    let r = g.resize(2);
+    assert_eq!(r["added"], json!([1]));
+    g.wait_cpus("0-1", "0-1", HOTPLUG_TIMEOUT);
     g.send("reboot");
     assert_eq!(g.wait_exit(Duration::from_secs(120)).code(), Some(0));
     assert!(g.log_contains("guest requested reset through the i8042"));
