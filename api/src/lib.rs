@@ -11,5 +11,5 @@ pub mod server;
 pub mod types;
 
 pub use routes::ApiRequest;
-pub use server::{ApiHandler, ApiServer};
+pub use server::{ApiHandler, ApiServer, ThreadInit};
 pub use types::{ApiResponse, ErrorBody};

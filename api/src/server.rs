@@ -37,7 +37,14 @@ pub enum ServerError {
     NotASocket { path: PathBuf },
     #[error("API socket {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("API server thread: {0}")]
+    ThreadInit(String),
 }
+
+/// Runs first on the server's thread, before it accepts anything. Threads
+/// the server starts later (its workers) inherit what it set up: lithe
+/// installs its API seccomp filter here.
+pub type ThreadInit = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 pub struct ApiServer {
     path: PathBuf,
@@ -67,6 +74,16 @@ fn clear_stale(path: &Path) -> Result<(), ServerError> {
 impl ApiServer {
     /// Binds `path` (mode 0600) and serves it on a thread named `api`.
     pub fn start(path: &Path, handler: Arc<dyn ApiHandler>) -> Result<ApiServer, ServerError> {
+        Self::start_with(path, handler, None)
+    }
+
+    /// As [`ApiServer::start`], running `init` on the server thread first;
+    /// returns its error (and serves nothing) if it fails.
+    pub fn start_with(
+        path: &Path,
+        handler: Arc<dyn ApiHandler>,
+        init: Option<ThreadInit>,
+    ) -> Result<ApiServer, ServerError> {
         clear_stale(path)?;
         // SAFETY: umask only changes this process's file-creation mask; we
         // restore it right after bind, before other threads create files.
@@ -79,10 +96,23 @@ impl ApiServer {
             .map_err(|source| ServerError::Io { path: path.into(), source })?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || accept_loop(listener, handler, s))
+            .spawn(move || {
+                let initialised = init.map_or(Ok(()), |init| init());
+                let ok = initialised.is_ok();
+                let _ = ready_tx.send(initialised);
+                if ok {
+                    accept_loop(listener, handler, s);
+                }
+            })
             .map_err(|source| ServerError::Io { path: path.into(), source })?;
+        let initialised = ready.recv().unwrap_or_else(|_| Err("the thread ended before it started serving".into()));
+        if let Err(e) = initialised {
+            let _ = std::fs::remove_file(path);
+            return Err(ServerError::ThreadInit(e));
+        }
         info!("API listening on {}", path.display());
         Ok(ApiServer { path: path.into(), stop, thread: Some(thread) })
     }

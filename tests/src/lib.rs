@@ -276,6 +276,24 @@ impl Guest {
         names
     }
 
+    /// Each of lithe's threads, by name, with its seccomp mode from
+    /// `/proc` (0: none, 2: filtered), sorted by name.
+    pub fn thread_seccomp_modes(&self) -> Vec<(String, u32)> {
+        let dir = format!("/proc/{}/task", self.child.id());
+        let mut modes: Vec<(String, u32)> = std::fs::read_dir(dir)
+            .expect("lithe is running")
+            .filter_map(|t| {
+                let path = t.ok()?.path();
+                let name = std::fs::read_to_string(path.join("comm")).ok()?.trim().to_string();
+                let status = std::fs::read_to_string(path.join("status")).ok()?;
+                let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:"))?.trim().parse().ok()?;
+                Some((name, mode))
+            })
+            .collect();
+        modes.sort();
+        modes
+    }
+
     /// Waits until lithe has exactly the `vcpu<N>` threads for `ids`.
     pub fn wait_vcpu_threads(&self, ids: &[u32], timeout: Duration) {
         let mut want: Vec<String> = ids.iter().map(|i| format!("vcpu{i}")).collect();

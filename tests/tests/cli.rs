@@ -34,6 +34,7 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
     }
     // clap's own errors (unknown flags) also exit 2.
     assert_eq!(run(&["--bogus"]).0, 2);
+    assert_eq!(run(&["--seccomp", "maybe"]).0, 2);
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub mod exit;
 #[cfg(not(loom))]
 pub mod memory;
 #[cfg(not(loom))]
+pub mod seccomp;
+#[cfg(not(loom))]
 pub mod signals;
 #[cfg(not(loom))]
 pub mod vm;

@@ -18,10 +18,11 @@ mod app {
 
     use clap::Parser;
     use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-    use log::error;
+    use log::{error, warn};
 
     use vmm::api_bridge::{ApiBridge, VmmShared};
     use vmm::cli::{Cli, Command, RemoteAction, RemoteArgs};
+    use vmm::seccomp::Filters;
     use vmm::vmm::Vmm;
 
     pub fn main() -> ExitCode {
@@ -77,11 +78,21 @@ mod app {
             }
             None => (None, None),
         };
-        let mut vmm = Vmm::new(shared, api).map_err(fatal)?;
+        let seccomp = if cli.vm.seccomp {
+            Some(Filters::new().map_err(fatal)?)
+        } else {
+            warn!("seccomp filters are off (--seccomp off): vCPU and API threads may make any syscall");
+            None
+        };
+        let mut vmm = Vmm::new(shared, api, seccomp.clone()).map_err(fatal)?;
         // Before the socket appears: from then on a SIGTERM must end lithe cleanly.
         vmm.handle_termination_signals().map_err(|e| fatal(format!("installing signal handlers: {e}")))?;
         let server = match (bridge, &cli.vm.api_socket) {
-            (Some(bridge), Some(path)) => Some(api::ApiServer::start(path, Arc::new(bridge)).map_err(fatal)?),
+            (Some(bridge), Some(path)) => {
+                let init =
+                    seccomp.map(|f| -> api::ThreadInit { Box::new(move || f.api.apply().map_err(|e| e.to_string())) });
+                Some(api::ApiServer::start_with(path, Arc::new(bridge), init).map_err(fatal)?)
+            }
             _ => None,
         };
         if let Some(c) = config {

@@ -28,6 +28,7 @@ use crate::cpu::vcpu::{install_kick_handler, VcpuContext, VcpuHandle};
 use crate::cpu::VcpuTable;
 use crate::exit::{ExitNotifier, VmExit};
 use crate::memory::{self, GuestMemory};
+use crate::seccomp::Filters;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -85,7 +86,13 @@ fn kvm_is_pvm() -> bool {
 
 impl Vm {
     /// Builds the VM and starts its boot vCPUs.
-    pub fn create(config: &VmConfig, exit: Arc<ExitNotifier>, hotplug_evt: &EventFd) -> Result<Vm, VmError> {
+    /// Builds the VM and starts its boot vCPUs; `seccomp` filters their threads.
+    pub fn create(
+        config: &VmConfig,
+        exit: Arc<ExitNotifier>,
+        hotplug_evt: &EventFd,
+        seccomp: Option<&Filters>,
+    ) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
         config.validate(kvm.get_max_vcpus() as u32)?;
         if kvm_is_pvm() {
@@ -165,7 +172,8 @@ impl Vm {
 
         let supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
-        let ctx = VcpuContext { pio: Arc::new(pio), mmio: Arc::new(mmio), exit };
+        let ctx =
+            VcpuContext { pio: Arc::new(pio), mmio: Arc::new(mmio), exit, seccomp: seccomp.map(|f| f.vcpu.clone()) };
         let mut manager = VcpuManager::new(ManagerParts {
             vm: vm_fd.clone(),
             table: table.clone(),

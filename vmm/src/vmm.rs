@@ -19,6 +19,7 @@ use crate::api_bridge::{MainLoopReply, MainLoopRequest, VmState, VmmShared};
 use crate::config::{SerialConfig, VmConfig};
 use crate::cpu::manager::ManagerError;
 use crate::exit::{ExitNotifier, VmExit};
+use crate::seccomp::Filters;
 use crate::vm::{Vm, VmError};
 
 const TICK: Duration = Duration::from_millis(250);
@@ -34,6 +35,7 @@ pub struct Vmm {
     timer: TimerFd,
     shared: Arc<VmmShared>,
     exit_code: Option<i32>,
+    seccomp: Option<Filters>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +47,12 @@ pub enum VmmError {
 }
 
 impl Vmm {
-    pub fn new(shared: Arc<VmmShared>, api: Option<(Receiver<MainLoopRequest>, EventFd)>) -> Result<Vmm, VmmError> {
+    /// `seccomp`: filters for the vCPU threads of every VM this VMM boots.
+    pub fn new(
+        shared: Arc<VmmShared>,
+        api: Option<(Receiver<MainLoopRequest>, EventFd)>,
+        seccomp: Option<Filters>,
+    ) -> Result<Vmm, VmmError> {
         let timer = TimerFd::new().map_err(VmmError::Timer)?;
         Ok(Vmm {
             config: None,
@@ -57,6 +64,7 @@ impl Vmm {
             timer,
             shared,
             exit_code: None,
+            seccomp,
         })
     }
 
@@ -78,7 +86,7 @@ impl Vmm {
     /// Builds and starts the configured VM.
     pub fn boot(&mut self) -> Result<(), VmError> {
         let config = self.config.as_ref().expect("boot needs a config");
-        let vm = Vm::create(config, self.exit.clone(), &self.hotplug_evt)?;
+        let vm = Vm::create(config, self.exit.clone(), &self.hotplug_evt, self.seccomp.as_ref())?;
         self.shared.view.store(Some(vm.view().clone()));
         self.shared.set_state(VmState::Running);
         self.vm = Some(vm);

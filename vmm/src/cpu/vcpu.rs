@@ -17,6 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use devices::Bus;
 
 use crate::exit::{ExitNotifier, VmExit};
+use crate::seccomp::{Filter, SeccompError};
 
 /// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
 pub fn kick_signal() -> libc::c_int {
@@ -37,6 +38,8 @@ pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitNotifier>,
+    /// Installed by the thread before it first runs the guest.
+    pub seccomp: Option<Arc<Filter>>,
 }
 
 /// Flags and counters shared between a vCPU thread and everyone else.
@@ -64,6 +67,8 @@ pub enum VcpuError {
     Panicked { id: u32 },
     #[error("vCPU {id} did not stop within {waited:?}")]
     StopTimeout { id: u32, waited: Duration },
+    #[error("vCPU {id}: {source}")]
+    Seccomp { id: u32, source: SeccompError },
 }
 
 /// How often an unacknowledged kick is repeated.
@@ -71,15 +76,31 @@ const KICK_INTERVAL: Duration = Duration::from_micros(500);
 
 impl VcpuHandle {
     /// Starts vCPU `id` on a thread named `vcpu<id>`, paused if `paused`.
+    /// Returns once the thread has installed its seccomp filter (if any):
+    /// no guest code runs on an unfiltered vCPU thread.
     pub fn spawn(id: u32, fd: VcpuFd, ctx: VcpuContext, paused: bool) -> Result<VcpuHandle, VcpuError> {
         let control = Arc::new(VcpuControl::default());
         control.pause.store(paused, Ordering::Release);
         let c = control.clone();
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || run(id, fd, ctx, c))
+            .spawn(move || {
+                let filtered = ctx.seccomp.as_ref().map_or(Ok(()), |f| f.apply());
+                let ok = filtered.is_ok();
+                let _ = ready_tx.send(filtered);
+                if ok {
+                    run(id, fd, ctx, c)
+                } else {
+                    fd
+                }
+            })
             .map_err(|source| VcpuError::Spawn { id, source })?;
-        Ok(VcpuHandle { id, control, thread })
+        match ready.recv() {
+            Ok(Ok(())) => Ok(VcpuHandle { id, control, thread }),
+            Ok(Err(source)) => Err(VcpuError::Seccomp { id, source }),
+            Err(_) => Err(VcpuError::Panicked { id }),
+        }
     }
 
     fn kick(&self) {

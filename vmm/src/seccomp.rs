@@ -1,0 +1,223 @@
+//! Seccomp filters for the threads that handle untrusted input.
+//!
+//! * vCPU threads run guest exits: every MMIO/PIO access of the guest is
+//!   emulated there. After start-up they need `KVM_RUN`, eventfd and console
+//!   writes, futexes and memory management, nothing else.
+//! * API threads parse requests from the socket: they accept, read, write
+//!   and hand requests to the main thread.
+//!
+//! The main thread is not filtered: it creates and boots VMs (again on a
+//! guest reboot over the API), which needs most of what lithe does at all,
+//! and it sees guest or API input only after those threads parsed it.
+//!
+//! A filter is installed by the thread itself, first thing, and inherited by
+//! threads it spawns (the API's workers). A blocked syscall raises SIGSYS;
+//! [`install_sigsys_handler`] reports the syscall and thread, then ends lithe
+//! with [`BLOCKED_SYSCALL_EXIT`]. `--seccomp off` disables the filters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+};
+
+/// lithe's exit status after a blocked syscall (128 + SIGSYS).
+pub const BLOCKED_SYSCALL_EXIT: i32 = 128 + libc::SIGSYS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("building the {which} seccomp filter: {source}")]
+    Build { which: &'static str, source: seccompiler::BackendError },
+    #[error("installing the {which} seccomp filter: {source}")]
+    Apply { which: &'static str, source: seccompiler::Error },
+    #[error("installing the SIGSYS handler: {0}")]
+    Handler(vmm_sys_util::errno::Error),
+}
+
+/// Compiled filters, shared by every thread of a kind.
+#[derive(Clone)]
+pub struct Filters {
+    pub vcpu: Arc<Filter>,
+    pub api: Arc<Filter>,
+}
+
+/// One compiled filter and the thread kind it is for.
+pub struct Filter {
+    which: &'static str,
+    program: BpfProgram,
+}
+
+impl Filter {
+    /// Installs the filter on the calling thread (and threads it spawns later).
+    pub fn apply(&self) -> Result<(), SeccompError> {
+        seccompiler::apply_filter(&self.program).map_err(|source| SeccompError::Apply { which: self.which, source })
+    }
+}
+
+impl Filters {
+    /// Compiles both filters and installs the SIGSYS reporter.
+    pub fn new() -> Result<Filters, SeccompError> {
+        install_sigsys_handler()?;
+        Ok(Filters { vcpu: Arc::new(compile("vCPU", vcpu_rules())?), api: Arc::new(compile("API", api_rules())?) })
+    }
+}
+
+fn compile(which: &'static str, rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<Filter, SeccompError> {
+    let arch = TargetArch::x86_64;
+    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
+        .map_err(|source| SeccompError::Build { which, source })?;
+    let program = BpfProgram::try_from(filter).map_err(|source| SeccompError::Build { which, source })?;
+    Ok(Filter { which, program })
+}
+
+/// What any Rust thread of lithe needs once running: memory, futexes,
+/// signals (vCPU kicks, the SIGSYS report itself), time and sleeping,
+/// logging to stderr, panicking, and exiting.
+const RUNTIME: &[libc::c_long] = &[
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_getrandom,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// Thread creation (the API's accept thread starts its workers after its
+/// filter is in place).
+const SPAWN: &[libc::c_long] =
+    &[libc::SYS_clone, libc::SYS_clone3, libc::SYS_set_robust_list, libc::SYS_rseq, libc::SYS_prctl];
+
+/// Socket I/O of the API: accept, read with a timeout, write, shut down.
+const API_IO: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_read,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_shutdown,
+    libc::SYS_fcntl,
+    libc::SYS_poll,
+];
+
+fn allow_all(syscalls: &[&[libc::c_long]]) -> BTreeMap<i64, Vec<SeccompRule>> {
+    syscalls.iter().flat_map(|s| s.iter()).map(|&nr| (nr, Vec::new())).collect()
+}
+
+fn vcpu_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
+    let mut rules = allow_all(&[RUNTIME, &[libc::SYS_read]]);
+    // ioctl: KVM_RUN only, on any fd (the thread owns exactly one vCPU fd).
+    let kvm_run = SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        u64::from(kvm_bindings::KVMIO) << 8 | 0x80, // _IO(KVMIO, 0x80)
+    )
+    .and_then(|c| SeccompRule::new(vec![c]))
+    .expect("a valid one-condition rule");
+    rules.insert(libc::SYS_ioctl, vec![kvm_run]);
+    rules
+}
+
+fn api_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
+    allow_all(&[RUNTIME, SPAWN, API_IO])
+}
+
+/// Reports a blocked syscall and ends the process. Only async-signal-safe
+/// calls: `write` of a stack buffer and `_exit`.
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t for a SA_SIGINFO handler;
+    // for SIGSYS, `si_syscall` sits after si_signo/si_errno/si_code (+4
+    // bytes of padding) and `si_call_addr` on x86_64: at byte offset 24.
+    let nr = unsafe { info.cast::<u8>().add(24).cast::<libc::c_int>().read() };
+    // SAFETY: gettid takes no arguments and touches no memory.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    let mut buf = [0u8; 128];
+    let mut len = 0;
+    for part in [&b"lithe: seccomp blocked syscall "[..], &decimal(i64::from(nr)), b" on thread ", &decimal(tid), b"\n"]
+    {
+        for &b in part.iter().take_while(|&&b| b != 0) {
+            if len < buf.len() {
+                buf[len] = b;
+                len += 1;
+            }
+        }
+    }
+    // SAFETY: writes `len` initialised bytes of `buf` to stderr, then exits
+    // without running destructors; both are async-signal-safe.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), len);
+        libc::_exit(BLOCKED_SYSCALL_EXIT);
+    }
+}
+
+/// `n` in decimal, NUL-padded (no allocation in a signal handler).
+fn decimal(n: i64) -> [u8; 21] {
+    let mut out = [0u8; 21];
+    let mut digits = [0u8; 20];
+    let (mut v, mut i) = (n.unsigned_abs(), 0);
+    loop {
+        digits[i] = b'0' + (v % 10) as u8;
+        i += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut o = 0;
+    if n < 0 {
+        out[0] = b'-';
+        o = 1;
+    }
+    for d in digits[..i].iter().rev() {
+        out[o] = *d;
+        o += 1;
+    }
+    out
+}
+
+/// Installs the SIGSYS reporter, once per process.
+pub fn install_sigsys_handler() -> Result<(), SeccompError> {
+    static ONCE: std::sync::OnceLock<Result<(), vmm_sys_util::errno::Error>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, on_sigsys))
+        .map_err(SeccompError::Handler)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_formats_without_allocating() {
+        let s = |n| String::from_utf8(decimal(n).iter().copied().take_while(|&b| b != 0).collect()).unwrap();
+        assert_eq!(s(0), "0");
+        assert_eq!(s(16), "16");
+        assert_eq!(s(-38), "-38");
+        assert_eq!(s(i64::MAX), i64::MAX.to_string());
+        assert_eq!(s(i64::MIN), i64::MIN.to_string());
+    }
+
+    #[test]
+    fn kvm_run_matches_kvm_bindings() {
+        assert_eq!(u64::from(kvm_bindings::KVMIO) << 8 | 0x80, 0xae80);
+    }
+}
