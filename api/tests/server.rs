@@ -75,3 +75,29 @@ fn replaces_a_stale_socket_but_not_a_live_one_or_a_file() {
     assert!(matches!(ApiServer::start(&file, Arc::new(Echo)), Err(ServerError::NotASocket { .. })));
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
+
+/// The thread-init hook runs on the server thread before it serves, and
+/// its workers run on threads it started (where lithe's seccomp filter,
+/// installed by the hook, is inherited). A failing hook means no server.
+#[test]
+fn thread_init_runs_on_the_server_thread_first_and_its_failure_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.sock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let init: api::ThreadInit = Box::new(move || {
+        tx.send(std::thread::current().name().map(str::to_string)).unwrap();
+        Ok(())
+    });
+    let server = ApiServer::start_with(&path, Arc::new(Echo), Some(init)).unwrap();
+    assert_eq!(rx.try_recv().unwrap().as_deref(), Some("api"), "init ran before start returned, on the api thread");
+    assert_eq!(request(&path, "GET", "vmm.ping", None, T).unwrap().status, 200);
+    drop(server);
+
+    let failing: api::ThreadInit = Box::new(|| Err("no seccomp here".into()));
+    match ApiServer::start_with(&path, Arc::new(Echo), Some(failing)) {
+        Err(ServerError::ThreadInit(e)) => assert_eq!(e, "no seccomp here"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a server whose thread init failed must not start"),
+    }
+    assert!(!path.exists(), "the socket of a server that did not start is removed");
+}
