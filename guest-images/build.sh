@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the lithe guest image from Debian packages only:
 #   out/vmlinux         Linux 6.1 from linux-source-6.1, tinyconfig + kernel.config + patches/
+#   out/bzImage         the same kernel as a bzImage (LZ4: its decompressor runs emulated on PVM)
 #   out/initramfs.cpio  uncompressed cpio: busybox-static and ./init
 # Rebuilds only what changed: the kernel when kernel.config, patches/ or this
 # script change; the initramfs when init changes. Prints the output folder.
@@ -41,7 +42,7 @@ stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
 # ---- kernel ----------------------------------------------------------------
 kstamp=$(stamp_of "$here/kernel.config" "$here"/patches/*.patch "$here/build.sh" /usr/src/linux-source-6.1.tar.xz.sha 2>/dev/null || \
 	stamp_of "$here/kernel.config" "$here"/patches/*.patch "$here/build.sh")
-if [ -f "$out/vmlinux" ] && [ "$(cat "$out/vmlinux.stamp" 2>/dev/null)" = "$kstamp" ]; then
+if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ] && [ "$(cat "$out/vmlinux.stamp" 2>/dev/null)" = "$kstamp" ]; then
 	log "kernel up to date ($out/vmlinux)"
 else
 	src="$out/build/linux"
@@ -70,8 +71,9 @@ else
 		esac
 	done < "$here/kernel.config"
 	[ $missing = 0 ] || { log "kernel.config does not apply cleanly"; exit 1; }
-	log "building vmlinux with $jobs jobs (a few minutes)"
-	make -C "$src" -s -j"$jobs" vmlinux
+	log "building vmlinux and bzImage with $jobs jobs (a few minutes)"
+	make -C "$src" -s -j"$jobs" vmlinux bzImage
+	cp "$src/arch/x86/boot/bzImage" "$out/bzImage.tmp" && mv "$out/bzImage.tmp" "$out/bzImage"
 	cp "$src/vmlinux" "$out/vmlinux.tmp" && mv "$out/vmlinux.tmp" "$out/vmlinux"
 	cp "$src/System.map" "$out/System.map"
 	cp "$src/.config" "$out/kernel.config.full"

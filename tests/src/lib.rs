@@ -41,7 +41,10 @@ pub fn lithe_bin() -> PathBuf {
 
 /// Kernel, initramfs and cmdline of the guest image (`guest-images/build.sh`).
 pub struct GuestImage {
+    /// ELF vmlinux.
     pub kernel: PathBuf,
+    /// The same kernel as a bzImage.
+    pub bzimage: PathBuf,
     pub initramfs: PathBuf,
     pub cmdline: String,
 }
@@ -53,6 +56,7 @@ impl GuestImage {
             .unwrap_or_else(|| workspace().join("guest-images/out"));
         let image = GuestImage {
             kernel: dir.join("vmlinux"),
+            bzimage: dir.join("bzImage"),
             initramfs: dir.join("initramfs.cpio"),
             cmdline: std::fs::read_to_string(workspace().join("guest-images/cmdline"))
                 .expect("guest-images/cmdline")
@@ -60,7 +64,7 @@ impl GuestImage {
                 .to_string(),
         };
         assert!(
-            image.kernel.exists() && image.initramfs.exists(),
+            image.kernel.exists() && image.bzimage.exists() && image.initramfs.exists(),
             "guest image missing in {}: run guest-images/build.sh (scripts/test.sh does)",
             dir.display()
         );
@@ -118,10 +122,13 @@ pub struct Guest {
     _serial: MutexGuard<'static, ()>,
 }
 
+#[derive(Default)]
 pub struct Launch<'a> {
     pub cpus: &'a str,
     /// Boot from flags; false: only `--api-socket` (configure over the API).
     pub with_kernel: bool,
+    /// Boot the bzImage instead of the ELF vmlinux.
+    pub bzimage: bool,
 }
 
 impl Guest {
@@ -134,7 +141,8 @@ impl Guest {
         let mut cmd = Command::new(lithe_bin());
         cmd.arg("--api-socket").arg(&socket);
         if opts.with_kernel {
-            cmd.arg("--kernel").arg(&image.kernel).arg("--initramfs").arg(&image.initramfs);
+            let kernel = if opts.bzimage { &image.bzimage } else { &image.kernel };
+            cmd.arg("--kernel").arg(kernel).arg("--initramfs").arg(&image.initramfs);
             cmd.arg("--cmdline").arg(&image.cmdline).arg("--cpus").arg(opts.cpus).arg("--memory").arg("size=256M");
         }
         let mut child =

@@ -8,7 +8,7 @@ use tests::{Guest, GuestImage, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
 
 #[test]
 fn create_and_boot_over_the_api_then_resize_then_guest_reboot_ends_lithe() {
-    let mut g = Guest::launch(Launch { cpus: "", with_kernel: false });
+    let mut g = Guest::launch(Launch { cpus: "", with_kernel: false, ..Launch::default() });
     let (s, info) = g.api("GET", "vm.info", json!(null));
     assert_eq!((s, info["state"].as_str()), (200, Some("NotCreated")));
     let (s, r) = g.api("PUT", "vm.boot", json!(null));
@@ -44,7 +44,7 @@ fn create_and_boot_over_the_api_then_resize_then_guest_reboot_ends_lithe() {
 
 #[test]
 fn bad_input_gets_4xx_and_the_vm_carries_on() {
-    let g = Guest::launch(Launch { cpus: "boot=1,max=2", with_kernel: true });
+    let g = Guest::launch(Launch { cpus: "boot=1,max=2", with_kernel: true, ..Launch::default() });
     g.wait_cpus("0", "0", BOOT_TIMEOUT);
     let cases: &[(&str, &str, &str, u16)] = &[
         ("PUT", "vm.resize", "{not json", 400),

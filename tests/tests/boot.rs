@@ -1,10 +1,10 @@
 //! Boot from the CLI and stop from inside the guest.
 
-use tests::{Guest, Launch, BOOT_TIMEOUT};
+use tests::{Guest, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
 
 #[test]
 fn boots_with_two_of_four_vcpus_and_powers_off_cleanly() {
-    let mut g = Guest::launch(Launch { cpus: "boot=2,max=4", with_kernel: true });
+    let mut g = Guest::launch(Launch { cpus: "boot=2,max=4", with_kernel: true, ..Launch::default() });
     g.wait_cpus("0-1", "0-1", BOOT_TIMEOUT);
     g.wait_vcpu_threads(&[0, 1], std::time::Duration::from_secs(5));
     // The guest sees all four possible CPUs, two of them hot-pluggable.
@@ -27,4 +27,17 @@ fn boots_with_two_of_four_vcpus_and_powers_off_cleanly() {
     assert_eq!(status.code(), Some(0), "lithe must exit 0 when the guest powers off");
     assert!(g.log_contains("guest powered off"));
     assert!(!g.socket.exists(), "the API socket is removed on exit");
+}
+
+/// The same kernel as a bzImage (linux-loader's bzImage path, the kernel's
+/// own decompressor): boots, takes a hot-added vCPU, powers off.
+#[test]
+fn boots_a_bzimage_and_hotplugs_a_vcpu() {
+    let mut g = Guest::launch(Launch { cpus: "boot=1,max=2", with_kernel: true, bzimage: true });
+    g.wait_cpus("0", "0", BOOT_TIMEOUT);
+    let r = g.resize(2);
+    assert_eq!(r["added"], serde_json::json!([1]));
+    g.wait_cpus("0-1", "0-1", HOTPLUG_TIMEOUT);
+    g.send("poweroff");
+    assert_eq!(g.wait_exit(std::time::Duration::from_secs(120)).code(), Some(0));
 }

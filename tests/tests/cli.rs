@@ -39,7 +39,7 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
 
 #[test]
 fn sigterm_stops_lithe_cleanly_and_removes_the_socket() {
-    let mut g = Guest::launch(Launch { cpus: "", with_kernel: false });
+    let mut g = Guest::launch(Launch { cpus: "", with_kernel: false, ..Launch::default() });
     assert!(g.socket.exists());
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) }, 0);

@@ -17,7 +17,7 @@ fn states(reply: &serde_json::Value) -> Vec<(u64, String)> {
 
 #[test]
 fn scales_1_4_2_4_1_and_reuses_parked_vcpus() {
-    let mut g = Guest::launch(Launch { cpus: "boot=1,max=4", with_kernel: true });
+    let mut g = Guest::launch(Launch { cpus: "boot=1,max=4", with_kernel: true, ..Launch::default() });
     g.wait_cpus("0", "0", BOOT_TIMEOUT);
     g.wait_vcpu_threads(&[0], Duration::from_secs(5));
 
@@ -67,7 +67,7 @@ fn scales_1_4_2_4_1_and_reuses_parked_vcpus() {
 
 #[test]
 fn refused_eject_rolls_back_and_the_next_resize_works() {
-    let mut g = Guest::launch(Launch { cpus: "boot=2,max=3", with_kernel: true });
+    let mut g = Guest::launch(Launch { cpus: "boot=2,max=3", with_kernel: true, ..Launch::default() });
     g.wait_cpus("0-1", "0-1", BOOT_TIMEOUT);
     // The guest disables ACPI processor hot-removal: Linux answers the eject
     // request with a failure _OST.
@@ -95,7 +95,7 @@ fn refused_eject_rolls_back_and_the_next_resize_works() {
 
 #[test]
 fn resize_while_a_removal_is_pending() {
-    let g = Guest::launch(Launch { cpus: "boot=3,max=3", with_kernel: true });
+    let g = Guest::launch(Launch { cpus: "boot=3,max=3", with_kernel: true, ..Launch::default() });
     g.wait_cpus("0-2", "0-2", BOOT_TIMEOUT);
     // Start a removal without waiting...
     let (status, r) = g.api("PUT", "vm.resize", json!({ "desired_vcpus": 2 }));
@@ -119,7 +119,8 @@ fn resize_while_a_removal_is_pending() {
 
 #[test]
 fn an_ignored_eject_times_out_rolls_back_and_the_next_resize_works() {
-    let mut g = Guest::launch(Launch { cpus: "boot=2,max=2,eject_timeout_ms=5000", with_kernel: true });
+    let mut g =
+        Guest::launch(Launch { cpus: "boot=2,max=2,eject_timeout_ms=5000", with_kernel: true, ..Launch::default() });
     g.wait_cpus("0-1", "0-1", BOOT_TIMEOUT);
     // The guest stops handling GED interrupts: the eject request goes unanswered.
     g.send("ignore-hotplug");
