@@ -18,7 +18,7 @@ need_pkgs=()
 [ -f /usr/src/linux-source-6.1.tar.xz ] || need_pkgs+=(linux-source-6.1)
 [ -x /bin/busybox ] && /bin/busybox --help 2>&1 | head -1 | grep -q static || \
 	dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
-for tool in gcc make flex bison bc cpio xz patch perl; do
+for tool in gcc make flex bison bc cpio xz lz4 patch perl; do
 	command -v "$tool" >/dev/null || need_pkgs+=("$tool")
 done
 [ -f /usr/include/libelf.h ] || need_pkgs+=(libelf-dev)

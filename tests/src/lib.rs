@@ -129,6 +129,8 @@ pub struct Launch<'a> {
     pub with_kernel: bool,
     /// Boot the bzImage instead of the ELF vmlinux.
     pub bzimage: bool,
+    /// More command-line arguments for lithe.
+    pub args: &'a [&'a str],
 }
 
 impl Guest {
@@ -145,6 +147,7 @@ impl Guest {
             cmd.arg("--kernel").arg(kernel).arg("--initramfs").arg(&image.initramfs);
             cmd.arg("--cmdline").arg(&image.cmdline).arg("--cpus").arg(opts.cpus).arg("--memory").arg("size=256M");
         }
+        cmd.args(opts.args);
         let mut child =
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn lithe");
         let console: Shared = Default::default();

@@ -33,7 +33,7 @@ fn boots_with_two_of_four_vcpus_and_powers_off_cleanly() {
 /// own decompressor): boots, takes a hot-added vCPU, powers off.
 #[test]
 fn boots_a_bzimage_and_hotplugs_a_vcpu() {
-    let mut g = Guest::launch(Launch { cpus: "boot=1,max=2", with_kernel: true, bzimage: true });
+    let mut g = Guest::launch(Launch { cpus: "boot=1,max=2", with_kernel: true, bzimage: true, ..Launch::default() });
     g.wait_cpus("0", "0", BOOT_TIMEOUT);
     let r = g.resize(2);
     assert_eq!(r["added"], serde_json::json!([1]));

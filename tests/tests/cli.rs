@@ -34,7 +34,9 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
     }
     // clap's own errors (unknown flags) also exit 2.
     assert_eq!(run(&["--bogus"]).0, 2);
-    assert_eq!(run(&["--seccomp", "maybe"]).0, 2);
+    let (code, err) = run(&["--seccomp", "maybe"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--seccomp"), "{err}");
 }
 
 #[test]
@@ -45,4 +47,13 @@ fn sigterm_stops_lithe_cleanly_and_removes_the_socket() {
     assert_eq!(unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) }, 0);
     assert_eq!(g.wait_exit(Duration::from_secs(30)).code(), Some(0));
     assert!(!g.socket.exists(), "socket removed on SIGTERM");
+}
+
+#[test]
+fn seccomp_off_leaves_the_api_threads_unfiltered_and_says_so() {
+    let g = Guest::launch(Launch { args: &["--seccomp", "off"], ..Launch::default() });
+    g.wait_log("seccomp filters are off", Duration::from_secs(5));
+    let modes = g.thread_seccomp_modes();
+    assert!(modes.iter().any(|(n, _)| n == "api"), "{modes:?}");
+    assert!(modes.iter().all(|(_, mode)| *mode == 0), "{modes:?}");
 }
