@@ -186,7 +186,9 @@ fn pairs<'a>(s: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, Stri
 
 /// `boot=N[,max=M][,eject_timeout_ms=T]` (or just `N`); max defaults to boot.
 pub fn parse_cpus(s: &str) -> Result<CpusConfig, ConfigError> {
-    let num = |k: &str, v: &str| v.parse::<u32>().map_err(|_| ConfigError::Cpus(format!("{k}={v:?} is not a number")));
+    fn num<N: std::str::FromStr>(k: &str, v: &str) -> Result<N, ConfigError> {
+        v.parse().map_err(|_| ConfigError::Cpus(format!("{k}={v:?} is not a number")))
+    }
     if let Ok(n) = s.parse::<u32>() {
         return Ok(CpusConfig::new(n, n));
     }
@@ -197,7 +199,7 @@ pub fn parse_cpus(s: &str) -> Result<CpusConfig, ConfigError> {
         match k {
             "boot" => boot = Some(num(k, v)?),
             "max" => max = Some(num(k, v)?),
-            _ => timeout = v.parse().map_err(|_| ConfigError::Cpus(format!("{k}={v:?} is not a number")))?,
+            _ => timeout = num(k, v)?,
         }
     }
     let boot = boot.ok_or_else(|| ConfigError::Cpus("boot= is required".into()))?;

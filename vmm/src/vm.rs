@@ -85,7 +85,6 @@ fn kvm_is_pvm() -> bool {
 }
 
 impl Vm {
-    /// Builds the VM and starts its boot vCPUs.
     /// Builds the VM and starts its boot vCPUs; `seccomp` filters their threads.
     pub fn create(
         config: &VmConfig,

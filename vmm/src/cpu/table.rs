@@ -85,6 +85,20 @@ struct Slot<T> {
     value: UnsafeCell<Option<T>>,
 }
 
+impl<T> Slot<T> {
+    /// The value, for a reader that saw this slot's bit set.
+    ///
+    /// # Safety
+    /// The caller saw the bit set (Acquire, pairing with publish's Release)
+    /// inside a read-side section that outlives the borrow: the slot is
+    /// initialised, and retire will not take the value before that section ends.
+    #[inline(always)]
+    unsafe fn seen(&self) -> Option<&T> {
+        // SAFETY: per this function's contract, no writer touches the value now.
+        self.value.with(|v| unsafe { (*v).as_ref() })
+    }
+}
+
 /// Hotplug bookkeeping of one id, kept apart from the slots so that its
 /// writes (from vCPU threads, in MMIO exits) do not touch readers' lines.
 struct Meta {
@@ -319,9 +333,9 @@ impl<'r, T> ReadGuard<'r, T> {
     /// The value of vCPU `id` if its bit is set.
     #[inline]
     pub fn get(&self, id: u32) -> Option<&T> {
-        // SAFETY: we saw the bit set inside a read-side section: the slot is
-        // initialised and retire will not take it before this guard drops.
-        self.visible(id)?.value.with(|v| unsafe { (*v).as_ref() })
+        let slot = self.visible(id)?;
+        // SAFETY: we saw the bit set inside the section this guard holds open.
+        unsafe { slot.seen() }
     }
 
     /// Runs `f` on the value of vCPU `id` if its bit is set. Same as `get`, but
@@ -372,9 +386,8 @@ impl<'g, T> Iter<'g, T> {
     #[inline]
     fn value(&self, id: usize) -> Option<&'g T> {
         let slot = self.slots.get(id)?;
-        // SAFETY: as in `ReadGuard::get`: the bit was seen set inside the
-        // section that this iterator borrows.
-        slot.value.with(|v| unsafe { (*v).as_ref() })
+        // SAFETY: the bit was seen set inside the section this iterator borrows.
+        unsafe { slot.seen() }
     }
 }
 
@@ -444,9 +457,9 @@ impl<'g, T> Iterator for Iter<'g, T> {
 #[inline(always)]
 fn fold_run<'g, T, B>(run: &'g [Slot<T>], first: usize, mut acc: B, f: &mut impl FnMut(B, (u32, &'g T)) -> B) -> B {
     for (i, slot) in run.iter().enumerate() {
-        // SAFETY: as in `ReadGuard::get`: every bit of this run was seen set
-        // inside the read-side section that the iterator borrows.
-        if let Some(v) = slot.value.with(|v| unsafe { (*v).as_ref() }) {
+        // SAFETY: every bit of this run was seen set inside the read-side
+        // section that the iterator borrows.
+        if let Some(v) = unsafe { slot.seen() } {
             acc = f(acc, ((first + i) as u32, v));
         }
     }
