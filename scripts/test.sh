@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # lithe's full test run: formatting, lints, unit and guest-booting tests,
-# loom models and Miri. Builds the guest image first (incremental).
+# loom models and Miri. Installs what it needs (scripts/deps.sh) and builds
+# the guest image first (incremental).
 # LITHE_REQUIRE_MIRI=1 makes a missing Miri an error instead of a loud skip.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies (Debian packages, Rust components)"
+scripts/deps.sh
 
 step "guest image"
 guest-images/build.sh >/dev/null
