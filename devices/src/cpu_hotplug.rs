@@ -101,14 +101,24 @@ impl CpuHotplugController {
         self.remove[w].fetch_or(bit, Ordering::AcqRel);
     }
 
-    /// Withdraws any request for `id` the guest has not picked up yet.
-    pub fn cancel(&self, id: u32) {
+    /// Takes back the insert request for `id` if the guest has not picked it
+    /// up (acknowledged its bit) yet; returns whether it was still pending.
+    /// Atomic against the guest's acknowledge: exactly one side wins.
+    pub fn withdraw_insert(&self, id: u32) -> bool {
+        self.withdraw(&self.insert, id)
+    }
+
+    /// As [`withdraw_insert`](Self::withdraw_insert), for an eject request.
+    pub fn withdraw_remove(&self, id: u32) -> bool {
+        self.withdraw(&self.remove, id)
+    }
+
+    fn withdraw(&self, bitmap: &[AtomicU32; MAX_WORDS], id: u32) -> bool {
         if id >= self.max_vcpus {
-            return;
+            return false;
         }
         let (w, bit) = split(id);
-        self.insert[w].fetch_and(!bit, Ordering::AcqRel);
-        self.remove[w].fetch_and(!bit, Ordering::AcqRel);
+        bitmap[w].fetch_and(!bit, Ordering::AcqRel) & bit != 0
     }
 
     /// Whether the guest has yet to pick up a request for `id`.
@@ -271,8 +281,14 @@ mod tests {
         c.request_remove(1);
         assert_eq!(rd(&c, REG_INSERT), 0);
         assert_eq!(rd(&c, REG_REMOVE), (1 << 2) | (1 << 1));
-        c.cancel(2);
+        assert!(c.withdraw_remove(2));
+        assert!(!c.withdraw_remove(2), "already withdrawn");
         assert_eq!(rd(&c, REG_REMOVE), 1 << 1);
+        // once the guest has acknowledged a request, it can no longer be withdrawn
+        c.request_insert(5);
+        wr(&c, REG_INSERT, 1 << 5);
+        assert!(!c.withdraw_insert(5));
+        assert!(!c.withdraw_insert(1000));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! read the vCPU table directly, lock-free, on the API worker thread.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,11 +15,12 @@ use log::warn;
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::cpu::hotplug_host::Rollback;
-use crate::cpu::manager::ResizePlan;
-use crate::cpu::table::{OstReport, Reader, VcpuState};
+use crate::cpu::lifecycle::{Phase, Reason, State};
+use crate::cpu::manager::{Cause, ResizePlan, TargetStatus};
+use crate::cpu::reconciler;
+use crate::cpu::table::{OstReport, Reader};
 use crate::cpu::vcpu::VcpuHandle;
-use crate::vm::VmView;
+use crate::vm::{Ended, VmView};
 
 /// How long an API worker waits for the main loop to answer.
 const MAIN_LOOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,27 +70,30 @@ pub struct MainLoopRequest {
 
 pub enum MainLoopReply {
     Response(ApiResponse),
-    Resized(ResizePlan),
-    /// The resize conflicts with removals still in progress: retryable.
-    RemovalPending(ApiResponse),
+    /// A resize was accepted: what it set in motion, on which VM generation.
+    Resized(ResizePlan, Arc<VmView>),
 }
 
 pub struct ApiBridge {
     tx: Mutex<Sender<MainLoopRequest>>,
     wake: EventFd,
     shared: Arc<VmmShared>,
-    resize_in_flight: AtomicBool,
 }
 
 /// One vCPU as `vm.info` and resize replies report it.
 #[derive(Debug, Serialize)]
 pub struct VcpuInfo {
     pub id: u32,
+    /// In the vCPU table: it has a thread.
     pub present: bool,
-    pub state: VcpuState,
+    pub state: Phase,
+    /// For `removing`: the state a rollback returns to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<Phase>,
+    /// Why the vCPU is not where it was asked to be (its last rollback).
+    pub reason: Reason,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ost: Option<OstReport>,
-    pub rollback: Rollback,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exits: Option<u64>,
 }
@@ -111,12 +115,14 @@ fn vcpu_info(view: &VmView, ids: &[u32]) -> Vec<VcpuInfo> {
         ids.iter()
             .map(|&id| {
                 let handle = guard.get(id);
+                let s = view.table.state(id);
                 VcpuInfo {
                     id,
                     present: handle.is_some(),
-                    state: view.table.state(id),
+                    state: s.phase,
+                    from: (s.phase == Phase::Removing).then_some(s.from),
+                    reason: s.reason,
                     ost: view.table.ost(id),
-                    rollback: view.host.rollback(id),
                     exits: handle.map(|h| h.control.exits.load(Ordering::Relaxed)),
                 }
             })
@@ -124,11 +130,18 @@ fn vcpu_info(view: &VmView, ids: &[u32]) -> Vec<VcpuInfo> {
     })
 }
 
+fn states(view: &VmView) -> Vec<State> {
+    (0..view.table.capacity()).map(|id| view.table.state(id)).collect()
+}
+
 #[derive(Serialize)]
-struct InfoReply<'a> {
+struct InfoReply {
     state: VmState,
     #[serde(skip_serializing_if = "Option::is_none")]
-    config: Option<&'a crate::config::VmConfig>,
+    config: Option<crate::config::VmConfig>,
+    /// The vCPU count lithe drives towards, and why it is what it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<TargetStatus>,
     vcpus: Vec<VcpuInfo>,
 }
 
@@ -137,20 +150,55 @@ struct ResizeReply {
     desired_vcpus: u32,
     added: Vec<u32>,
     removing: Vec<u32>,
-    /// Every change confirmed by the guest (or rolled back).
+    /// vCPUs still being ejected that the count needs once they are free.
+    waiting_for: Vec<u32>,
+    /// The guest runs exactly the target: every added vCPU running, every
+    /// removed one parked.
     complete: bool,
+    /// Why a wait ended before the change completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended: Option<String>,
+    target: TargetStatus,
     vcpus: Vec<VcpuInfo>,
+}
+
+/// Why a wait on target `seq` of `view` is over, if it is; `None` while it
+/// should go on.
+fn wait_outcome(view: &VmView, seq: u64) -> Option<Result<(), String>> {
+    match view.ended() {
+        Ended::Running => {}
+        Ended::Rebooted => return Some(Err("the VM rebooted before the change completed".into())),
+        Ended::ShutDown => return Some(Err("the VM shut down before the change completed".into())),
+    }
+    let st = view.target.status();
+    if st.seq != seq {
+        return Some(Err(match &st.cause {
+            Cause::Resize | Cause::Boot => format!("superseded by a later resize to {}", st.desired),
+            Cause::Rollback { vcpu, reason } => {
+                format!("vCPU {vcpu}: {}; the target is now {}", reason_text(*reason), st.desired)
+            }
+            Cause::VmmError { vcpu, error } => format!("vCPU {vcpu}: {error}; the target is now {}", st.desired),
+        }));
+    }
+    reconciler::converged(st.desired, &states(view)).then_some(Ok(()))
+}
+
+fn reason_text(r: Reason) -> &'static str {
+    match r {
+        Reason::None => "no reason",
+        Reason::EjectRefused => "the guest refused to eject it",
+        Reason::EjectTimeout => "the guest did not eject it in time",
+        Reason::AddFailed => "the guest failed to add it",
+        Reason::AddTimeout => "the guest did not take or answer the hot-add in time",
+        Reason::AddCancelled => "the hot-add was taken back before the guest saw it",
+        Reason::EjectedByGuest => "the guest ejected it on its own",
+    }
 }
 
 impl ApiBridge {
     pub fn new(shared: Arc<VmmShared>) -> std::io::Result<(ApiBridge, Receiver<MainLoopRequest>)> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let bridge = ApiBridge {
-            tx: Mutex::new(tx),
-            wake: EventFd::new(libc::EFD_NONBLOCK)?,
-            shared,
-            resize_in_flight: AtomicBool::new(false),
-        };
+        let bridge = ApiBridge { tx: Mutex::new(tx), wake: EventFd::new(libc::EFD_NONBLOCK)?, shared };
         Ok((bridge, rx))
     }
 
@@ -169,62 +217,58 @@ impl ApiBridge {
 
     fn info(&self) -> ApiResponse {
         let view = self.shared.view.load_full();
-        let vcpus = match &view {
-            Some(v) => vcpu_info(v, &(0..v.config.cpus.max_vcpus).collect::<Vec<_>>()),
-            None => Vec::new(),
+        let Some(v) = &view else {
+            return ApiResponse::ok(InfoReply {
+                state: self.shared.state(),
+                config: None,
+                target: None,
+                vcpus: vec![],
+            });
         };
-        ApiResponse::ok(InfoReply { state: self.shared.state(), config: view.as_deref().map(|v| &v.config), vcpus })
-    }
-
-    /// Whether the guest has finished with every vCPU of `plan`.
-    fn settled(view: &VmView, plan: &ResizePlan) -> bool {
-        let added_done = plan.added.iter().all(|&id| view.table.state(id) != VcpuState::Inserting);
-        let removed_done = plan.removing.iter().all(|&id| match view.table.state(id) {
-            VcpuState::Parked => true,
-            VcpuState::Online | VcpuState::Inserting => view.host.rollback(id) != Rollback::None,
-            _ => false,
-        });
-        added_done && removed_done
+        let vcpus = vcpu_info(v, &(0..v.config.cpus.max_vcpus).collect::<Vec<_>>());
+        let target = v.target.status();
+        // boot_vcpus follows every resize (Cloud Hypervisor's users read it as
+        // the current count), and is what a reboot boots.
+        let mut config = v.config.clone();
+        config.cpus.boot_vcpus = target.desired;
+        ApiResponse::ok(InfoReply {
+            state: self.shared.state(),
+            config: Some(config),
+            target: Some((*target).clone()),
+            vcpus,
+        })
     }
 
     fn resize(&self, req: ResizeRequest) -> ApiResponse {
         let deadline = req.wait_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-        // A waiting resize queues behind removals still in progress; one that
-        // does not wait is refused at once.
-        let plan = loop {
-            match self.call(ApiRequest::VmResize(req.clone())) {
-                Ok(MainLoopReply::Resized(plan)) => break plan,
-                Ok(MainLoopReply::RemovalPending(r)) => {
-                    if deadline.is_none_or(|d| Instant::now() >= d) {
-                        return r;
-                    }
-                    std::thread::sleep(WAIT_POLL);
+        let (plan, view) = match self.call(ApiRequest::VmResize(req.clone())) {
+            Ok(MainLoopReply::Resized(plan, view)) => (plan, view),
+            Ok(MainLoopReply::Response(r)) | Err(r) => return r,
+        };
+        let outcome = loop {
+            if let Some(o) = wait_outcome(&view, plan.seq) {
+                break o;
+            }
+            match deadline {
+                Some(d) if Instant::now() < d => std::thread::sleep(WAIT_POLL),
+                Some(_) => {
+                    break Err(format!("the guest had not completed the change after {} ms", req.wait_ms.unwrap_or(0)))
                 }
-                Ok(MainLoopReply::Response(r)) | Err(r) => return r,
+                None => break Err("not waited for".into()),
             }
         };
-        let Some(view) = self.shared.view.load_full() else {
-            return ApiResponse::error(409, "the VM went away during the resize");
-        };
-        let complete = match deadline {
-            Some(deadline) => loop {
-                if Self::settled(&view, &plan) {
-                    break true;
-                }
-                if Instant::now() >= deadline {
-                    break false;
-                }
-                std::thread::sleep(WAIT_POLL);
-            },
-            None => Self::settled(&view, &plan),
-        };
-        let ids: Vec<u32> = plan.added.iter().chain(&plan.removing).copied().collect();
+        let mut ids: Vec<u32> = plan.added.iter().chain(&plan.removing).chain(&plan.waiting_for).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
         ApiResponse::ok(ResizeReply {
             desired_vcpus: req.desired_vcpus,
             vcpus: vcpu_info(&view, &ids),
             added: plan.added,
             removing: plan.removing,
-            complete,
+            waiting_for: plan.waiting_for,
+            complete: outcome.is_ok(),
+            ended: outcome.err().filter(|_| deadline.is_some()),
+            target: (*view.target.status()).clone(),
         })
     }
 }
@@ -234,17 +278,10 @@ impl ApiHandler for ApiBridge {
         match request {
             ApiRequest::VmmPing => ApiResponse::ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
             ApiRequest::VmInfo => self.info(),
-            ApiRequest::VmResize(req) => {
-                if self.resize_in_flight.swap(true, Ordering::AcqRel) {
-                    return ApiResponse::error(409, "another resize is in progress");
-                }
-                let r = self.resize(req);
-                self.resize_in_flight.store(false, Ordering::Release);
-                r
-            }
+            ApiRequest::VmResize(req) => self.resize(req),
             other => match self.call(other) {
-                Ok(MainLoopReply::Response(r) | MainLoopReply::RemovalPending(r)) | Err(r) => r,
-                Ok(MainLoopReply::Resized(_)) => {
+                Ok(MainLoopReply::Response(r)) | Err(r) => r,
+                Ok(MainLoopReply::Resized(..)) => {
                     warn!("main loop answered a non-resize request with a resize plan");
                     ApiResponse::error(500, "internal error")
                 }

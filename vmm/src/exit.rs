@@ -8,21 +8,25 @@ use vmm_sys_util::eventfd::EventFd;
 pub enum VmExit {
     /// The guest powered off.
     Shutdown,
-    /// The guest asked for a reset; lithe ends the VM like a shutdown.
+    /// The guest asked for a reset; lithe boots the VM again.
     Reboot,
     /// A vCPU failed; the VMM exits non-zero.
     VcpuError { id: u32, reason: String },
 }
 
-/// The first reported exit wins; the event fd wakes the main loop.
+/// One per VM generation: the first reported exit wins, and the event fd
+/// (shared by all generations) wakes the main loop. A vCPU of a torn-down
+/// generation that reports late reaches its own notifier, which nobody reads
+/// any more, so it can never stop the VM that replaced it.
 pub struct ExitNotifier {
     evt: EventFd,
     reason: Mutex<Option<VmExit>>,
 }
 
 impl ExitNotifier {
-    pub fn new() -> std::io::Result<Self> {
-        Ok(ExitNotifier { evt: EventFd::new(libc::EFD_NONBLOCK)?, reason: Mutex::new(None) })
+    /// `evt`: the main loop's wake-up (a clone of it).
+    pub fn new(evt: EventFd) -> Self {
+        ExitNotifier { evt, reason: Mutex::new(None) }
     }
 
     pub fn notify(&self, exit: VmExit) {
@@ -36,13 +40,8 @@ impl ExitNotifier {
         }
     }
 
-    pub fn event_fd(&self) -> &EventFd {
-        &self.evt
-    }
-
-    /// Takes the reported exit, clearing the wake-up.
+    /// Takes the reported exit (the main loop drains the wake-up).
     pub fn take(&self) -> Option<VmExit> {
-        let _ = self.evt.read();
         self.reason.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }

@@ -125,16 +125,17 @@ fn allow_all(syscalls: &[&[libc::c_long]]) -> BTreeMap<i64, Vec<SeccompRule>> {
 
 fn vcpu_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     let mut rules = allow_all(&[RUNTIME, &[libc::SYS_read]]);
-    // ioctl: KVM_RUN only, on any fd (the thread owns exactly one vCPU fd).
-    let kvm_run = SeccompCondition::new(
-        1,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Eq,
-        u64::from(kvm_bindings::KVMIO) << 8 | 0x80, // _IO(KVMIO, 0x80)
-    )
-    .and_then(|c| SeccompRule::new(vec![c]))
-    .expect("a valid one-condition rule");
-    rules.insert(libc::SYS_ioctl, vec![kvm_run]);
+    // ioctl: KVM_RUN, and KVM_GET_MP_STATE (to see the guest start a
+    // hot-added vCPU), on any fd (the thread owns exactly one vCPU fd).
+    let ioctl = |request: u64| {
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .expect("a valid one-condition rule")
+    };
+    let kvmio = u64::from(kvm_bindings::KVMIO) << 8;
+    let kvm_run = ioctl(kvmio | 0x80); // _IO(KVMIO, 0x80)
+    let get_mp_state = ioctl(2 << 30 | 4 << 16 | kvmio | 0x98); // _IOR(KVMIO, 0x98, struct kvm_mp_state)
+    rules.insert(libc::SYS_ioctl, vec![kvm_run, get_mp_state]);
     rules
 }
 

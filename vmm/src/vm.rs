@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +23,9 @@ use devices::{Bus, BusError, EventFdTrigger};
 use crate::acpi::{self, GED_IRQ};
 use crate::arch::{boot, regs};
 use crate::config::{SerialConfig, VmConfig};
+use crate::cpu::clock::SystemClock;
 use crate::cpu::hotplug_host::HotplugHost;
-use crate::cpu::manager::{ManagerParts, VcpuManager};
+use crate::cpu::manager::{ManagerParts, Target, VcpuManager};
 use crate::cpu::vcpu::{install_kick_handler, VcpuContext, VcpuHandle};
 use crate::cpu::VcpuTable;
 use crate::exit::{ExitNotifier, VmExit};
@@ -62,17 +64,45 @@ fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::KvmCall { what, source }
 }
 
+/// How a VM generation ended, for API requests still waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Ended {
+    Running = 0,
+    Rebooted = 1,
+    ShutDown = 2,
+}
+
 /// Everything the API may read about a running VM, without locks.
 pub struct VmView {
+    /// The config it was built from (`boot_vcpus` as at its boot).
     pub config: VmConfig,
     pub table: Arc<VcpuTable<VcpuHandle>>,
     pub host: Arc<HotplugHost>,
+    pub target: Arc<Target>,
+    ended: AtomicU8,
+}
+
+impl VmView {
+    pub fn ended(&self) -> Ended {
+        match self.ended.load(Ordering::Acquire) {
+            1 => Ended::Rebooted,
+            2 => Ended::ShutDown,
+            _ => Ended::Running,
+        }
+    }
+
+    pub fn set_ended(&self, how: Ended) {
+        self.ended.store(how as u8, Ordering::Release);
+    }
 }
 
 pub struct Vm {
     manager: VcpuManager,
     serial: Arc<SerialDevice>,
     view: Arc<VmView>,
+    exit: Arc<ExitNotifier>,
     // Dropped after the manager has stopped every vCPU thread (see Drop).
     _vm_fd: Arc<VmFd>,
     _memory: GuestMemory,
@@ -86,9 +116,11 @@ fn kvm_is_pvm() -> bool {
 
 impl Vm {
     /// Builds the VM and starts its boot vCPUs; `seccomp` filters their threads.
+    /// `exit_evt` and `hotplug_evt` wake the main loop when the VM stops and
+    /// when the guest changes a vCPU.
     pub fn create(
         config: &VmConfig,
-        exit: Arc<ExitNotifier>,
+        exit_evt: &EventFd,
         hotplug_evt: &EventFd,
         seccomp: Option<&Filters>,
     ) -> Result<Vm, VmError> {
@@ -98,6 +130,7 @@ impl Vm {
             info!("KVM is kvm_pvm (software-nested): guest kernel code is emulated; expect slow boots");
         }
         install_kick_handler().map_err(VmError::Signal)?;
+        let exit = Arc::new(ExitNotifier::new(exit_evt.try_clone().map_err(VmError::EventFd)?));
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
         vm_fd.set_tss_address(memory::KVM_TSS_ADDR as usize).map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
         vm_fd.set_identity_map_address(memory::KVM_IDENTITY_MAP_ADDR).map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
@@ -171,8 +204,17 @@ impl Vm {
 
         let supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
-        let ctx =
-            VcpuContext { pio: Arc::new(pio), mmio: Arc::new(mmio), exit, seccomp: seccomp.map(|f| f.vcpu.clone()) };
+        let on_started = {
+            let host = host.clone();
+            Arc::new(move |id| host.vcpu_started(id))
+        };
+        let ctx = VcpuContext {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            exit: exit.clone(),
+            seccomp: seccomp.map(|f| f.vcpu.clone()),
+            on_started: Some(on_started),
+        };
         let mut manager = VcpuManager::new(ManagerParts {
             vm: vm_fd.clone(),
             table: table.clone(),
@@ -181,7 +223,8 @@ impl Vm {
             ged,
             ctx,
             supported_cpuid,
-            eject_timeout: Duration::from_millis(cpus.eject_timeout_ms),
+            hotplug_timeout: Duration::from_millis(cpus.eject_timeout_ms),
+            clock: Arc::new(SystemClock),
         });
         manager.start_boot_vcpus(cpus.boot_vcpus, entry.0 .0)?;
         info!(
@@ -191,8 +234,9 @@ impl Vm {
             cpus.max_vcpus,
             p.kernel.display()
         );
-        let view = Arc::new(VmView { config: config.clone(), table, host });
-        Ok(Vm { manager, serial, view, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
+        let target = manager.target().clone();
+        let view = Arc::new(VmView { config: config.clone(), table, host, target, ended: AtomicU8::new(0) });
+        Ok(Vm { manager, serial, view, exit, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
     }
 
     pub fn manager(&mut self) -> &mut VcpuManager {
@@ -205,6 +249,11 @@ impl Vm {
 
     pub fn view(&self) -> &Arc<VmView> {
         &self.view
+    }
+
+    /// This generation's exit notifier.
+    pub fn exit(&self) -> &ExitNotifier {
+        &self.exit
     }
 }
 

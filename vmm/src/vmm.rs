@@ -18,9 +18,9 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::api_bridge::{MainLoopReply, MainLoopRequest, VmState, VmmShared};
 use crate::config::{SerialConfig, VmConfig};
 use crate::cpu::manager::ManagerError;
-use crate::exit::{ExitNotifier, VmExit};
+use crate::exit::VmExit;
 use crate::seccomp::Filters;
-use crate::vm::{Vm, VmError};
+use crate::vm::{Ended, Vm, VmError};
 
 const TICK: Duration = Duration::from_millis(250);
 const STDIN: i32 = 0;
@@ -28,7 +28,8 @@ const STDIN: i32 = 0;
 pub struct Vmm {
     config: Option<VmConfig>,
     vm: Option<Vm>,
-    exit: Arc<ExitNotifier>,
+    /// Wakes the loop when the running VM generation stops.
+    exit_evt: EventFd,
     hotplug_evt: EventFd,
     term_evt: EventFd,
     api: Option<(Receiver<MainLoopRequest>, EventFd)>,
@@ -57,7 +58,7 @@ impl Vmm {
         Ok(Vmm {
             config: None,
             vm: None,
-            exit: Arc::new(ExitNotifier::new()?),
+            exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             hotplug_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             term_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             api,
@@ -86,39 +87,60 @@ impl Vmm {
     /// Builds and starts the configured VM.
     pub fn boot(&mut self) -> Result<(), VmError> {
         let config = self.config.as_ref().expect("boot needs a config");
-        let vm = Vm::create(config, self.exit.clone(), &self.hotplug_evt, self.seccomp.as_ref())?;
+        let vm = Vm::create(config, &self.exit_evt, &self.hotplug_evt, self.seccomp.as_ref())?;
         self.shared.view.store(Some(vm.view().clone()));
         self.shared.set_state(VmState::Running);
         self.vm = Some(vm);
         Ok(())
     }
 
-    fn teardown(&mut self) {
+    fn teardown(&mut self, how: Ended) {
         self.shared.view.store(None);
         if let Some(vm) = self.vm.take() {
+            // The next boot keeps the vCPU count the guest had (as Cloud
+            // Hypervisor does): the target follows every resize and rollback.
+            let desired = vm.view().target.desired();
+            if let Some(c) = self.config.as_mut() {
+                c.cpus.boot_vcpus = desired;
+            }
+            vm.view().set_ended(how);
             drop(vm);
-            info!("VM stopped");
+            info!("VM stopped ({how:?})");
         }
         self.shared.set_state(if self.config.is_some() { VmState::Created } else { VmState::NotCreated });
     }
 
+    /// Tears the VM down and boots it again with the vCPU count it had.
+    fn reboot(&mut self) -> Result<(), VmError> {
+        self.teardown(Ended::Rebooted);
+        let r = self.boot();
+        if let Err(e) = &r {
+            error!("reboot failed: {e}");
+        }
+        r
+    }
+
     fn on_vm_exit(&mut self) {
-        let Some(exit) = self.exit.take() else { return };
+        let _ = self.exit_evt.read();
+        let Some(exit) = self.vm.as_ref().and_then(|vm| vm.exit().take()) else { return };
         let code = match &exit {
             VmExit::Shutdown => {
                 info!("guest powered off");
                 0
             }
             VmExit::Reboot => {
-                info!("guest rebooted; lithe ends the VM on reboot");
-                0
+                info!("guest reset; booting the VM again");
+                if self.reboot().is_ok() {
+                    return;
+                }
+                1
             }
             VmExit::VcpuError { id, reason } => {
                 error!("vCPU {id} failed: {reason}");
                 1
             }
         };
-        self.teardown();
+        self.teardown(Ended::ShutDown);
         self.exit_code = Some(code);
     }
 
@@ -186,7 +208,7 @@ impl Vmm {
                     Err(e @ VmError::Config(_)) => Response(ApiResponse::error(400, e.to_string())),
                     Err(e) => {
                         error!("VM boot failed: {e}");
-                        self.teardown();
+                        self.teardown(Ended::ShutDown);
                         Response(ApiResponse::error(500, format!("boot failed: {e}")))
                     }
                 }
@@ -195,15 +217,14 @@ impl Vmm {
                 if self.vm.is_none() {
                     return conflict("the VM is not running");
                 }
-                self.teardown();
+                self.teardown(Ended::ShutDown);
                 Response(ApiResponse::no_content())
             }
             ApiRequest::VmReboot => {
                 if self.vm.is_none() {
                     return conflict("the VM is not running");
                 }
-                self.teardown();
-                match self.boot() {
+                match self.reboot() {
                     Ok(()) => Response(ApiResponse::no_content()),
                     Err(e) => Response(ApiResponse::error(500, format!("reboot failed: {e}"))),
                 }
@@ -233,12 +254,9 @@ impl Vmm {
                     return conflict("the VM is not running; boot it first");
                 };
                 match vm.manager().resize(req.desired_vcpus) {
-                    Ok(plan) => MainLoopReply::Resized(plan),
+                    Ok(plan) => MainLoopReply::Resized(plan, vm.view().clone()),
                     Err(e @ ManagerError::InvalidCount { .. }) => Response(ApiResponse::error(400, e.to_string())),
-                    Err(e @ ManagerError::RemovalPending { .. }) => {
-                        MainLoopReply::RemovalPending(ApiResponse::error(409, e.to_string()))
-                    }
-                    Err(e) if e.is_client_error() => Response(ApiResponse::error(409, e.to_string())),
+                    Err(e @ ManagerError::Paused) => Response(ApiResponse::error(409, e.to_string())),
                     Err(e) => {
                         error!("resize failed: {e}");
                         Response(ApiResponse::error(500, e.to_string()))
@@ -247,7 +265,7 @@ impl Vmm {
             }
             ApiRequest::VmmShutdown => {
                 info!("VMM shutdown requested over the API");
-                self.teardown();
+                self.teardown(Ended::ShutDown);
                 self.exit_code = Some(0);
                 Response(ApiResponse::no_content())
             }
@@ -270,7 +288,7 @@ impl MutEventSubscriber for Vmm {
                 warn!("cannot watch {what}: {e:?}");
             }
         };
-        add(self.exit.event_fd().as_raw_fd(), "VM exits");
+        add(self.exit_evt.as_raw_fd(), "VM exits");
         add(self.hotplug_evt.as_raw_fd(), "guest ejects");
         add(self.timer.as_raw_fd(), "the tick timer");
         add(self.term_evt.as_raw_fd(), "termination signals");
@@ -290,22 +308,22 @@ impl MutEventSubscriber for Vmm {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.exit.event_fd().as_raw_fd() {
+        if fd == self.exit_evt.as_raw_fd() {
             self.on_vm_exit();
         } else if fd == self.hotplug_evt.as_raw_fd() {
             let _ = self.hotplug_evt.read();
             if let Some(vm) = self.vm.as_mut() {
-                vm.manager().retire_ejected();
+                vm.manager().on_guest_events();
             }
         } else if fd == self.term_evt.as_raw_fd() {
             let _ = self.term_evt.read();
             info!("termination signal received; stopping the VM");
-            self.teardown();
+            self.teardown(Ended::ShutDown);
             self.exit_code = Some(0);
         } else if fd == self.timer.as_raw_fd() {
             let _ = self.timer.wait();
             if let Some(vm) = self.vm.as_mut() {
-                vm.manager().check_removal_deadlines();
+                vm.manager().tick();
             }
         } else if fd == STDIN {
             if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR)

@@ -3,8 +3,11 @@
 //!
 //! Designed for guests whose AML interpreter runs slowly (every kernel-mode
 //! instruction is emulated under a software-nested KVM):
-//! * `_STA` reads a presence bitmap cached in the namespace (`CPRS`), not MMIO:
-//!   boot-time enumeration of `max` devices costs no exits at all.
+//! * `_STA` reads the VMM's presence word for its vCPU (`PRSn`, one MMIO read
+//!   for 32 vCPUs' worth of state): the VMM is the one source of truth, so a
+//!   guest can never see a vCPU the VMM has retired or miss one it added.
+//!   (An earlier version cached presence in the namespace to save the exits
+//!   at boot; the cache and the VMM drifted apart on guest-initiated ejects.)
 //! * `_MAT` is a constant buffer.
 //! * `CSCN` (the GED's CPU event) reads `max/32` pending-insert and
 //!   pending-remove words and walks only up to the highest set bit of each
@@ -13,9 +16,9 @@
 //!   `log2(max)` steps instead of one `If` per possible vCPU.
 
 use acpi_tables::aml::{
-    self, Add, And, Arg, BufferData, DeRefOf, Device, Else, Field, FieldAccessType, FieldEntry, FieldLockRule,
-    FieldUpdateRule, If, Index, LessThan, Local, Method, MethodCall, Name, Notify, OpRegion, OpRegionSpace, Path,
-    Return, ShiftLeft, ShiftRight, Store, Subtract, While,
+    self, Add, And, Arg, BufferData, Device, Else, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule,
+    If, LessThan, Local, Method, MethodCall, Name, Notify, OpRegion, OpRegionSpace, Path, Return, ShiftRight, Store,
+    While,
 };
 use acpi_tables::{Aml, AmlSink};
 
@@ -89,29 +92,12 @@ fn fields_bits(fields: &[FieldEntry]) -> usize {
         .sum()
 }
 
-/// `CSTA(id)`: 0xF if the cached presence bit of `id` is set, else 0.
+/// `CSTA(word, mask)`: 0xF if `word & mask`, else 0 (`_STA` of one vCPU,
+/// given its presence word and bit).
 fn csta() -> Raw {
-    let byte = bytes(&ShiftRight::new(&Local(0), &Arg(0), &3usize));
-    let mask = bytes(&ShiftLeft::new(&Local(1), &aml::ONE, &And::new(&aml::ZERO, &Arg(0), &7usize)));
-    let present = bytes(&If::new(
-        &And::new(&aml::ZERO, &DeRefOf::new(&Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0))), &Local(1)),
-        vec![&Return::new(&0xfusize)],
-    ));
+    let present = bytes(&If::new(&And::new(&aml::ZERO, &Arg(0), &Arg(1)), vec![&Return::new(&0xfusize)]));
     let absent = bytes(&Return::new(&aml::ZERO));
-    bytes(&Method::new("CSTA".into(), 1, false, vec![&byte, &mask, &present, &absent]))
-}
-
-/// `CSET(id, on)`: sets or clears the cached presence bit of `id`.
-fn cset() -> Raw {
-    let byte = bytes(&ShiftRight::new(&Local(0), &Arg(0), &3usize));
-    let mask = bytes(&ShiftLeft::new(&Local(1), &aml::ONE, &And::new(&aml::ZERO, &Arg(0), &7usize)));
-    let cur = bytes(&Store::new(&Local(2), &DeRefOf::new(&Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0)))));
-    let set = bytes(&aml::Or::new(&Local(2), &Local(2), &Local(1)));
-    let clear = bytes(&And::new(&Local(2), &Local(2), &Subtract::new(&aml::ZERO, &0xffusize, &Local(1))));
-    let choose = bytes(&If::new(&Arg(1), vec![&set]));
-    let otherwise = bytes(&Else::new(vec![&clear]));
-    let write = bytes(&Store::new(&Index::new(&aml::ZERO, &Path::new("CPRS"), &Local(0)), &Local(2)));
-    bytes(&Method::new("CSET".into(), 2, true, vec![&byte, &mask, &cur, &choose, &otherwise, &write]))
+    bytes(&Method::new("CSTA".into(), 2, false, vec![&present, &absent]))
 }
 
 /// `CTFY(id, event)`: Notify(Cxxx, event) through a binary search on id.
@@ -141,10 +127,9 @@ fn scan_word(w: usize, reg: [u8; 4], insert: bool) -> Raw {
     let ack = bytes(&Store::new(&reg_path, &Local(0)));
     let reset_bit = bytes(&Store::new(&Local(1), &aml::ZERO));
     let id = bytes(&Add::new(&Local(2), &Local(1), &(w * 32)));
-    let cache = bytes(&MethodCall::new("CSET".into(), vec![&Local(2), &aml::ONE]));
     let notify_insert = bytes(&MethodCall::new("CTFY".into(), vec![&Local(2), &aml::ONE]));
     let notify_eject = bytes(&MethodCall::new("CTFY".into(), vec![&Local(2), &3usize]));
-    let on_bit: Vec<&dyn Aml> = if insert { vec![&id, &cache, &notify_insert] } else { vec![&id, &notify_eject] };
+    let on_bit: Vec<&dyn Aml> = if insert { vec![&id, &notify_insert] } else { vec![&id, &notify_eject] };
     let bit_set = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &aml::ONE), on_bit));
     let shift = bytes(&ShiftRight::new(&Local(0), &Local(0), &aml::ONE));
     let next = bytes(&Add::new(&Local(1), &Local(1), &aml::ONE));
@@ -166,12 +151,11 @@ fn cscn(words: usize) -> Raw {
     bytes(&Method::new("CSCN".into(), 0, true, refs))
 }
 
-/// `CEJ0(id)`: the guest ejected `id`: drop it from the cache (so `_STA` right
-/// after `_EJ0` says absent) and tell the VMM.
+/// `CEJ0(id)`: the guest ejected `id`: tell the VMM, which drops it from the
+/// presence word at once (so `_STA` right after `_EJ0` says absent).
 fn cej0() -> Raw {
-    let uncache = bytes(&MethodCall::new("CSET".into(), vec![&Arg(0), &aml::ZERO]));
     let tell = bytes(&Store::new(&Path::new("EJCT"), &Arg(0)));
-    bytes(&Method::new("CEJ0".into(), 1, true, vec![&uncache, &tell]))
+    bytes(&Method::new("CEJ0".into(), 1, true, vec![&tell]))
 }
 
 /// `COST(id, event, status)`: forwards an `_OST` report.
@@ -186,7 +170,9 @@ fn cpu_device(id: u32) -> Raw {
     let name = cpu_device_name(id);
     let hid = bytes(&Name::new("_HID".into(), &"ACPI0007"));
     let uid = bytes(&Name::new("_UID".into(), &(id as usize)));
-    let sta_call = bytes(&MethodCall::new("CSTA".into(), vec![&(id as usize)]));
+    let word = bytes(&Path::new(std::str::from_utf8(&word_name("PRS", (id / 32) as usize)).expect("ascii")));
+    let mask = 1usize << (id % 32);
+    let sta_call = bytes(&MethodCall::new("CSTA".into(), vec![&word, &mask]));
     let sta_ret = bytes(&Return::new(&sta_call));
     let sta = Method::new("_STA".into(), 0, false, vec![&sta_ret]);
     let mat_buf = BufferData::new(madt_entry(id));
@@ -203,23 +189,17 @@ fn cpu_device(id: u32) -> Raw {
     bytes(&Device::new(Path::new(&name), children))
 }
 
-/// `\_SB_.CPUS` for `max` possible vCPUs, the first `boot` present at boot.
-pub fn cpus_container(boot: u32, max: u32, mmio_base: u64) -> Raw {
+/// `\_SB_.CPUS` for `max` possible vCPUs.
+pub fn cpus_container(max: u32, mmio_base: u64) -> Raw {
     let words = max.div_ceil(32) as usize;
     let hid = bytes(&Name::new("_HID".into(), &"ACPI0010"));
     let cid = bytes(&Name::new("_CID".into(), &aml::EISAName::new("PNP0A05")));
     let region =
         bytes(&OpRegion::new("CPHR".into(), OpRegionSpace::SystemMemory, &(mmio_base as usize), &(MMIO_LEN as usize)));
     let fields = register_fields(words);
-    let mut presence = vec![0u8; MAX_WORDS * 4];
-    for id in 0..boot {
-        presence[(id / 8) as usize] |= 1 << (id % 8);
-    }
-    let cprs_buf = BufferData::new(presence);
-    let cprs = bytes(&Name::new("CPRS".into(), &cprs_buf));
-    let methods = [csta(), cset(), ctfy(max), cscn(words), cej0(), cost()];
+    let methods = [csta(), ctfy(max), cscn(words), cej0(), cost()];
     let devices: Vec<Raw> = (0..max).map(cpu_device).collect();
-    let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &region, &fields, &cprs];
+    let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &region, &fields];
     children.extend(methods.iter().map(|m| m as &dyn Aml));
     children.extend(devices.iter().map(|d| d as &dyn Aml));
     bytes(&Device::new("\\_SB_.CPUS".into(), children))

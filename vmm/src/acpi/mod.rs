@@ -106,8 +106,8 @@ fn ged_device() -> Raw {
 }
 
 /// The DSDT's AML body.
-pub fn dsdt_body(boot_vcpus: u32, max_vcpus: u32) -> Vec<u8> {
-    let cpus = cpus_container(boot_vcpus, max_vcpus, CPU_HOTPLUG_MMIO_BASE);
+pub fn dsdt_body(max_vcpus: u32) -> Vec<u8> {
+    let cpus = cpus_container(max_vcpus, CPU_HOTPLUG_MMIO_BASE);
     let serial = serial_device();
     let ged = ged_device();
     let sb = bytes(&aml::Scope::new("\\_SB_".into(), vec![&serial, &ged]));
@@ -122,9 +122,9 @@ pub fn dsdt_body(boot_vcpus: u32, max_vcpus: u32) -> Vec<u8> {
     out
 }
 
-fn dsdt(boot_vcpus: u32, max_vcpus: u32) -> Vec<u8> {
+fn dsdt(max_vcpus: u32) -> Vec<u8> {
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    sdt.append_slice(&dsdt_body(boot_vcpus, max_vcpus));
+    sdt.append_slice(&dsdt_body(max_vcpus));
     sdt.update_checksum();
     sdt.as_slice().to_vec()
 }
@@ -184,7 +184,7 @@ pub fn build(boot_vcpus: u32, max_vcpus: u32) -> Result<AcpiTables, AcpiError> {
     // XSDT with two entries: header (36) + 2 * 8.
     let fadt_addr = align8(xsdt_addr + 36 + 16);
     let dsdt_addr = align8(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
-    let dsdt = dsdt(boot_vcpus, max_vcpus);
+    let dsdt = dsdt(max_vcpus);
     let madt_addr = align8(dsdt_addr + dsdt.len() as u64);
     let madt = madt(boot_vcpus, max_vcpus);
     let end = madt_addr + madt.len() as u64;
@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn dsdt_has_a_device_per_possible_vcpu_and_the_ged() {
-        let body = dsdt_body(1, 20);
+        let body = dsdt_body(20);
         let has = |s: &[u8]| body.windows(s.len()).any(|w| w == s);
         assert!(has(b"C000") && has(b"C013") && !has(b"C014"));
         assert!(has(b"ACPI0013") && has(b"ACPI0010") && has(b"_S5_") && has(b"CSCN"));

@@ -1,18 +1,22 @@
-//! The vCPU manager: the only writer of the vCPU table. It creates vCPUs at
-//! boot, carries out resizes (hot-add, eject requests), retires vCPUs the
-//! guest ejected, and rolls back removals the guest refuses or ignores.
+//! The vCPU manager: the only writer of the vCPU table. It holds the desired
+//! vCPU count and drives the vCPUs towards it.
 //!
-//! Resize, top to bottom: `resize()` picks ids → `add()` creates or unparks a
-//! KVM vCPU, starts its thread, publishes it in the table and marks it
-//! pending in the CPU hotplug controller → the GED interrupt makes the guest
-//! scan. Down: `request_removal()` marks the id Removing and pending → the
-//! guest offlines the CPU and calls `_EJ0` → [`HotplugHost`] queues it →
-//! `retire_ejected()` clears its table bit, waits a grace period, stops and
-//! joins the thread, parks the fd.
+//! Resize, top to bottom: [`VcpuManager::resize`] sets the target →
+//! [`reconcile`](VcpuManager::reconcile) asks the [`reconciler`] what to do →
+//! each step is a [`lifecycle`] event → the CPU hotplug controller's pending
+//! bitmaps and the GED interrupt tell the guest → the guest's `_OST`/`_EJ0`
+//! come back through [`HotplugHost`] as lifecycle events, and the main loop
+//! calls [`on_guest_events`](VcpuManager::on_guest_events), which retires
+//! ejected vCPUs (bit cleared → grace period → thread joined → fd parked)
+//! and re-plans. A rollback (refused or timed-out eject, failed or
+//! unanswered add, an eject the guest did on its own) moves the target to
+//! what the guest really has, so the VMM never reports a count it does not run.
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
 use log::{error, info, warn};
@@ -21,9 +25,12 @@ use devices::cpu_hotplug::CpuHotplugController;
 use devices::ged::{Ged, GED_EVENT_CPU_HOTPLUG};
 use devices::EventFdTrigger;
 
-use super::hotplug_host::{HotplugHost, Rollback};
-use super::table::{Reader, TableError, VcpuState, VcpuTable};
-use super::vcpu::{VcpuContext, VcpuError, VcpuHandle};
+use super::clock::Clock;
+use super::hotplug_host::HotplugHost;
+use super::lifecycle::{self, Event, Phase, Reason, State, Transition};
+use super::reconciler;
+use super::table::{Reader, TableError, VcpuTable};
+use super::vcpu::{StopFailed, VcpuContext, VcpuError, VcpuHandle};
 use crate::arch::{cpuid, regs};
 
 /// How long `retire` waits for readers to leave their sections.
@@ -35,8 +42,6 @@ const STOP_LIMIT: Duration = Duration::from_secs(5);
 pub enum ManagerError {
     #[error("desired_vcpus must be between 1 and {max}, got {desired}")]
     InvalidCount { desired: u32, max: u32 },
-    #[error("vCPUs {ids:?} are still being removed; retry when the guest has ejected them")]
-    RemovalPending { ids: Vec<u32> },
     #[error("the VM is paused; resume it before resizing")]
     Paused,
     #[error("creating KVM vCPU {id}: {source}")]
@@ -45,24 +50,92 @@ pub enum ManagerError {
     Configure { id: u32, source: regs::RegsError },
     #[error("setting CPUID of vCPU {id}: {source}")]
     Cpuid { id: u32, source: kvm_ioctls::Error },
+    #[error("resetting parked vCPU {id} for reuse: {source}")]
+    Reset { id: u32, source: kvm_ioctls::Error },
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Table(#[from] TableError),
 }
 
-impl ManagerError {
-    /// Errors the caller caused (bad request or wrong moment) rather than the VMM.
-    pub fn is_client_error(&self) -> bool {
-        matches!(self, ManagerError::InvalidCount { .. } | ManagerError::RemovalPending { .. } | ManagerError::Paused)
+/// Why the target count last changed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum Cause {
+    /// Set at boot.
+    Boot,
+    /// A `vm.resize`.
+    Resize,
+    /// The guest did not go along; the target follows what it has.
+    Rollback { vcpu: u32, reason: Reason },
+    /// Creating or starting a vCPU failed; the target follows what exists.
+    VmmError { vcpu: u32, error: String },
+}
+
+/// The target count and why it is what it is, shared lock-free with the API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TargetStatus {
+    /// Bumped on every change of the target.
+    pub seq: u64,
+    pub desired: u32,
+    pub cause: Cause,
+}
+
+/// What the API reads of the target: a snapshot swapped in whole.
+pub struct Target {
+    status: ArcSwap<TargetStatus>,
+    seq: AtomicU64,
+    desired: AtomicU32,
+}
+
+impl Target {
+    fn new(desired: u32) -> Self {
+        Target {
+            status: ArcSwap::from_pointee(TargetStatus { seq: 0, desired, cause: Cause::Boot }),
+            seq: AtomicU64::new(0),
+            desired: AtomicU32::new(desired),
+        }
+    }
+
+    pub fn status(&self) -> Arc<TargetStatus> {
+        self.status.load_full()
+    }
+
+    pub fn desired(&self) -> u32 {
+        self.desired.load(Ordering::Acquire)
+    }
+
+    fn set(&self, desired: u32, cause: Cause) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        self.desired.store(desired, Ordering::Release);
+        self.status.store(Arc::new(TargetStatus { seq, desired, cause }));
+        seq
     }
 }
 
-/// What a resize set in motion.
+/// What one reconcile step set in motion.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ResizePlan {
+    /// The target this step works towards.
+    pub seq: u64,
     pub added: Vec<u32>,
     pub removing: Vec<u32>,
+    /// vCPUs still being ejected that the count needs once they are free.
+    pub waiting_for: Vec<u32>,
+}
+
+/// Everything the manager is built from.
+pub struct ManagerParts {
+    pub vm: Arc<VmFd>,
+    pub table: Arc<VcpuTable<VcpuHandle>>,
+    pub host: Arc<HotplugHost>,
+    pub controller: Arc<CpuHotplugController>,
+    pub ged: Arc<Ged<EventFdTrigger>>,
+    pub ctx: VcpuContext,
+    pub supported_cpuid: CpuId,
+    /// How long the guest gets to take or answer a hot-add, or to eject.
+    pub hotplug_timeout: Duration,
+    pub clock: Arc<dyn Clock>,
 }
 
 pub struct VcpuManager {
@@ -75,25 +148,18 @@ pub struct VcpuManager {
     ctx: VcpuContext,
     supported_cpuid: CpuId,
     max_vcpus: u32,
+    target: Arc<Target>,
     /// KVM vCPU fds of retired vCPUs, by id: KVM cannot destroy them.
     parked: Vec<Option<VcpuFd>>,
-    /// When each pending removal gives up.
-    removal_deadline: Vec<Option<Instant>>,
+    /// When the guest's answer to a pending add or removal is overdue.
+    deadlines: Vec<Option<Instant>>,
     /// Ejected vCPUs whose grace period has not completed yet.
     retire_retry: Vec<u32>,
-    eject_timeout: Duration,
-    paused: bool,
-}
-
-pub struct ManagerParts {
-    pub vm: Arc<VmFd>,
-    pub table: Arc<VcpuTable<VcpuHandle>>,
-    pub host: Arc<HotplugHost>,
-    pub controller: Arc<CpuHotplugController>,
-    pub ged: Arc<Ged<EventFdTrigger>>,
-    pub ctx: VcpuContext,
-    pub supported_cpuid: CpuId,
-    pub eject_timeout: Duration,
+    /// Threads that did not stop when asked; joined when they do.
+    stuck: Vec<(u32, VcpuHandle)>,
+    timeout: Duration,
+    clock: Arc<dyn Clock>,
+    paused_at: Option<Instant>,
 }
 
 impl VcpuManager {
@@ -109,12 +175,20 @@ impl VcpuManager {
             ctx: p.ctx,
             supported_cpuid: p.supported_cpuid,
             max_vcpus: max,
+            target: Arc::new(Target::new(0)),
             parked: (0..max).map(|_| None).collect(),
-            removal_deadline: vec![None; max as usize],
+            deadlines: vec![None; max as usize],
             retire_retry: Vec::new(),
-            eject_timeout: p.eject_timeout,
-            paused: false,
+            stuck: Vec::new(),
+            timeout: p.hotplug_timeout,
+            clock: p.clock,
+            paused_at: None,
         }
+    }
+
+    /// The target, for the API's lock-free reads.
+    pub fn target(&self) -> &Arc<Target> {
+        &self.target
     }
 
     /// Creates and starts vCPUs `0..boot`; vCPU 0 starts at `entry` in long mode.
@@ -124,171 +198,332 @@ impl VcpuManager {
             if id == 0 {
                 regs::setup_boot_vcpu(&fd, entry).map_err(|source| ManagerError::Configure { id, source })?;
             }
-            self.start(id, fd, VcpuState::Online)?;
+            let handle = VcpuHandle::spawn(id, fd, self.ctx.clone(), false, true)?;
+            self.table.set_state(id, State::new(Phase::Running))?;
+            self.table.publish(id, handle)?;
         }
+        self.target.set(boot, Cause::Boot);
         info!("started {boot} boot vCPU(s) of {} possible", self.max_vcpus);
+        Ok(())
+    }
+
+    /// CPUID, MSRs, FPU and LAPIC LINTs: what every vCPU needs before it runs,
+    /// fresh or reused.
+    fn configure(&self, id: u32, fd: &VcpuFd) -> Result<(), ManagerError> {
+        let cpuid = cpuid::vcpu_cpuid(&self.supported_cpuid, id, self.max_vcpus);
+        fd.set_cpuid2(&cpuid).map_err(|source| ManagerError::Cpuid { id, source })?;
+        let configure = |r: Result<(), regs::RegsError>| r.map_err(|source| ManagerError::Configure { id, source });
+        configure(regs::setup_msrs(fd))?;
+        configure(regs::setup_fpu(fd))?;
+        configure(regs::setup_lapic_lints(fd))?;
         Ok(())
     }
 
     fn create_vcpu(&self, id: u32) -> Result<VcpuFd, ManagerError> {
         let fd = self.vm.create_vcpu(u64::from(id)).map_err(|source| ManagerError::CreateVcpu { id, source })?;
-        let cpuid = cpuid::vcpu_cpuid(&self.supported_cpuid, id, self.max_vcpus);
-        fd.set_cpuid2(&cpuid).map_err(|source| ManagerError::Cpuid { id, source })?;
-        let configure = |r: Result<(), regs::RegsError>| r.map_err(|source| ManagerError::Configure { id, source });
-        configure(regs::setup_msrs(&fd))?;
-        configure(regs::setup_fpu(&fd))?;
-        configure(regs::setup_lapic_lints(&fd))?;
+        self.configure(id, &fd)?;
         Ok(fd)
     }
 
-    /// Starts the thread for `id` and publishes it: the slot is complete
-    /// (thread running, handle in place) before its bit becomes visible.
-    fn start(&mut self, id: u32, fd: VcpuFd, state: VcpuState) -> Result<(), ManagerError> {
-        let handle = VcpuHandle::spawn(id, fd, self.ctx.clone(), self.paused)?;
-        self.table.set_state(id, state)?;
-        self.host.set_rollback(id, Rollback::None);
-        if let Err(e) = self.table.publish(id, handle) {
-            error!("vCPU {id}: cannot publish: {e}");
-            return Err(e.into());
-        }
-        Ok(())
+    /// A parked vCPU back in the state of a fresh AP: configured again and
+    /// waiting for the guest's INIT/SIPI.
+    fn reuse_parked(&self, id: u32, fd: &VcpuFd) -> Result<(), ManagerError> {
+        self.configure(id, fd)?;
+        let mp = kvm_bindings::kvm_mp_state { mp_state: kvm_bindings::KVM_MP_STATE_INIT_RECEIVED };
+        fd.set_mp_state(mp).map_err(|source| ManagerError::Reset { id, source })
     }
 
-    /// Present vCPUs the guest has or will have (not being removed).
-    fn active(&mut self) -> Vec<u32> {
-        let g = self.reader.read();
-        g.iter()
-            .map(|(id, _)| id)
-            .filter(|id| matches!(self.table.state(*id), VcpuState::Inserting | VcpuState::Online))
-            .collect()
+    fn states(&self) -> Vec<State> {
+        (0..self.max_vcpus).map(|id| self.table.state(id)).collect()
     }
 
-    /// Sets the number of vCPUs the guest should have. Returns at once; the
-    /// guest completes the change asynchronously.
+    fn apply(&self, id: u32, event: Event) -> Option<Transition> {
+        let t = lifecycle::apply(&*self.table, id, event)?;
+        info!("vCPU {id}: {event:?}: {:?} -> {:?}", t.from, t.to);
+        Some(t)
+    }
+
+    /// Sets the number of vCPUs the guest should have and starts driving
+    /// towards it. Returns at once; the guest completes the change
+    /// asynchronously. The same count again changes nothing.
     pub fn resize(&mut self, desired: u32) -> Result<ResizePlan, ManagerError> {
         if desired == 0 || desired > self.max_vcpus {
             return Err(ManagerError::InvalidCount { desired, max: self.max_vcpus });
         }
-        if self.paused {
+        if self.paused_at.is_some() {
             return Err(ManagerError::Paused);
         }
-        let active = self.active();
-        let current = active.len() as u32;
-        let mut plan = ResizePlan::default();
-        if desired > current {
-            let free: Vec<u32> = (0..self.max_vcpus)
-                .filter(|id| matches!(self.table.state(*id), VcpuState::Absent | VcpuState::Parked))
-                .take((desired - current) as usize)
-                .collect();
-            if free.len() < (desired - current) as usize {
-                let ids = (0..self.max_vcpus)
-                    .filter(|id| matches!(self.table.state(*id), VcpuState::Removing | VcpuState::Ejected))
-                    .collect();
-                return Err(ManagerError::RemovalPending { ids });
-            }
-            for id in free {
-                self.add(id)?;
-                plan.added.push(id);
-            }
-        } else {
-            // Highest ids first; vCPU 0 is never removable.
-            for id in active.into_iter().rev().filter(|id| *id != 0).take((current - desired) as usize) {
-                self.request_removal(id);
-                plan.removing.push(id);
+        if desired != self.target.desired() {
+            info!("resize: target {} -> {desired} vCPUs", self.target.desired());
+            self.target.set(desired, Cause::Resize);
+        }
+        Ok(self.reconcile())
+    }
+
+    /// One step towards the target: take back removals that are wanted
+    /// again, add free ids, ask the guest to eject surplus ones.
+    pub fn reconcile(&mut self) -> ResizePlan {
+        let desired = self.target.desired();
+        let mut plan = ResizePlan { seq: self.target.status().seq, ..ResizePlan::default() };
+        for id in reconciler::plan(desired, &self.states()).reclaim {
+            if self.controller.withdraw_remove(id) && self.apply(id, Event::RemoveWithdrawn).is_some() {
+                self.deadlines[id as usize] = None;
+                info!("vCPU {id}: removal taken back before the guest saw it");
             }
         }
-        if !plan.added.is_empty() || !plan.removing.is_empty() {
-            info!("resize {current} -> {desired}: adding {:?}, removing {:?}", plan.added, plan.removing);
+        let step = reconciler::plan(desired, &self.states());
+        let mut notify = false;
+        for &id in &step.add {
+            match self.add(id) {
+                Ok(()) => {
+                    plan.added.push(id);
+                    notify = true;
+                }
+                Err(e) => {
+                    error!("vCPU {id}: hot-add failed: {e}");
+                    let have = self.states().iter().filter(|s| s.is_wanted()).count() as u32;
+                    plan.seq = self.target.set(have, Cause::VmmError { vcpu: id, error: e.to_string() });
+                    break;
+                }
+            }
+        }
+        for &id in &step.remove {
+            notify |= self.remove(id);
+            plan.removing.push(id);
+        }
+        plan.waiting_for = step.waiting_for;
+        if notify {
+            // Raised once for everything this step asked, including adds that
+            // went through before one failed.
             if let Err(e) = self.ged.notify(GED_EVENT_CPU_HOTPLUG) {
                 error!("cannot raise the GED interrupt: {e}");
             }
         }
-        Ok(plan)
+        if !plan.added.is_empty() || !plan.removing.is_empty() {
+            info!("reconcile towards {desired}: adding {:?}, removing {:?}", plan.added, plan.removing);
+        }
+        if !plan.waiting_for.is_empty() {
+            info!("reconcile towards {desired}: waiting for vCPUs {:?} to be ejected", plan.waiting_for);
+        }
+        plan
     }
 
+    /// Creates (or unparks) vCPU `id`, starts its thread, publishes it and
+    /// marks it for the guest to add.
     fn add(&mut self, id: u32) -> Result<(), ManagerError> {
         let fd = match self.parked[id as usize].take() {
             Some(fd) => {
+                if let Err(e) = self.reuse_parked(id, &fd) {
+                    self.parked[id as usize] = Some(fd);
+                    return Err(e);
+                }
                 info!("vCPU {id}: reusing parked KVM vCPU");
                 fd
             }
             None => self.create_vcpu(id)?,
         };
-        self.start(id, fd, VcpuState::Inserting)?;
+        let handle = match VcpuHandle::spawn(id, fd, self.ctx.clone(), self.paused_at.is_some(), false) {
+            Ok(h) => h,
+            Err(e) => {
+                // The fd went down with the thread that failed to start; the
+                // id stays free and a later add creates a fresh one.
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = self.table.publish(id, handle) {
+            return Err(e.into());
+        }
+        self.apply(id, Event::Add);
+        self.deadlines[id as usize] = Some(self.clock.now() + self.timeout);
         self.controller.request_insert(id);
-        info!("vCPU {id}: created and started; guest notified of the hot-add");
         Ok(())
     }
 
-    fn request_removal(&mut self, id: u32) {
-        let from = self.table.state(id);
-        if self.table.transition(id, from, VcpuState::Removing) {
-            self.removal_deadline[id as usize] = Some(Instant::now() + self.eject_timeout);
-            self.host.set_rollback(id, Rollback::None);
+    /// Removes vCPU `id`: takes a hot-add back if the guest has not seen it,
+    /// else asks the guest to eject. Returns whether the guest must be told.
+    fn remove(&mut self, id: u32) -> bool {
+        if self.table.state(id).phase == Phase::Adding
+            && self.controller.withdraw_insert(id)
+            && self.apply(id, Event::AddWithdrawn).is_some()
+        {
+            self.deadlines[id as usize] = None;
+            self.retire(id);
+            return false;
+        }
+        if self.apply(id, Event::Remove).is_some() {
+            self.deadlines[id as usize] = Some(self.clock.now() + self.timeout);
             self.controller.request_remove(id);
             info!("vCPU {id}: asked the guest to eject it");
+            return true;
         }
+        false
     }
 
-    /// Retires the vCPUs the guest ejected (main loop, on the host's event fd).
-    pub fn retire_ejected(&mut self) {
-        let mut ids = self.host.take_ejected();
-        ids.append(&mut self.retire_retry);
-        for id in ids {
-            self.removal_deadline[id as usize] = None;
-            match self.retire(id) {
-                Ok(()) => {}
-                Err(ManagerError::Table(TableError::GracePeriodTimeout { readers, waited, .. })) => {
-                    warn!("vCPU {id}: readers {readers:?} still inside after {waited:?}; retrying the retire later");
-                    self.retire_retry.push(id);
+    /// Main loop, on the host's wake-up: retire what the guest ejected, let
+    /// the target follow what the guest refused or did on its own, re-plan.
+    pub fn on_guest_events(&mut self) {
+        let mut rollback = None;
+        for id in self.host.take_changed() {
+            let s = self.table.state(id);
+            match s.phase {
+                Phase::Ejected => {
+                    self.deadlines[id as usize] = None;
+                    self.retire(id);
                 }
-                Err(e) => error!("vCPU {id}: retire failed: {e}"),
+                Phase::Acknowledged | Phase::Running => self.deadlines[id as usize] = None,
+                _ => {}
+            }
+            if matches!(s.reason, Reason::EjectRefused | Reason::EjectedByGuest | Reason::AddFailed) {
+                self.deadlines[id as usize] = None;
+                rollback = Some((id, s.reason));
             }
         }
+        self.follow_rollback(rollback);
+        self.reconcile();
+    }
+
+    /// After the guest overrode the VMM: the target becomes what it has.
+    fn follow_rollback(&mut self, rollback: Option<(u32, Reason)>) {
+        let Some((vcpu, reason)) = rollback else { return };
+        let have = self.states().iter().filter(|s| s.is_wanted()).count() as u32;
+        if have != self.target.desired() {
+            warn!("vCPU {vcpu}: {reason:?}; target follows the guest: {} -> {have} vCPUs", self.target.desired());
+        }
+        self.target.set(have, Cause::Rollback { vcpu, reason });
     }
 
     /// Bit cleared → grace period → thread stopped and joined → fd parked.
-    fn retire(&mut self, id: u32) -> Result<(), ManagerError> {
-        let handle = self.table.retire(id, GRACE_PERIOD_LIMIT)?;
-        let fd = handle.stop(STOP_LIMIT)?;
-        self.parked[id as usize] = Some(fd);
-        self.table.set_state(id, VcpuState::Parked)?;
-        info!("vCPU {id}: retired (thread joined, KVM vCPU parked for reuse)");
-        Ok(())
+    fn retire(&mut self, id: u32) {
+        let handle = match self.table.retire(id, GRACE_PERIOD_LIMIT) {
+            Ok(h) => h,
+            Err(TableError::GracePeriodTimeout { readers, waited, .. }) => {
+                warn!("vCPU {id}: readers {readers:?} still inside after {waited:?}; retrying the retire later");
+                self.retire_retry.push(id);
+                return;
+            }
+            Err(e) => {
+                error!("vCPU {id}: retire failed: {e}");
+                return;
+            }
+        };
+        self.join(id, handle, STOP_LIMIT);
     }
 
-    /// Rolls back removals the guest did not complete in time (main loop, periodic).
-    pub fn check_removal_deadlines(&mut self) {
-        let now = Instant::now();
-        for id in 0..self.max_vcpus {
-            let Some(deadline) = self.removal_deadline[id as usize] else {
-                continue;
-            };
-            match self.table.state(id) {
-                VcpuState::Removing if now >= deadline => {
-                    if self.table.transition(id, VcpuState::Removing, VcpuState::Online) {
-                        self.controller.cancel(id);
-                        self.host.set_rollback(id, Rollback::Timeout);
-                        warn!("vCPU {id}: guest did not eject it within {:?}; removal rolled back", self.eject_timeout);
-                    }
-                    self.removal_deadline[id as usize] = None;
+    fn join(&mut self, id: u32, handle: VcpuHandle, limit: Duration) {
+        match handle.stop(limit) {
+            Ok(fd) => {
+                self.parked[id as usize] = Some(fd);
+                self.apply(id, Event::Retired);
+                info!("vCPU {id}: retired (thread joined, KVM vCPU parked for reuse)");
+            }
+            Err(StopFailed { handle: Some(handle), error }) => {
+                if self.table.state(id).phase != Phase::Stuck {
+                    error!("vCPU {id}: {error}; its id is not reused until the thread stops");
+                    self.apply(id, Event::StopTimedOut);
                 }
-                VcpuState::Removing | VcpuState::Ejected => {}
-                _ => self.removal_deadline[id as usize] = None,
+                self.stuck.push((id, handle));
+            }
+            Err(StopFailed { handle: None, error }) => {
+                // The thread is gone, and its fd with it: the id is free for
+                // a fresh KVM vCPU... which KVM refuses for a used id. Keep it stuck.
+                error!("vCPU {id}: {error}; its KVM vCPU is lost");
+                self.apply(id, Event::StopTimedOut);
             }
         }
-        if !self.retire_retry.is_empty() {
-            self.retire_ejected();
+    }
+
+    /// Main loop, periodic: roll back what the guest did not answer in time,
+    /// look in on hot-added vCPUs the guest may have started, retry retires
+    /// and joins that could not finish.
+    pub fn tick(&mut self) {
+        if self.paused_at.is_some() {
+            return;
+        }
+        let now = self.clock.now();
+        let mut rollback = None;
+        let mut notify = false;
+        for id in 0..self.max_vcpus {
+            let Some(deadline) = self.deadlines[id as usize] else { continue };
+            if now < deadline {
+                continue;
+            }
+            self.deadlines[id as usize] = None;
+            match self.table.state(id).phase {
+                Phase::Adding if self.controller.withdraw_insert(id) => {
+                    warn!("vCPU {id}: the guest did not take the hot-add within {:?}; taken back", self.timeout);
+                    if self.apply(id, Event::AddTimedOut).is_some() {
+                        self.retire(id);
+                        rollback = Some((id, Reason::AddTimeout));
+                    }
+                }
+                Phase::Adding => {
+                    warn!(
+                        "vCPU {id}: the guest took the hot-add but did not answer in {:?}; asking it to eject",
+                        self.timeout
+                    );
+                    if self.apply(id, Event::AddUnanswered).is_some() {
+                        self.deadlines[id as usize] = Some(now + self.timeout);
+                        self.controller.request_remove(id);
+                        notify = true;
+                        rollback = Some((id, Reason::AddTimeout));
+                    }
+                }
+                Phase::Removing => {
+                    self.controller.withdraw_remove(id);
+                    if self.apply(id, Event::EjectTimedOut).is_some() {
+                        warn!("vCPU {id}: guest did not eject it within {:?}; removal rolled back", self.timeout);
+                        rollback = Some((id, Reason::EjectTimeout));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if notify {
+            if let Err(e) = self.ged.notify(GED_EVENT_CPU_HOTPLUG) {
+                error!("cannot raise the GED interrupt: {e}");
+            }
+        }
+        if rollback.is_some() {
+            self.follow_rollback(rollback);
+            self.reconcile();
+        }
+        self.kick_unstarted();
+        for id in std::mem::take(&mut self.retire_retry) {
+            self.retire(id);
+        }
+        for (id, handle) in std::mem::take(&mut self.stuck) {
+            self.join(id, handle, Duration::ZERO);
         }
     }
 
+    /// Hot-added vCPUs notice the guest starting them only when they leave
+    /// `KVM_RUN`: kick those the guest has not started yet.
+    fn kick_unstarted(&mut self) {
+        let g = self.reader.read();
+        for (id, h) in g.iter() {
+            let phase = self.table.state(id).phase;
+            if !h.is_started() && matches!(phase, Phase::Adding | Phase::Acknowledged | Phase::Removing) {
+                h.kick();
+            }
+        }
+    }
+
+    /// Pauses every vCPU, or none: if one does not pause, the others resume.
+    /// Deadlines stop while paused.
     pub fn pause(&mut self) -> Result<(), ManagerError> {
         let g = self.reader.read();
-        for (_, h) in g.iter() {
-            h.pause(STOP_LIMIT)?;
+        let handles: Vec<&VcpuHandle> = g.iter().map(|(_, h)| h).collect();
+        for (i, h) in handles.iter().enumerate() {
+            if let Err(e) = h.pause(STOP_LIMIT) {
+                error!("vCPU {}: {e}; resuming the vCPUs already paused", h.id);
+                for h in &handles[..=i] {
+                    h.resume();
+                }
+                return Err(e.into());
+            }
         }
         drop(g);
-        self.paused = true;
+        self.paused_at = Some(self.clock.now());
         Ok(())
     }
 
@@ -298,23 +533,34 @@ impl VcpuManager {
             h.resume();
         }
         drop(g);
-        self.paused = false;
+        if let Some(at) = self.paused_at.take() {
+            let paused_for = self.clock.now().saturating_duration_since(at);
+            for d in self.deadlines.iter_mut().flatten() {
+                *d += paused_for;
+            }
+        }
     }
 
     pub fn is_paused(&self) -> bool {
-        self.paused
+        self.paused_at.is_some()
     }
 
     /// Stops every vCPU thread (VM teardown).
     pub fn stop_all(&mut self) {
         for id in 0..self.max_vcpus {
-            if matches!(self.table.state(id), VcpuState::Absent | VcpuState::Parked) {
-                continue;
+            let s = self.table.state(id);
+            if s.is_live() {
+                self.apply(id, Event::Stop);
             }
-            match self.retire(id) {
-                Ok(()) | Err(ManagerError::Table(TableError::NotPresent { .. })) => {}
-                Err(e) => error!("vCPU {id}: stopping failed: {e}"),
+            if matches!(self.table.state(id).phase, Phase::Ejected) {
+                self.retire(id);
             }
+        }
+        for (id, handle) in std::mem::take(&mut self.stuck) {
+            self.join(id, handle, STOP_LIMIT);
+        }
+        for (id, _) in &self.stuck {
+            error!("vCPU {id}: thread still running at teardown; leaving it behind");
         }
     }
 }

@@ -4,14 +4,14 @@
 #[cfg(loom)]
 pub(crate) use loom::{
     cell::UnsafeCell,
-    sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering},
+    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
     sync::{Arc, Mutex},
     thread::yield_now,
 };
 
 #[cfg(not(loom))]
 pub(crate) use std::{
-    sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering},
+    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
     sync::{Arc, Mutex},
     thread::yield_now,
 };

@@ -12,8 +12,8 @@
 //!   slot's value back, so the caller can stop and join the vCPU thread
 //!   knowing nobody still looks at it.
 //!
-//! Besides presence every slot carries hotplug bookkeeping ([`VcpuState`] and
-//! the guest's last `_OST` report) in plain atomics, readable with no section
+//! Besides presence every slot carries hotplug bookkeeping (its lifecycle
+//! [`State`] word and the guest's last `_OST` report) in plain atomics, readable with no section
 //! at all, even for vCPUs that are not present.
 //!
 //! Who calls what: any thread may create readers and read. `publish` and
@@ -23,42 +23,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::lifecycle::{State, StateCell};
 use super::rcu::{FenceMode, Rcu, ReaderHandle, StuckReaders};
-use super::sync::{Arc, AtomicU32, AtomicU64, AtomicU8, CachePadded, Mutex, Ordering, UnsafeCell};
+use super::sync::{Arc, AtomicU32, AtomicU64, CachePadded, Mutex, Ordering, UnsafeCell};
 
 const WORD_BITS: usize = 64;
-
-/// Hotplug state of one vCPU id, as the manager and the guest move it along.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-#[repr(u8)]
-pub enum VcpuState {
-    /// Never created.
-    Absent = 0,
-    /// Created and running; the guest has not acknowledged it yet.
-    Inserting = 1,
-    /// Running and acknowledged by the guest.
-    Online = 2,
-    /// The VMM asked the guest to eject it.
-    Removing = 3,
-    /// The guest ejected it; retirement is under way.
-    Ejected = 4,
-    /// Retired: thread joined, KVM vCPU fd kept for reuse.
-    Parked = 5,
-}
-
-impl VcpuState {
-    fn from_u8(v: u8) -> VcpuState {
-        match v {
-            1 => VcpuState::Inserting,
-            2 => VcpuState::Online,
-            3 => VcpuState::Removing,
-            4 => VcpuState::Ejected,
-            5 => VcpuState::Parked,
-            _ => VcpuState::Absent,
-        }
-    }
-}
 
 /// The guest's last `_OST` report for a vCPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -102,7 +71,8 @@ impl<T> Slot<T> {
 /// Hotplug bookkeeping of one id, kept apart from the slots so that its
 /// writes (from vCPU threads, in MMIO exits) do not touch readers' lines.
 struct Meta {
-    state: AtomicU8,
+    /// [`State::encode`]d lifecycle state.
+    state: AtomicU32,
     /// `1 << 63 | event << 32 | status`, or 0 when no report came yet.
     ost: AtomicU64,
 }
@@ -157,7 +127,7 @@ impl<T> VcpuTable<T> {
     pub fn with_fence_mode(capacity: u32, mode: FenceMode) -> Self {
         assert!(capacity <= MAX_CAPACITY, "vCPU table capacity {capacity} exceeds {MAX_CAPACITY}");
         let slots = (0..capacity).map(|_| Slot { value: UnsafeCell::new(None) }).collect();
-        let meta = (0..capacity).map(|_| Meta { state: AtomicU8::new(0), ost: AtomicU64::new(0) }).collect();
+        let meta = (0..capacity).map(|_| Meta { state: AtomicU32::new(0), ost: AtomicU64::new(0) }).collect();
         VcpuTable {
             slots,
             meta,
@@ -195,22 +165,16 @@ impl<T> VcpuTable<T> {
         self.slots.get(id as usize).ok_or(TableError::OutOfRange { id, capacity: self.capacity() })
     }
 
-    /// Hotplug state of `id` (`Absent` for ids out of range). Lock-free.
-    pub fn state(&self, id: u32) -> VcpuState {
-        self.meta.get(id as usize).map_or(VcpuState::Absent, |m| VcpuState::from_u8(m.state.load(Ordering::Acquire)))
+    /// Lifecycle state of `id` (absent for ids out of range). Lock-free.
+    pub fn state(&self, id: u32) -> State {
+        self.meta.get(id as usize).map_or(State::ABSENT, |m| State::decode(m.state.load(Ordering::Acquire)))
     }
 
-    /// Sets the hotplug state of `id`.
-    pub fn set_state(&self, id: u32, state: VcpuState) -> Result<(), TableError> {
-        self.meta(id)?.state.store(state as u8, Ordering::Release);
+    /// Sets the lifecycle state of `id` outright (boot vCPUs; tests). Every
+    /// other change goes through [`lifecycle::apply`](super::lifecycle::apply).
+    pub fn set_state(&self, id: u32, state: State) -> Result<(), TableError> {
+        self.meta(id)?.state.store(state.encode(), Ordering::Release);
         Ok(())
-    }
-
-    /// Moves `id` from `from` to `to` if it is in `from`; returns whether it did.
-    pub fn transition(&self, id: u32, from: VcpuState, to: VcpuState) -> bool {
-        self.meta.get(id as usize).is_some_and(|m| {
-            m.state.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
-        })
     }
 
     /// The guest's last `_OST` report for `id`.
@@ -277,6 +241,17 @@ impl<T> VcpuTable<T> {
         // has left its section: nobody else refers to the value now.
         let value = slot.value.with_mut(|v| unsafe { (*v).take() });
         Ok(value.expect("slot checked occupied under the writer lock"))
+    }
+}
+
+impl<T> StateCell for VcpuTable<T> {
+    fn load(&self, id: u32) -> Option<u32> {
+        self.meta.get(id as usize).map(|m| m.state.load(Ordering::Acquire))
+    }
+
+    fn compare_exchange(&self, id: u32, old: u32, new: u32) -> Result<(), u32> {
+        let m = self.meta.get(id as usize).ok_or(old)?;
+        m.state.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire).map(|_| ())
     }
 }
 
@@ -469,6 +444,7 @@ fn fold_run<'g, T, B>(run: &'g [Slot<T>], first: usize, mut acc: B, f: &mut impl
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::cpu::lifecycle::{self, Event, Phase};
     use std::sync::atomic::AtomicBool;
 
     /// Every mode this kernel offers.
@@ -573,19 +549,19 @@ mod tests {
         assert_eq!(t.retire(1, Duration::ZERO), Err(TableError::NotPresent { id: 1 }));
         t.publish(1, 1).unwrap();
         assert_eq!(t.publish(1, 2), Err(TableError::AlreadyPresent { id: 1 }));
-        assert_eq!(t.set_state(7, VcpuState::Online), Err(TableError::OutOfRange { id: 7, capacity: 4 }));
+        assert_eq!(t.set_state(7, State::new(Phase::Running)), Err(TableError::OutOfRange { id: 7, capacity: 4 }));
         assert!(t.set_ost(7, OstReport { event: 0, status: 0 }).is_err());
     }
 
     #[test]
     fn state_and_ost_are_readable_without_a_section() {
         let t = VcpuTable::<()>::new(2);
-        assert_eq!(t.state(1), VcpuState::Absent);
-        assert_eq!(t.state(99), VcpuState::Absent);
-        t.set_state(1, VcpuState::Inserting).unwrap();
-        assert!(t.transition(1, VcpuState::Inserting, VcpuState::Online));
-        assert!(!t.transition(1, VcpuState::Inserting, VcpuState::Removing));
-        assert_eq!(t.state(1), VcpuState::Online);
+        assert_eq!(t.state(1), State::ABSENT);
+        assert_eq!(t.state(99), State::ABSENT);
+        t.set_state(1, State::new(Phase::Adding)).unwrap();
+        assert!(lifecycle::apply(&t, 1, Event::AddAcked).is_some());
+        assert!(lifecycle::apply(&t, 1, Event::AddAcked).is_none());
+        assert_eq!(t.state(1), State::new(Phase::Acknowledged));
         assert_eq!(t.ost(1), None);
         t.set_ost(1, OstReport { event: 0x103, status: 0x80 }).unwrap();
         assert_eq!(t.ost(1), Some(OstReport { event: 0x103, status: 0x80 }));

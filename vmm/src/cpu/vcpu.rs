@@ -40,6 +40,8 @@ pub struct VcpuContext {
     pub exit: Arc<ExitNotifier>,
     /// Installed by the thread before it first runs the guest.
     pub seccomp: Option<Arc<Filter>>,
+    /// Told once when a hot-added vCPU leaves wait-for-SIPI.
+    pub on_started: Option<Arc<dyn Fn(u32) + Send + Sync>>,
 }
 
 /// Flags and counters shared between a vCPU thread and everyone else.
@@ -50,6 +52,8 @@ pub struct VcpuControl {
     paused: AtomicBool,
     /// Exits to userspace (stats, `vm.info`).
     pub exits: AtomicU64,
+    /// The guest has started running on this vCPU.
+    pub started: AtomicBool,
 }
 
 /// A running vCPU: what the vCPU table holds for each present id.
@@ -76,11 +80,15 @@ const KICK_INTERVAL: Duration = Duration::from_micros(500);
 
 impl VcpuHandle {
     /// Starts vCPU `id` on a thread named `vcpu<id>`, paused if `paused`.
+    /// `started`: the guest already runs on it (boot vCPUs); otherwise the
+    /// thread watches for the guest starting it (KVM MP state, checked after
+    /// each exit: [`kick`](Self::kick) it to have it look).
     /// Returns once the thread has installed its seccomp filter (if any):
     /// no guest code runs on an unfiltered vCPU thread.
-    pub fn spawn(id: u32, fd: VcpuFd, ctx: VcpuContext, paused: bool) -> Result<VcpuHandle, VcpuError> {
+    pub fn spawn(id: u32, fd: VcpuFd, ctx: VcpuContext, paused: bool, started: bool) -> Result<VcpuHandle, VcpuError> {
         let control = Arc::new(VcpuControl::default());
         control.pause.store(paused, Ordering::Release);
+        control.started.store(started, Ordering::Release);
         let c = control.clone();
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
@@ -103,7 +111,9 @@ impl VcpuHandle {
         }
     }
 
-    fn kick(&self) {
+    /// Makes `KVM_RUN` return, so the thread looks at its flags (and, until
+    /// the guest started it, at its MP state).
+    pub fn kick(&self) {
         if let Err(e) = self.thread.kill(kick_signal()) {
             debug!("vCPU {}: kick failed (thread exiting?): {e}", self.id);
         }
@@ -129,19 +139,39 @@ impl VcpuHandle {
     }
 
     /// Stops the thread, joins it and returns the KVM vCPU fd for parking.
-    pub fn stop(self, limit: Duration) -> Result<VcpuFd, VcpuError> {
+    /// If it does not stop within `limit`, the handle comes back with the
+    /// error, so the caller can keep trying: a thread is never detached.
+    pub fn stop(self, limit: Duration) -> Result<VcpuFd, StopFailed> {
         self.control.stop.store(true, Ordering::Release);
         self.thread.thread().unpark();
         let start = Instant::now();
         while !self.thread.is_finished() {
             if start.elapsed() > limit {
-                return Err(VcpuError::StopTimeout { id: self.id, waited: start.elapsed() });
+                let error = VcpuError::StopTimeout { id: self.id, waited: start.elapsed() };
+                return Err(StopFailed { handle: Some(self), error });
             }
             self.kick();
             std::thread::sleep(KICK_INTERVAL);
         }
-        self.thread.join().map_err(|_| VcpuError::Panicked { id: self.id })
+        let id = self.id;
+        self.thread.join().map_err(|_| StopFailed { handle: None, error: VcpuError::Panicked { id } })
     }
+
+    pub fn is_started(&self) -> bool {
+        self.control.started.load(Ordering::Acquire)
+    }
+}
+
+/// A vCPU thread that did not stop: the handle (to try again) unless it panicked.
+pub struct StopFailed {
+    pub handle: Option<VcpuHandle>,
+    pub error: VcpuError,
+}
+
+/// Whether the vCPU runs guest code: it left the wait for INIT/SIPI.
+fn left_wait_for_sipi(fd: &VcpuFd) -> bool {
+    fd.get_mp_state()
+        .is_ok_and(|mp| matches!(mp.mp_state, kvm_bindings::KVM_MP_STATE_RUNNABLE | kvm_bindings::KVM_MP_STATE_HALTED))
 }
 
 enum Step {
@@ -177,6 +207,13 @@ fn run(id: u32, mut fd: VcpuFd, ctx: VcpuContext, control: Arc<VcpuControl>) -> 
                 Step::Exit
             }
         };
+        if !control.started.load(Ordering::Relaxed) && left_wait_for_sipi(&fd) {
+            control.started.store(true, Ordering::Release);
+            info!("vCPU {id}: the guest started it");
+            if let Some(f) = &ctx.on_started {
+                f(id);
+            }
+        }
         if let Step::Exit = step {
             // Wait to be stopped by the VMM, so the fd goes back to its owner.
             while !control.stop.load(Ordering::Acquire) {
