@@ -1,9 +1,11 @@
 //! Harness for tests that boot the real guest image under lithe and read
 //! what the guest itself prints on its console.
 //!
-//! The guest's init prints `LITHE-GUEST online=<list> present=<list>`
-//! whenever either set changes, and obeys commands typed on the console
-//! (`poweroff`, `refuse-eject`, `allow-eject`, `ping`).
+//! The guest's init prints `LITHE-GUEST online=<list> present=<list>
+//! apic=<ids>` whenever either set changes (`apic` lists the online CPUs'
+//! APIC ids, which are lithe's vCPU ids), and obeys commands typed on the
+//! console (`poweroff`, `reboot`, `refuse-eject`, `allow-eject`,
+//! `ignore-hotplug`, `allow-hotplug`, `eject-cpu N`, `ping`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -98,17 +100,20 @@ fn pump(stream: impl Read + Send + 'static, sink: Shared, echo: &'static str) {
     });
 }
 
-/// The online/present sets the guest reported last.
+/// The online/present sets the guest reported last, and the APIC ids of
+/// its online CPUs (Linux's logical CPU numbers are not vCPU ids).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuReport {
     pub online: String,
     pub present: String,
+    pub apic: String,
 }
 
 pub fn parse_report(line: &str) -> Option<CpuReport> {
     let rest = line.split("LITHE-GUEST online=").nth(1)?;
-    let (online, present) = rest.split_once(" present=")?;
-    Some(CpuReport { online: online.trim().into(), present: present.trim().into() })
+    let (online, rest) = rest.split_once(" present=")?;
+    let (present, apic) = rest.split_once(" apic=").unwrap_or((rest, ""));
+    Some(CpuReport { online: online.trim().into(), present: present.trim().into(), apic: apic.trim().into() })
 }
 
 /// A running lithe with a booting or booted guest.
@@ -227,6 +232,32 @@ impl Guest {
             let last = lines.iter().rev().find_map(|l| parse_report(l))?;
             (last.online == online && last.present == present).then(String::new)
         });
+    }
+
+    /// Waits until the guest's latest report says it runs on exactly the
+    /// vCPUs `ids` (by APIC id, in any order).
+    pub fn wait_apic(&self, ids: &[u32], timeout: Duration) {
+        let mut want: Vec<u32> = ids.to_vec();
+        want.sort_unstable();
+        let what = format!("the guest to run on vCPUs {want:?} (last: {:?})", self.last_report());
+        self.wait_lines(&self.console, timeout, &what, |lines| {
+            let last = lines.iter().rev().find_map(|l| parse_report(l))?;
+            let mut have: Vec<u32> = last.apic.split(',').filter_map(|a| a.trim().parse().ok()).collect();
+            have.sort_unstable();
+            (have == want).then(String::new)
+        });
+    }
+
+    /// Lines the console printed so far.
+    pub fn console_lines(&self) -> usize {
+        self.console.0.lock().unwrap().lines.len()
+    }
+
+    /// Waits for a console line containing `needle` printed after line `from`.
+    pub fn wait_console_after(&self, from: usize, needle: &str, timeout: Duration) -> String {
+        self.wait_lines(&self.console, timeout, needle, |lines| {
+            lines.iter().skip(from).find(|l| l.contains(needle)).cloned()
+        })
     }
 
     /// Types a line on the guest console.
@@ -358,12 +389,12 @@ mod tests {
     #[test]
     fn parses_guest_reports() {
         assert_eq!(
-            parse_report("LITHE-GUEST online=0-1,3 present=0-3"),
-            Some(CpuReport { online: "0-1,3".into(), present: "0-3".into() })
+            parse_report("LITHE-GUEST online=0-1,3 present=0-3 apic=0,2,3"),
+            Some(CpuReport { online: "0-1,3".into(), present: "0-3".into(), apic: "0,2,3".into() })
         );
         assert_eq!(
             parse_report("[  1.0] LITHE-GUEST online=0 present=0\r"),
-            Some(CpuReport { online: "0".into(), present: "0\r".trim().into() })
+            Some(CpuReport { online: "0".into(), present: "0".into(), apic: "".into() })
         );
         assert_eq!(parse_report("LITHE-GUEST ready"), None);
     }

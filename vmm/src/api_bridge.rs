@@ -164,21 +164,21 @@ struct ResizeReply {
 
 /// Why a wait on target `seq` of `view` is over, if it is; `None` while it
 /// should go on.
-fn wait_outcome(view: &VmView, seq: u64) -> Option<Result<(), String>> {
+fn wait_outcome(view: &VmView, seq: u64) -> Option<Result<(), Option<String>>> {
     match view.ended() {
         Ended::Running => {}
-        Ended::Rebooted => return Some(Err("the VM rebooted before the change completed".into())),
-        Ended::ShutDown => return Some(Err("the VM shut down before the change completed".into())),
+        Ended::Rebooted => return Some(Err(Some("the VM rebooted before the change completed".into()))),
+        Ended::ShutDown => return Some(Err(Some("the VM shut down before the change completed".into()))),
     }
     let st = view.target.status();
     if st.seq != seq {
-        return Some(Err(match &st.cause {
+        return Some(Err(Some(match &st.cause {
             Cause::Resize | Cause::Boot => format!("superseded by a later resize to {}", st.desired),
             Cause::Rollback { vcpu, reason } => {
                 format!("vCPU {vcpu}: {}; the target is now {}", reason_text(*reason), st.desired)
             }
             Cause::VmmError { vcpu, error } => format!("vCPU {vcpu}: {error}; the target is now {}", st.desired),
-        }));
+        })));
     }
     reconciler::converged(st.desired, &states(view)).then_some(Ok(()))
 }
@@ -245,6 +245,8 @@ impl ApiBridge {
             Ok(MainLoopReply::Resized(plan, view)) => (plan, view),
             Ok(MainLoopReply::Response(r)) | Err(r) => return r,
         };
+        // Without a wait: whether it is already complete; nothing to say if
+        // it is merely under way.
         let outcome = loop {
             if let Some(o) = wait_outcome(&view, plan.seq) {
                 break o;
@@ -252,9 +254,10 @@ impl ApiBridge {
             match deadline {
                 Some(d) if Instant::now() < d => std::thread::sleep(WAIT_POLL),
                 Some(_) => {
-                    break Err(format!("the guest had not completed the change after {} ms", req.wait_ms.unwrap_or(0)))
+                    let ms = req.wait_ms.unwrap_or(0);
+                    break Err(Some(format!("the guest had not completed the change after {ms} ms")));
                 }
-                None => break Err("not waited for".into()),
+                None => break Err(None),
             }
         };
         let mut ids: Vec<u32> = plan.added.iter().chain(&plan.removing).chain(&plan.waiting_for).copied().collect();
@@ -267,7 +270,7 @@ impl ApiBridge {
             removing: plan.removing,
             waiting_for: plan.waiting_for,
             complete: outcome.is_ok(),
-            ended: outcome.err().filter(|_| deadline.is_some()),
+            ended: outcome.err().flatten(),
             target: (*view.target.status()).clone(),
         })
     }

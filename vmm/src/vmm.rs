@@ -17,7 +17,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::api_bridge::{MainLoopReply, MainLoopRequest, VmState, VmmShared};
 use crate::config::{SerialConfig, VmConfig};
-use crate::cpu::manager::ManagerError;
+use crate::cpu::manager::{ManagerError, ResizePlan};
 use crate::exit::VmExit;
 use crate::seccomp::Filters;
 use crate::vm::{Ended, Vm, VmError};
@@ -254,6 +254,7 @@ impl Vmm {
                     return conflict("the VM is not running; boot it first");
                 };
                 match vm.manager().resize(req.desired_vcpus) {
+                    Ok(ResizePlan { error: Some(e), .. }) => Response(ApiResponse::error(500, e)),
                     Ok(plan) => MainLoopReply::Resized(plan, vm.view().clone()),
                     Err(e @ ManagerError::InvalidCount { .. }) => Response(ApiResponse::error(400, e.to_string())),
                     Err(e @ ManagerError::Paused) => Response(ApiResponse::error(409, e.to_string())),

@@ -7,7 +7,7 @@ pub mod cpu_aml;
 
 use acpi_tables::aml::{self, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Method};
 use acpi_tables::aml::{And, Device, EISAName, Interrupt, Local, MethodCall, Name, OpRegion, OpRegionSpace, Package};
-use acpi_tables::aml::{ResourceTemplate, Store, IO};
+use acpi_tables::aml::{ResourceTemplate, IO};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
@@ -88,10 +88,11 @@ fn ged_device() -> Raw {
         FieldUpdateRule::Preserve,
         vec![FieldEntry::Named(*b"GDAT", 32)],
     );
-    let read = bytes(&Store::new(&Local(0), &aml::Path::new("GDAT")));
+    let read = cpu_aml::read_register(&aml::Path::new("GDAT"));
     let scan = bytes(&MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![]));
     let cpu = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(GED_EVENT_CPU_HOTPLUG as usize)), vec![&scan]));
-    let evt = Method::new("_EVT".into(), 1, true, vec![&read, &cpu]);
+    let done = cpu_aml::end_of_method();
+    let evt = Method::new("_EVT".into(), 1, true, vec![&read, &cpu, &done]);
     bytes(&Device::new(
         "GED_".into(),
         vec![

@@ -16,7 +16,9 @@
 //! | adding, acknowledged, running | `Remove`          | removing(from)                  | resize down: eject requested |
 //! | adding                        | `AddUnanswered`   | removing(adding), `add_timeout` | the guest saw the insert but did nothing: ask it to eject |
 //! | removing(from)                | `RemoveWithdrawn` | from                            | the VMM took the request back before the guest saw it |
+//! | removing(adding)              | `EjectRefused`    | acknowledged, `eject_refused`   | the guest keeps a CPU it never acknowledged: so it has it |
 //! | removing(from)                | `EjectRefused`    | from, `eject_refused`           | guest `_OST(3, failure)` |
+//! | removing(adding)              | `EjectTimedOut`   | ejected, `add_timeout`          | the guest never acknowledged, ran or ejected it: retire it |
 //! | removing(from)                | `EjectTimedOut`   | from, `eject_timeout`           | no `_EJ0` within the bound |
 //! | removing                      | `Ejected`         | ejected                         | guest `_EJ0`, as asked |
 //! | adding, acknowledged, running | `Ejected`         | ejected, `ejected_by_guest`     | guest `_EJ0` on its own (sysfs eject, or a late one) |
@@ -198,7 +200,9 @@ pub fn step(s: State, event: Event) -> Option<State> {
         (Adding | Acknowledged | Running, E::Remove) => removing(s.phase, Reason::None),
         (Adding, E::AddUnanswered) => removing(Adding, Reason::AddTimeout),
         (Removing, E::RemoveWithdrawn) => State::new(s.from),
+        (Removing, E::EjectRefused) if s.from == Adding => State::with(Acknowledged, Reason::EjectRefused),
         (Removing, E::EjectRefused) => State::with(s.from, Reason::EjectRefused),
+        (Removing, E::EjectTimedOut) if s.from == Adding => State::with(Ejected, Reason::AddTimeout),
         (Removing, E::EjectTimedOut) => State::with(s.from, Reason::EjectTimeout),
         (Removing, E::Ejected) => State::with(Ejected, s.reason),
         (Adding | Acknowledged | Running, E::Ejected) => State::with(Ejected, Reason::EjectedByGuest),
@@ -303,13 +307,22 @@ mod tests {
     /// bug where a never-added vCPU came back "online" cannot recur.
     #[test]
     fn rollbacks_return_to_the_phase_before_the_removal() {
-        for from in [Phase::Adding, Phase::Acknowledged, Phase::Running] {
+        for from in [Phase::Acknowledged, Phase::Running] {
             let removing = step(State::new(from), Event::Remove).unwrap();
             assert_eq!(removing.phase, Phase::Removing);
             assert_eq!(step(removing, Event::EjectTimedOut).unwrap(), State::with(from, Reason::EjectTimeout));
             assert_eq!(step(removing, Event::EjectRefused).unwrap(), State::with(from, Reason::EjectRefused));
             assert_eq!(step(removing, Event::RemoveWithdrawn).unwrap(), State::new(from));
         }
+        // A vCPU the guest never acknowledged: a refusal shows the guest has
+        // it; silence shows nothing, and the VMM retires it.
+        let removing = step(State::new(Phase::Adding), Event::Remove).unwrap();
+        assert_eq!(step(removing, Event::RemoveWithdrawn).unwrap(), State::new(Phase::Adding));
+        assert_eq!(
+            step(removing, Event::EjectRefused).unwrap(),
+            State::with(Phase::Acknowledged, Reason::EjectRefused)
+        );
+        assert_eq!(step(removing, Event::EjectTimedOut).unwrap(), State::with(Phase::Ejected, Reason::AddTimeout));
         // started while the removal was pending: the rollback is to running
         let r = step(step(State::new(Phase::Adding), Event::Remove).unwrap(), Event::Started).unwrap();
         assert_eq!(step(r, Event::EjectTimedOut).unwrap().phase, Phase::Running);

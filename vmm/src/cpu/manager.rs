@@ -122,6 +122,9 @@ pub struct ResizePlan {
     pub removing: Vec<u32>,
     /// vCPUs still being ejected that the count needs once they are free.
     pub waiting_for: Vec<u32>,
+    /// A vCPU could not be created or started (the target now counts only
+    /// what exists).
+    pub error: Option<String>,
 }
 
 /// Everything the manager is built from.
@@ -207,11 +210,9 @@ impl VcpuManager {
         Ok(())
     }
 
-    /// CPUID, MSRs, FPU and LAPIC LINTs: what every vCPU needs before it runs,
-    /// fresh or reused.
+    /// MSRs, FPU and LAPIC LINTs: what every vCPU needs before it runs, fresh
+    /// or reused.
     fn configure(&self, id: u32, fd: &VcpuFd) -> Result<(), ManagerError> {
-        let cpuid = cpuid::vcpu_cpuid(&self.supported_cpuid, id, self.max_vcpus);
-        fd.set_cpuid2(&cpuid).map_err(|source| ManagerError::Cpuid { id, source })?;
         let configure = |r: Result<(), regs::RegsError>| r.map_err(|source| ManagerError::Configure { id, source });
         configure(regs::setup_msrs(fd))?;
         configure(regs::setup_fpu(fd))?;
@@ -221,12 +222,18 @@ impl VcpuManager {
 
     fn create_vcpu(&self, id: u32) -> Result<VcpuFd, ManagerError> {
         let fd = self.vm.create_vcpu(u64::from(id)).map_err(|source| ManagerError::CreateVcpu { id, source })?;
+        let cpuid = cpuid::vcpu_cpuid(&self.supported_cpuid, id, self.max_vcpus);
+        fd.set_cpuid2(&cpuid).map_err(|source| ManagerError::Cpuid { id, source })?;
         self.configure(id, &fd)?;
         Ok(fd)
     }
 
     /// A parked vCPU back in the state of a fresh AP: configured again and
-    /// waiting for the guest's INIT/SIPI.
+    /// waiting for the guest's INIT/SIPI. CPUID is the one thing not set
+    /// again: KVM refuses `KVM_SET_CPUID2` once a vCPU has run unless nothing
+    /// changes (and KVM itself updates runtime bits, so a byte-identical
+    /// table still differs); the table it keeps is the one this id was
+    /// created with.
     fn reuse_parked(&self, id: u32, fd: &VcpuFd) -> Result<(), ManagerError> {
         self.configure(id, fd)?;
         let mp = kvm_bindings::kvm_mp_state { mp_state: kvm_bindings::KVM_MP_STATE_INIT_RECEIVED };
@@ -265,13 +272,13 @@ impl VcpuManager {
     pub fn reconcile(&mut self) -> ResizePlan {
         let desired = self.target.desired();
         let mut plan = ResizePlan { seq: self.target.status().seq, ..ResizePlan::default() };
-        for id in reconciler::plan(desired, &self.states()).reclaim {
+        for id in reconciler::plan(desired, &self.states(), true).reclaim {
             if self.controller.withdraw_remove(id) && self.apply(id, Event::RemoveWithdrawn).is_some() {
                 self.deadlines[id as usize] = None;
                 info!("vCPU {id}: removal taken back before the guest saw it");
             }
         }
-        let step = reconciler::plan(desired, &self.states());
+        let step = reconciler::plan(desired, &self.states(), false);
         let mut notify = false;
         for &id in &step.add {
             match self.add(id) {
@@ -282,7 +289,8 @@ impl VcpuManager {
                 Err(e) => {
                     error!("vCPU {id}: hot-add failed: {e}");
                     let have = self.states().iter().filter(|s| s.is_wanted()).count() as u32;
-                    plan.seq = self.target.set(have, Cause::VmmError { vcpu: id, error: e.to_string() });
+                    self.target.set(have, Cause::VmmError { vcpu: id, error: e.to_string() });
+                    plan.error = Some(format!("vCPU {id}: {e}; the target is now {have}"));
                     break;
                 }
             }
@@ -470,9 +478,12 @@ impl VcpuManager {
                 }
                 Phase::Removing => {
                     self.controller.withdraw_remove(id);
-                    if self.apply(id, Event::EjectTimedOut).is_some() {
+                    if let Some(t) = self.apply(id, Event::EjectTimedOut) {
                         warn!("vCPU {id}: guest did not eject it within {:?}; removal rolled back", self.timeout);
-                        rollback = Some((id, Reason::EjectTimeout));
+                        if t.to.phase == Phase::Ejected {
+                            self.retire(id);
+                        }
+                        rollback = Some((id, t.to.reason));
                     }
                 }
                 _ => {}

@@ -25,8 +25,11 @@ impl Plan {
     }
 }
 
-/// Ids (by index into `states`) in the phase groups the plan needs.
-pub fn plan(desired: u32, states: &[State]) -> Plan {
+/// What to do about `desired` given every id's state. `reclaim`: whether
+/// to propose taking back pending removals (the manager tries that first,
+/// then plans again without, counting the ones it could not take back as
+/// still on their way out).
+pub fn plan(desired: u32, states: &[State], reclaim: bool) -> Plan {
     let ids = |f: fn(&State) -> bool| -> Vec<u32> {
         states.iter().enumerate().filter(|(_, s)| f(s)).map(|(id, _)| id as u32).collect()
     };
@@ -36,8 +39,10 @@ pub fn plan(desired: u32, states: &[State]) -> Plan {
     if wanted.len() < desired {
         let mut deficit = desired - wanted.len();
         let removing = ids(|s| s.phase == Phase::Removing);
-        p.reclaim = removing.iter().copied().take(deficit).collect();
-        deficit -= p.reclaim.len();
+        if reclaim {
+            p.reclaim = removing.iter().copied().take(deficit).collect();
+            deficit -= p.reclaim.len();
+        }
         p.add = ids(|s| s.is_free()).into_iter().take(deficit).collect();
         deficit -= p.add.len();
         if deficit > 0 {
@@ -79,16 +84,16 @@ mod tests {
     #[test]
     fn up_uses_the_lowest_free_ids() {
         let s = states(&[Running, Parked, Absent, Absent]);
-        assert_eq!(plan(3, &s), Plan { add: vec![1, 2], ..Plan::default() });
+        assert_eq!(plan(3, &s, true), Plan { add: vec![1, 2], ..Plan::default() });
     }
 
     #[test]
     fn down_removes_the_highest_wanted_ids_never_zero() {
         let s = states(&[Running, Running, Adding, Acknowledged]);
-        assert_eq!(plan(2, &s), Plan { remove: vec![3, 2], ..Plan::default() });
-        assert_eq!(plan(1, &s).remove, vec![3, 2, 1]);
+        assert_eq!(plan(2, &s, true), Plan { remove: vec![3, 2], ..Plan::default() });
+        assert_eq!(plan(1, &s, true).remove, vec![3, 2, 1]);
         let s = states(&[Running, Removing, Running]);
-        assert_eq!(plan(1, &s).remove, vec![2]);
+        assert_eq!(plan(1, &s, true).remove, vec![2]);
     }
 
     #[test]
@@ -96,21 +101,25 @@ mod tests {
         // 4 -> 1 in progress, then 3: take two removals back if the guest has
         // not picked them up; the manager re-plans after trying.
         let s = states(&[Running, Removing, Removing, Removing]);
-        assert_eq!(plan(3, &s), Plan { reclaim: vec![1, 2], ..Plan::default() });
+        assert_eq!(plan(3, &s, true), Plan { reclaim: vec![1, 2], ..Plan::default() });
         // the guest had picked them up (reclaim failed): nothing free, wait.
+        assert_eq!(plan(3, &s, false), Plan { waiting_for: vec![1, 2], ..Plan::default() });
         let s = states(&[Running, Removing, Ejected, Removing, Parked]);
-        let p = plan(4, &s);
+        let p = plan(4, &s, true);
         assert_eq!(p.reclaim, vec![1, 3]);
         assert_eq!(p.add, vec![4]);
         assert!(p.waiting_for.is_empty());
+        // free ids are used rather than waiting
+        let p = plan(4, &s, false);
+        assert_eq!((p.add, p.waiting_for), (vec![4], vec![1, 3]));
         let s = states(&[Running, Ejected, Stuck]);
-        assert_eq!(plan(3, &s).waiting_for, vec![1, 2]);
+        assert_eq!(plan(3, &s, true).waiting_for, vec![1, 2]);
     }
 
     #[test]
     fn the_same_count_again_plans_nothing() {
         let s = states(&[Running, Running, Removing, Parked]);
-        assert!(plan(2, &s).is_empty());
+        assert!(plan(2, &s, true).is_empty());
         assert!(!converged(2, &s), "a removal is still in flight");
         let s = states(&[Running, Running, Parked, Absent]);
         assert!(converged(2, &s));
@@ -132,7 +141,7 @@ mod tests {
             ph[0] = Running;
             let s = states(&ph);
             let desired = 1 + ((seed >> 40) % n as u64) as u32;
-            let p = plan(desired, &s);
+            let p = plan(desired, &s, seed & 1 == 0);
             let wanted = s.iter().filter(|s| s.is_wanted()).count();
             let after = wanted + p.reclaim.len() + p.add.len() - p.remove.len();
             assert!(after <= desired as usize || p.remove.len() == wanted - 1, "{ph:?} -> {desired}: {p:?}");

@@ -1,0 +1,560 @@
+//! The in-process hotplug test bed: lithe's real DSDT, run by an AML
+//! interpreter (rust-osdev's `aml`) whose SystemMemory accesses go to lithe's
+//! real MMIO bus (CPU hotplug controller, GED), against the real vCPU
+//! manager, vCPU table and KVM vCPUs. A [`ModelGuest`] plays Linux's part
+//! through that AML, with behaviour scripted per step. No guest kernel: a
+//! step takes microseconds to milliseconds.
+//!
+//! What the interpreter cannot run, and what stands in for it:
+//! * `Notify` (not implemented by `aml` 0.16): `CTFY`'s body is replaced by a
+//!   three-line method that stores its arguments and calls a native method,
+//!   which queues the notification for the model guest. The real `CTFY`
+//!   dispatch tree is tested on its own in `ctfy_dispatches_every_id`.
+//! * Starting a CPU (INIT/SIPI from another vCPU): the model guest reports
+//!   it with `HotplugHost::vcpu_started`, the call the vCPU thread makes when
+//!   it sees its MP state leave wait-for-SIPI. Guest-booting tests cover the
+//!   real detection.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use aml::value::{Args, MethodCode};
+use aml::{AmlContext, AmlName, AmlValue, DebugVerbosity, Handler};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use devices::cpu_hotplug::{self, CpuHotplugController};
+use devices::ged::{Ged, GED_MMIO_LEN};
+use devices::{Bus, EventFdTrigger};
+use vmm::acpi;
+use vmm::arch::regs;
+use vmm::cpu::clock::ManualClock;
+use vmm::cpu::hotplug_host::HotplugHost;
+use vmm::cpu::manager::{ManagerParts, VcpuManager};
+use vmm::cpu::vcpu::{install_kick_handler, VcpuContext, VcpuHandle};
+use vmm::cpu::{FenceMode, Phase, State, VcpuTable};
+use vmm::exit::ExitNotifier;
+use vmm::memory;
+
+/// One bed at a time per process: thread counts are process-wide.
+static ONE_BED: Mutex<()> = Mutex::new(());
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The AML's memory accesses, on lithe's MMIO bus, counted (each would be
+/// one MMIO exit in a real guest). Only 32-bit field accesses are expected:
+/// anything else is a bug in the AML and fails.
+struct BusHandler(Arc<Bus>, Arc<AtomicU64>);
+
+/// A handler for AML that must not touch hardware at all.
+pub fn no_hardware() -> Box<dyn Handler> {
+    Box::new(BusHandler(Arc::new(Bus::new()), Arc::default()))
+}
+
+/// `aml` 0.16 adds a field's offset in *bits* to its region's base address
+/// (`AmlContext::read_region`/`write_region` get `field.offset` unscaled).
+/// Undo that: lithe's two regions (GED, CPU hotplug) are page-aligned and a
+/// page apart, and their byte offsets stay below 0x200, so the region is the
+/// page and the byte offset is the bit offset / 8.
+fn unscale(address: usize) -> u64 {
+    let base = address as u64 & !0xfff;
+    let bits = address as u64 - base;
+    assert_eq!(bits % 8, 0, "AML access at {address:#x}: not a whole byte offset");
+    base + bits / 8
+}
+
+impl Handler for BusHandler {
+    fn read_u32(&self, address: usize) -> u32 {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        let mut b = [0u8; 4];
+        let a = unscale(address);
+        assert!(self.0.read(a, &mut b), "AML read of unmapped MMIO {a:#x}");
+        u32::from_le_bytes(b)
+    }
+    fn write_u32(&mut self, address: usize, value: u32) {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        let a = unscale(address);
+        assert!(self.0.write(a, &value.to_le_bytes()), "AML write of unmapped MMIO {a:#x}");
+    }
+    fn read_u8(&self, a: usize) -> u8 {
+        panic!("AML: 8-bit read at {a:#x}")
+    }
+    fn read_u16(&self, a: usize) -> u16 {
+        panic!("AML: 16-bit read at {a:#x}")
+    }
+    fn read_u64(&self, a: usize) -> u64 {
+        panic!("AML: 64-bit read at {a:#x}")
+    }
+    fn write_u8(&mut self, a: usize, _: u8) {
+        panic!("AML: 8-bit write at {a:#x}")
+    }
+    fn write_u16(&mut self, a: usize, _: u16) {
+        panic!("AML: 16-bit write at {a:#x}")
+    }
+    fn write_u64(&mut self, a: usize, _: u64) {
+        panic!("AML: 64-bit write at {a:#x}")
+    }
+    fn read_io_u8(&self, p: u16) -> u8 {
+        panic!("AML: port read {p:#x}")
+    }
+    fn read_io_u16(&self, p: u16) -> u16 {
+        panic!("AML: port read {p:#x}")
+    }
+    fn read_io_u32(&self, p: u16) -> u32 {
+        panic!("AML: port read {p:#x}")
+    }
+    fn write_io_u8(&self, p: u16, _: u8) {
+        panic!("AML: port write {p:#x}")
+    }
+    fn write_io_u16(&self, p: u16, _: u16) {
+        panic!("AML: port write {p:#x}")
+    }
+    fn write_io_u32(&self, p: u16, _: u32) {
+        panic!("AML: port write {p:#x}")
+    }
+    fn read_pci_u8(&self, _: u16, _: u8, _: u8, _: u8, _: u16) -> u8 {
+        panic!("AML: PCI config read")
+    }
+    fn read_pci_u16(&self, _: u16, _: u8, _: u8, _: u8, _: u16) -> u16 {
+        panic!("AML: PCI config read")
+    }
+    fn read_pci_u32(&self, _: u16, _: u8, _: u8, _: u8, _: u16) -> u32 {
+        panic!("AML: PCI config read")
+    }
+    fn write_pci_u8(&self, _: u16, _: u8, _: u8, _: u8, _: u16, _: u8) {
+        panic!("AML: PCI config write")
+    }
+    fn write_pci_u16(&self, _: u16, _: u8, _: u8, _: u8, _: u16, _: u16) {
+        panic!("AML: PCI config write")
+    }
+    fn write_pci_u32(&self, _: u16, _: u8, _: u8, _: u8, _: u16, _: u32) {
+        panic!("AML: PCI config write")
+    }
+}
+
+/// What the model guest does with a hot-add notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAdd {
+    /// `_OST` success, then start the CPU (Linux with an auto-online rule).
+    Online,
+    /// `_OST` success, never start it (a distro guest without the rule).
+    AckOnly,
+    /// `_OST` failure.
+    Fail,
+    /// Do nothing.
+    Ignore,
+}
+
+/// What the model guest does with an eject request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnEject {
+    /// `_OST(in progress)`, offline, `_EJ0`, `_OST(success)`: Linux.
+    Eject,
+    /// `_OST(not supported)`: Linux with processor hot-removal disabled.
+    Refuse,
+    /// Do nothing.
+    Ignore,
+    /// Remember it and eject later ([`ModelGuest::eject_deferred`]).
+    Defer,
+}
+
+/// Linux's part, played through the DSDT's AML.
+pub struct ModelGuest {
+    pub on_add: OnAdd,
+    pub on_eject: OnEject,
+    /// The GED driver is unbound: interrupts are not handled at all.
+    pub ignore_interrupts: bool,
+    /// The CPUs the guest has (added, not ejected), by vCPU id.
+    pub cpus: BTreeSet<u32>,
+    /// The ones it started.
+    pub started: BTreeSet<u32>,
+    pub deferred: Vec<u32>,
+}
+
+pub struct Bed {
+    pub manager: VcpuManager,
+    pub table: Arc<VcpuTable<VcpuHandle>>,
+    pub host: Arc<HotplugHost>,
+    pub controller: Arc<CpuHotplugController>,
+    pub clock: Arc<ManualClock>,
+    pub guest: ModelGuest,
+    pub max: u32,
+    aml: AmlContext,
+    accesses: Arc<AtomicU64>,
+    notes: Arc<Mutex<Vec<(u32, u32)>>>,
+    ged_evt: EventFd,
+    wake: EventFd,
+    _vm: Arc<VmFd>,
+    _memory: memory::GuestMemory,
+    _kvm: Kvm,
+    _one: MutexGuard<'static, ()>,
+}
+
+fn name(s: &str) -> AmlName {
+    AmlName::from_str(s).unwrap()
+}
+
+fn int(v: u64) -> AmlValue {
+    AmlValue::Integer(v)
+}
+
+fn cpu_path(id: u32, method: &str) -> AmlName {
+    name(&format!("\\_SB_.CPUS.{}.{method}", acpi::cpu_aml::cpu_device_name(id)))
+}
+
+/// `CTFY`'s stand-in: `Store(Arg0, \NTID) Store(Arg1, \NTEV) \NTFY()`.
+fn ctfy_stand_in() -> Vec<u8> {
+    use acpi_tables::aml::{Arg, MethodCall, Path, Store};
+    use acpi_tables::Aml;
+    let mut v = Vec::new();
+    Store::new(&Path::new("\\NTID"), &Arg(0)).to_aml_bytes(&mut v);
+    Store::new(&Path::new("\\NTEV"), &Arg(1)).to_aml_bytes(&mut v);
+    MethodCall::new("\\NTFY".into(), vec![]).to_aml_bytes(&mut v);
+    v
+}
+
+impl Bed {
+    /// A VM with `boot` of `max` vCPUs running (vCPU 0 halted in a loop).
+    pub fn new(boot: u32, max: u32) -> Bed {
+        let one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
+        install_kick_handler().unwrap();
+        let kvm = Kvm::new().expect("/dev/kvm");
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        vm.set_tss_address(memory::KVM_TSS_ADDR as usize).unwrap();
+        vm.create_irq_chip().unwrap();
+        let mem = memory::create_guest_memory(4 << 20).unwrap();
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the mapping belongs to `mem`, which the bed keeps until
+            // after the VM and its vCPUs are gone (fields drop in order).
+            unsafe { vm.set_user_memory_region(r) }.unwrap();
+        }
+        regs::write_boot_tables(&mem).unwrap();
+        // vCPU 0 runs `hlt; jmp .-1` with interrupts off: it sleeps in KVM.
+        let entry = memory::HIMEM_START;
+        mem.write_slice(&[0xf4, 0xeb, 0xfd], GuestAddress(entry)).unwrap();
+
+        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let ged_evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        // Expedited membarrier: microsecond grace periods keep the bed fast;
+        // the mode does not change what readers may see.
+        let table = Arc::new(VcpuTable::with_fence_mode(max, FenceMode::MembarrierExpedited));
+        let host = Arc::new(HotplugHost::new(table.clone(), wake.try_clone().unwrap()));
+        let controller = Arc::new(CpuHotplugController::new(max, host.clone()));
+        let ged = Arc::new(Ged::new(EventFdTrigger::new(ged_evt.try_clone().unwrap())));
+        let mut mmio = Bus::new();
+        mmio.insert(memory::GED_MMIO_BASE, GED_MMIO_LEN, ged.clone()).unwrap();
+        mmio.insert(memory::CPU_HOTPLUG_MMIO_BASE, cpu_hotplug::MMIO_LEN, controller.clone()).unwrap();
+        let mmio = Arc::new(mmio);
+        let on_started = {
+            let host = host.clone();
+            Arc::new(move |id| host.vcpu_started(id))
+        };
+        let exit = Arc::new(ExitNotifier::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let ctx = VcpuContext {
+            pio: Arc::new(Bus::new()),
+            mmio: mmio.clone(),
+            exit,
+            seccomp: None,
+            on_started: Some(on_started),
+        };
+        let clock = Arc::new(ManualClock::default());
+        let mut manager = VcpuManager::new(ManagerParts {
+            vm: vm.clone(),
+            table: table.clone(),
+            host: host.clone(),
+            controller: controller.clone(),
+            ged,
+            ctx,
+            supported_cpuid: kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap(),
+            hotplug_timeout: TIMEOUT,
+            clock: clock.clone(),
+        });
+        manager.start_boot_vcpus(boot, entry).unwrap();
+
+        let accesses = Arc::new(AtomicU64::new(0));
+        let mut aml = AmlContext::new(Box::new(BusHandler(mmio, accesses.clone())), DebugVerbosity::None);
+        aml.parse_table(&acpi::dsdt_body(max)).expect("the interpreter loads lithe's DSDT");
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        aml.namespace.add_value(name("\\NTID"), int(0)).unwrap();
+        aml.namespace.add_value(name("\\NTEV"), int(0)).unwrap();
+        let sink = notes.clone();
+        let ntfy = AmlValue::native_method(0, false, 0, move |ctx| {
+            let id = ctx.namespace.get_by_path(&name("\\NTID"))?.as_integer(ctx)?;
+            let ev = ctx.namespace.get_by_path(&name("\\NTEV"))?.as_integer(ctx)?;
+            sink.lock().unwrap().push((id as u32, ev as u32));
+            Ok(int(0))
+        });
+        aml.namespace.add_value(name("\\NTFY"), ntfy).unwrap();
+        match aml.namespace.get_by_path_mut(&name("\\_SB_.CPUS.CTFY")).unwrap() {
+            AmlValue::Method { code, .. } => *code = MethodCode::Aml(ctfy_stand_in()),
+            other => panic!("CTFY is not a method: {other:?}"),
+        }
+
+        let guest = ModelGuest {
+            on_add: OnAdd::Online,
+            on_eject: OnEject::Eject,
+            ignore_interrupts: false,
+            cpus: (0..boot).collect(),
+            started: (0..boot).collect(),
+            deferred: Vec::new(),
+        };
+        Bed {
+            manager,
+            table,
+            host,
+            controller,
+            clock,
+            guest,
+            max,
+            aml,
+            accesses,
+            notes,
+            ged_evt,
+            wake,
+            _vm: vm,
+            _memory: mem,
+            _kvm: kvm,
+            _one: one,
+        }
+    }
+
+    /// MMIO accesses the guest's AML made so far.
+    pub fn mmio_accesses(&self) -> u64 {
+        self.accesses.load(Ordering::Relaxed)
+    }
+
+    pub fn try_call(&mut self, path: AmlName, args: Vec<AmlValue>) -> Result<AmlValue, aml::AmlError> {
+        self.aml.invoke_method(&path, Args::from_list(args).unwrap())
+    }
+
+    pub fn call(&mut self, path: AmlName, args: Vec<AmlValue>) -> AmlValue {
+        self.aml.invoke_method(&path, Args::from_list(args).unwrap()).unwrap_or_else(|e| panic!("AML {path}: {e:?}"))
+    }
+
+    fn sta(&mut self, id: u32) -> u64 {
+        let v = self.call(cpu_path(id, "_STA"), vec![]);
+        v.as_integer(&self.aml).unwrap()
+    }
+
+    fn ost(&mut self, id: u32, event: u64, status: u64) {
+        self.call(cpu_path(id, "_OST"), vec![int(event), int(status), int(0)]);
+    }
+
+    /// `_EJ0` the way Linux does it: offline first, then eject, then check
+    /// that `_STA` says the device is gone.
+    fn ej0(&mut self, id: u32) {
+        self.call(cpu_path(id, "_EJ0"), vec![int(1)]);
+        assert_eq!(self.sta(id), 0, "vCPU {id}: _STA after _EJ0 still says present");
+        self.guest.cpus.remove(&id);
+        self.guest.started.remove(&id);
+    }
+
+    /// The guest handles a pending GED interrupt, if there is one: `_EVT`
+    /// runs the DSDT's scan, then each notification is handled per the
+    /// guest's behaviour. Returns whether there was one.
+    pub fn guest_handles_interrupt(&mut self) -> bool {
+        if self.ged_evt.read().is_err() || self.guest.ignore_interrupts {
+            return false;
+        }
+        self.call(name("\\_SB_.GED_._EVT"), vec![int(u64::from(acpi::GED_IRQ))]);
+        let notes = std::mem::take(&mut *self.notes.lock().unwrap());
+        for (id, event) in notes {
+            assert!(id < self.max, "Notify for vCPU {id} beyond max {}", self.max);
+            match event {
+                1 => self.guest_device_check(id),
+                3 => self.guest_eject_request(id),
+                e => panic!("vCPU {id}: unexpected Notify value {e}"),
+            }
+        }
+        true
+    }
+
+    fn guest_device_check(&mut self, id: u32) {
+        if self.sta(id) & 1 == 0 || self.guest.cpus.contains(&id) {
+            return; // gone again, or already there: Linux does nothing
+        }
+        let mat = self.call(cpu_path(id, "_MAT"), vec![]);
+        let mat = mat.as_buffer(&self.aml).unwrap().lock().clone();
+        assert_eq!(mat, acpi::cpu_aml::madt_entry(id), "vCPU {id}: _MAT");
+        match self.guest.on_add {
+            OnAdd::Online | OnAdd::AckOnly => {
+                self.guest.cpus.insert(id);
+                self.ost(id, 1, 0);
+                if self.guest.on_add == OnAdd::Online {
+                    self.guest.started.insert(id);
+                    self.host.vcpu_started(id);
+                }
+            }
+            OnAdd::Fail => self.ost(id, 1, 1),
+            OnAdd::Ignore => {}
+        }
+    }
+
+    fn guest_eject_request(&mut self, id: u32) {
+        if self.sta(id) & 1 == 0 {
+            return;
+        }
+        // Linux ejects a CPU it never added at once, whatever its settings.
+        if !self.guest.cpus.contains(&id) {
+            self.ost(id, 3, 0x84);
+            self.ej0(id);
+            self.ost(id, 3, 0);
+            return;
+        }
+        match self.guest.on_eject {
+            OnEject::Eject => {
+                self.ost(id, 3, 0x84);
+                self.ej0(id);
+                self.ost(id, 3, 0);
+            }
+            OnEject::Refuse => self.ost(id, 3, 0x80),
+            OnEject::Ignore => {}
+            OnEject::Defer => self.guest.deferred.push(id),
+        }
+    }
+
+    /// An administrator onlines every CPU the guest has but never started.
+    pub fn guest_onlines_all(&mut self) {
+        for id in self.guest.cpus.clone() {
+            if self.guest.started.insert(id) {
+                self.host.vcpu_started(id);
+            }
+        }
+    }
+
+    /// Ejects what the guest put off, late.
+    pub fn eject_deferred(&mut self) {
+        for id in std::mem::take(&mut self.guest.deferred) {
+            if self.guest.cpus.contains(&id) && self.sta(id) & 1 != 0 {
+                self.ost(id, 3, 0x84);
+                self.ej0(id);
+                self.ost(id, 3, 0);
+            }
+        }
+    }
+
+    /// An administrator in the guest ejects CPU `id` (sysfs `eject`).
+    pub fn guest_ejects_on_its_own(&mut self, id: u32) {
+        if id == 0 || !self.guest.cpus.contains(&id) {
+            return; // no _EJ0 for vCPU 0; nothing to eject otherwise
+        }
+        self.ost(id, 0x103, 0x84);
+        self.ej0(id);
+        self.ost(id, 0x103, 0);
+    }
+
+    /// The main loop's reaction to the guest: what `Vmm` does on the host's wake-up.
+    pub fn vmm_handles_events(&mut self) {
+        if self.wake.read().is_ok() {
+            self.manager.on_guest_events();
+        }
+    }
+
+    /// Time passes; the main loop's tick runs.
+    pub fn advance(&mut self, by: Duration) {
+        self.clock.advance(by);
+        self.manager.tick();
+    }
+
+    /// Guest and VMM exchange until neither has anything left to say.
+    pub fn settle(&mut self) {
+        for _ in 0..100 {
+            let interrupt = self.guest_handles_interrupt();
+            let had_events = self.wake.read().is_ok();
+            if had_events {
+                self.manager.on_guest_events();
+            }
+            if !interrupt && !had_events {
+                return;
+            }
+        }
+        panic!("guest and VMM did not settle in 100 rounds");
+    }
+
+    pub fn state(&self, id: u32) -> State {
+        self.table.state(id)
+    }
+
+    pub fn phases(&self) -> Vec<Phase> {
+        (0..self.max).map(|id| self.table.state(id).phase).collect()
+    }
+
+    /// Ids the VMM has live (threads, and present for the guest's `_STA`).
+    pub fn live(&self) -> BTreeSet<u32> {
+        (0..self.max).filter(|&id| self.table.state(id).is_live()).collect()
+    }
+
+    /// `vcpu<N>` threads of this process.
+    pub fn vcpu_threads() -> BTreeSet<u32> {
+        let mut ids = BTreeSet::new();
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            if let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) {
+                if let Some(n) = comm.trim().strip_prefix("vcpu").and_then(|n| n.parse().ok()) {
+                    ids.insert(n);
+                }
+            }
+        }
+        ids
+    }
+
+    /// Invariants that hold after every step.
+    pub fn check_always(&self) {
+        assert_eq!(self.state(0).phase, Phase::Running, "vCPU 0 is never removed");
+        let desired = self.manager.target().desired();
+        assert!((1..=self.max).contains(&desired), "target {desired} out of range");
+        for id in 0..self.max {
+            let s = self.state(id);
+            assert_ne!(s.phase, Phase::Stuck, "vCPU {id} stuck");
+            assert_ne!(s.phase, Phase::Ejected, "vCPU {id} ejected but not retired");
+        }
+        // A vCPU has a thread exactly while it is live (the thread of a
+        // vCPU being retired is joined before the step returns).
+        // (A joined thread can linger in /proc for a moment after its join.)
+        let live = self.live();
+        let mut threads = Self::vcpu_threads();
+        for _ in 0..100 {
+            if threads == live {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            threads = Self::vcpu_threads();
+        }
+        assert_eq!(threads, live, "vcpu threads vs live vCPUs: {:?}", self.phases());
+    }
+
+    /// Invariants once the guest has settled: both sides agree, and the
+    /// VMM has reached its target.
+    pub fn check_settled(&self) {
+        self.check_always();
+        assert_eq!(self.live(), self.guest.cpus, "VMM's vCPUs vs the guest's CPUs: {:?}", self.phases());
+        let states: Vec<State> = (0..self.max).map(|id| self.state(id)).collect();
+        let desired = self.manager.target().desired();
+        let unstarted = self.guest.cpus.difference(&self.guest.started).count();
+        assert!(
+            vmm::cpu::reconciler::converged(desired, &states) || unstarted > 0,
+            "not converged on {desired}: {states:?}"
+        );
+        for id in &self.guest.started {
+            assert_eq!(self.state(*id).phase, Phase::Running, "vCPU {id} runs in the guest");
+        }
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.manager.stop_all();
+    }
+}
