@@ -7,7 +7,7 @@ use serde_json::json;
 use tests::{Guest, GuestImage, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
 
 #[test]
-fn create_and_boot_over_the_api_then_resize_then_guest_reboot_ends_lithe() {
+fn create_and_boot_over_the_api_then_resize_then_guest_reset_reboots_with_the_count() {
     let mut g = Guest::launch(Launch { cpus: "", with_kernel: false, ..Launch::default() });
     let (s, info) = g.api("GET", "vm.info", json!(null));
     assert_eq!((s, info["state"].as_str()), (200, Some("NotCreated")));
@@ -35,11 +35,18 @@ fn create_and_boot_over_the_api_then_resize_then_guest_reboot_ends_lithe() {
     let (s, info) = g.api("GET", "vm.info", json!(null));
     assert_eq!((s, info["state"].as_str()), (200, Some("Running")));
 
-    // The guest resets through the ACPI reset register: lithe ends with status 0.
+    // The guest resets through the ACPI reset register: lithe boots the VM
+    // again, with the two vCPUs it had, then shuts down over the API.
+    let mark = g.console_lines();
     g.send("reboot");
-    assert_eq!(g.wait_exit(Duration::from_secs(120)).code(), Some(0));
-    assert!(g.log_contains("guest requested reset through the ACPI reset register"));
-    assert!(g.log_contains("guest rebooted"));
+    g.wait_log("guest requested reset through the ACPI reset register", Duration::from_secs(120));
+    g.wait_log("guest reset; booting the VM again", Duration::from_secs(30));
+    g.wait_console_after(mark, "LITHE-GUEST ready", BOOT_TIMEOUT);
+    g.wait_cpus("0-1", "0-1", BOOT_TIMEOUT);
+    g.wait_apic(&[0, 1], Duration::from_secs(5));
+    let (s, _) = g.api("PUT", "vmm.shutdown", json!(null));
+    assert_eq!(s, 204);
+    assert_eq!(g.wait_exit(Duration::from_secs(60)).code(), Some(0));
 }
 
 #[test]

@@ -292,3 +292,49 @@ impl ApiHandler for ApiBridge {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, VmConfig};
+    use crate::cpu::hotplug_host::HotplugHost;
+    use crate::cpu::manager::Target;
+    use crate::cpu::VcpuTable;
+
+    fn view() -> VmView {
+        let config = VmConfig {
+            payload: PayloadConfig { kernel: "/k".into(), initramfs: None, cmdline: String::new() },
+            cpus: CpusConfig::new(1, 2),
+            memory: MemoryConfig { size: 64 << 20 },
+            serial: SerialConfig::Off,
+        };
+        let table = Arc::new(VcpuTable::new(2));
+        table.set_state(0, State::new(Phase::Running)).unwrap();
+        let host = Arc::new(HotplugHost::new(table.clone(), EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        VmView::new(config, table, host, Arc::new(Target::new(1)))
+    }
+
+    #[test]
+    fn a_wait_completes_when_converged_and_ends_early_saying_why() {
+        let v = view();
+        assert_eq!(wait_outcome(&v, 0), Some(Ok(())), "one running vCPU, target one");
+        let seq = v.target.set(2, Cause::Resize);
+        v.table.set_state(1, State::new(Phase::Acknowledged)).unwrap();
+        assert_eq!(wait_outcome(&v, seq), None, "acknowledged is not running: keep waiting");
+        v.table.set_state(1, State::new(Phase::Running)).unwrap();
+        assert_eq!(wait_outcome(&v, seq), Some(Ok(())));
+
+        // a later resize, a rollback: the wait ends and says why
+        let later = v.target.set(1, Cause::Resize);
+        assert!(matches!(wait_outcome(&v, seq), Some(Err(Some(m))) if m.contains("superseded")));
+        v.target.set(2, Cause::Rollback { vcpu: 1, reason: Reason::EjectRefused });
+        assert!(matches!(wait_outcome(&v, later), Some(Err(Some(m))) if m.contains("refused")));
+
+        // the VM rebooting or shutting down ends it at once
+        let now = v.target.status().seq;
+        v.set_ended(Ended::Rebooted);
+        assert!(matches!(wait_outcome(&v, now), Some(Err(Some(m))) if m.contains("rebooted")));
+        v.set_ended(Ended::ShutDown);
+        assert!(matches!(wait_outcome(&v, now), Some(Err(Some(m))) if m.contains("shut down")));
+    }
+}

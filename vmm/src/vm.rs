@@ -85,6 +85,16 @@ pub struct VmView {
 }
 
 impl VmView {
+    /// A view of the given parts, for a VM that is running.
+    pub fn new(
+        config: VmConfig,
+        table: Arc<VcpuTable<VcpuHandle>>,
+        host: Arc<HotplugHost>,
+        target: Arc<Target>,
+    ) -> Self {
+        VmView { config, table, host, target, ended: AtomicU8::new(Ended::Running as u8) }
+    }
+
     pub fn ended(&self) -> Ended {
         match self.ended.load(Ordering::Acquire) {
             1 => Ended::Rebooted,
@@ -235,7 +245,7 @@ impl Vm {
             p.kernel.display()
         );
         let target = manager.target().clone();
-        let view = Arc::new(VmView { config: config.clone(), table, host, target, ended: AtomicU8::new(0) });
+        let view = Arc::new(VmView::new(config.clone(), table, host, target));
         Ok(Vm { manager, serial, view, exit, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
     }
 

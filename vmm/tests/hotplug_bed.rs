@@ -160,6 +160,24 @@ fn a_refused_eject_rolls_back() {
     assert_eq!(b.live(), [0].into());
 }
 
+/// Case 8: a vCPU KVM refuses to create part-way through a resize: the ones
+/// already started are kept and announced to the guest, the target counts
+/// what exists, and the reply names the failure.
+#[test]
+fn an_add_that_fails_part_way_keeps_and_announces_the_rest() {
+    let mut b = Bed::new(1, 4);
+    let _squatter = b.vm.create_vcpu(2).unwrap(); // KVM now refuses id 2 to the manager
+    let plan = b.manager.resize(4).unwrap();
+    assert_eq!(plan.added, vec![1]);
+    assert!(plan.error.as_deref().is_some_and(|e| e.contains("vCPU 2")), "{plan:?}");
+    let t = b.manager.target().status();
+    assert_eq!(t.desired, 2);
+    assert!(matches!(t.cause, Cause::VmmError { vcpu: 2, .. }), "{t:?}");
+    b.settle();
+    b.check_settled();
+    assert_eq!(b.guest.cpus, [0, 1].into(), "the guest was told about vCPU 1");
+}
+
 /// Case 7: deadlines do not run while the VM is paused.
 #[test]
 fn deadlines_stop_while_paused() {

@@ -89,7 +89,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn new(desired: u32) -> Self {
+    pub(crate) fn new(desired: u32) -> Self {
         Target {
             status: ArcSwap::from_pointee(TargetStatus { seq: 0, desired, cause: Cause::Boot }),
             seq: AtomicU64::new(0),
@@ -105,7 +105,7 @@ impl Target {
         self.desired.load(Ordering::Acquire)
     }
 
-    fn set(&self, desired: u32, cause: Cause) -> u64 {
+    pub(crate) fn set(&self, desired: u32, cause: Cause) -> u64 {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         self.desired.store(desired, Ordering::Release);
         self.status.store(Arc::new(TargetStatus { seq, desired, cause }));
@@ -272,14 +272,23 @@ impl VcpuManager {
     pub fn reconcile(&mut self) -> ResizePlan {
         let desired = self.target.desired();
         let mut plan = ResizePlan { seq: self.target.status().seq, ..ResizePlan::default() };
+        let mut notify = false;
         for id in reconciler::plan(desired, &self.states(), true).reclaim {
-            if self.controller.withdraw_remove(id) && self.apply(id, Event::RemoveWithdrawn).is_some() {
-                self.deadlines[id as usize] = None;
-                info!("vCPU {id}: removal taken back before the guest saw it");
+            if !self.controller.withdraw_remove(id) {
+                continue;
+            }
+            let Some(t) = self.apply(id, Event::RemoveWithdrawn) else { continue };
+            info!("vCPU {id}: removal taken back before the guest saw it");
+            self.deadlines[id as usize] = None;
+            if t.to.phase == Phase::Adding {
+                // The guest never answered the add: tell it again (Linux
+                // ignores a device check for a CPU it has), with a new bound.
+                self.deadlines[id as usize] = Some(self.clock.now() + self.timeout);
+                self.controller.request_insert(id);
+                notify = true;
             }
         }
         let step = reconciler::plan(desired, &self.states(), false);
-        let mut notify = false;
         for &id in &step.add {
             match self.add(id) {
                 Ok(()) => {
