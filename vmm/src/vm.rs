@@ -235,6 +235,7 @@ impl Vm {
             supported_cpuid,
             hotplug_timeout: Duration::from_millis(cpus.eject_timeout_ms),
             clock: Arc::new(SystemClock),
+            stop_limit: crate::cpu::manager::STOP_LIMIT,
         });
         manager.start_boot_vcpus(cpus.boot_vcpus, entry.0 .0)?;
         info!(

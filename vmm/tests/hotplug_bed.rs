@@ -178,6 +178,60 @@ fn an_add_that_fails_part_way_keeps_and_announces_the_rest() {
     assert_eq!(b.guest.cpus, [0, 1].into(), "the guest was told about vCPU 1");
 }
 
+/// Case 9: a vCPU thread that does not stop when retired is kept (never
+/// detached), reported `stuck`, and its id is not handed out until the
+/// thread has stopped; then it is parked and reused as usual.
+#[test]
+fn a_thread_that_does_not_stop_is_stuck_not_lost() {
+    let mut b = Bed::new(1, 3);
+    b.blocker.hold(); // the next AP to start blocks in a port read
+    b.manager.resize(2).unwrap();
+    b.settle();
+    b.blocker.wait_blocked(1);
+    b.manager.resize(1).unwrap();
+    b.settle(); // the guest ejects it; the thread cannot stop
+    assert_eq!(b.state(1).phase, Phase::Stuck);
+    assert_eq!(bed::Bed::vcpu_threads(), [0, 1].into(), "the thread is still there, and still owned");
+    let plan = b.manager.resize(3).unwrap();
+    assert_eq!(plan.added, vec![2], "a stuck id is not handed out: {plan:?}");
+    assert_eq!(plan.waiting_for, vec![1], "{plan:?}");
+    b.settle();
+    b.blocker.release();
+    // a later tick joins it, once the thread has come out of the port
+    for _ in 0..1000 {
+        b.advance(Duration::from_millis(1));
+        if b.state(1).phase == Phase::Parked {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(b.state(1).phase, Phase::Parked);
+    b.settle();
+    b.check_settled();
+    assert_eq!(b.live(), [0, 1, 2].into(), "id 1 came back once free");
+}
+
+/// Case 7: if one vCPU cannot pause, the ones already paused resume and the
+/// VM is not left half paused.
+#[test]
+fn a_failed_pause_leaves_every_vcpu_running() {
+    let mut b = Bed::new(1, 3);
+    b.manager.resize(2).unwrap();
+    b.settle();
+    b.blocker.hold();
+    b.manager.resize(3).unwrap();
+    b.settle();
+    b.blocker.wait_blocked(1); // vCPU 2 is in a port read: it cannot pause
+    assert!(b.manager.pause().is_err());
+    assert!(!b.manager.is_paused());
+    b.blocker.release();
+    b.manager.pause().unwrap();
+    b.manager.resume();
+    b.vmm_handles_events();
+    b.settle();
+    b.check_settled();
+}
+
 /// Case 7: deadlines do not run while the VM is paused.
 #[test]
 fn deadlines_stop_while_paused() {

@@ -35,8 +35,8 @@ use crate::arch::{cpuid, regs};
 
 /// How long `retire` waits for readers to leave their sections.
 const GRACE_PERIOD_LIMIT: Duration = Duration::from_secs(5);
-/// How long a vCPU thread gets to stop after being kicked.
-const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// How long a vCPU thread gets to stop or pause after being kicked.
+pub const STOP_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -139,6 +139,8 @@ pub struct ManagerParts {
     /// How long the guest gets to take or answer a hot-add, or to eject.
     pub hotplug_timeout: Duration,
     pub clock: Arc<dyn Clock>,
+    /// How long a vCPU thread gets to stop or pause ([`STOP_LIMIT`]).
+    pub stop_limit: Duration,
 }
 
 pub struct VcpuManager {
@@ -162,6 +164,7 @@ pub struct VcpuManager {
     stuck: Vec<(u32, VcpuHandle)>,
     timeout: Duration,
     clock: Arc<dyn Clock>,
+    stop_limit: Duration,
     paused_at: Option<Instant>,
 }
 
@@ -185,6 +188,7 @@ impl VcpuManager {
             stuck: Vec::new(),
             timeout: p.hotplug_timeout,
             clock: p.clock,
+            stop_limit: p.stop_limit,
             paused_at: None,
         }
     }
@@ -423,7 +427,7 @@ impl VcpuManager {
                 return;
             }
         };
-        self.join(id, handle, STOP_LIMIT);
+        self.join(id, handle, self.stop_limit);
     }
 
     fn join(&mut self, id: u32, handle: VcpuHandle, limit: Duration) {
@@ -534,7 +538,7 @@ impl VcpuManager {
         let g = self.reader.read();
         let handles: Vec<&VcpuHandle> = g.iter().map(|(_, h)| h).collect();
         for (i, h) in handles.iter().enumerate() {
-            if let Err(e) = h.pause(STOP_LIMIT) {
+            if let Err(e) = h.pause(self.stop_limit) {
                 error!("vCPU {}: {e}; resuming the vCPUs already paused", h.id);
                 for h in &handles[..=i] {
                     h.resume();
@@ -577,7 +581,7 @@ impl VcpuManager {
             }
         }
         for (id, handle) in std::mem::take(&mut self.stuck) {
-            self.join(id, handle, STOP_LIMIT);
+            self.join(id, handle, self.stop_limit);
         }
         for (id, _) in &self.stuck {
             error!("vCPU {id}: thread still running at teardown; leaving it behind");

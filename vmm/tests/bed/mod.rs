@@ -10,10 +10,12 @@
 //!   three-line method that stores its arguments and calls a native method,
 //!   which queues the notification for the model guest. The real `CTFY`
 //!   dispatch tree is tested on its own in `ctfy_dispatches_every_id`.
-//! * Starting a CPU (INIT/SIPI from another vCPU): the model guest reports
-//!   it with `HotplugHost::vcpu_started`, the call the vCPU thread makes when
-//!   it sees its MP state leave wait-for-SIPI. Guest-booting tests cover the
-//!   real detection.
+//! * Starting a CPU is real: vCPU 0 runs a few bytes of firmware (below)
+//!   that waits on a doorbell port and sends INIT/SIPI through its x2APIC to
+//!   the vCPU the model guest names; the AP runs real-mode code that reads a
+//!   port (which a test can make block, to get a vCPU thread that will not
+//!   stop) and halts. The vCPU thread sees its MP state leave wait-for-SIPI,
+//!   exactly as with Linux.
 
 #![allow(dead_code)]
 
@@ -46,6 +48,134 @@ use vmm::memory;
 static ONE_BED: Mutex<()> = Mutex::new(());
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// PIO port of the doorbell: vCPU 0 reads it for the next vCPU to start.
+const DOORBELL_PORT: u64 = 0x98;
+/// PIO port a started AP reads once (blocks while the test holds it).
+const BLOCKER_PORT: u64 = 0x9c;
+/// SIPI vector: the AP starts in real mode at `vector << 12`.
+const SIPI_VECTOR: u8 = 0x10;
+
+/// vCPU 0's firmware, 64-bit: switch its LAPIC to x2APIC mode, then loop:
+/// read the doorbell (0: nothing; else vCPU id + 1) and send that vCPU
+/// INIT and SIPI through the x2APIC ICR.
+const BSP_CODE: &[u8] = &[
+    0xb9,
+    0x1b,
+    0x00,
+    0x00,
+    0x00, // mov ecx, IA32_APIC_BASE
+    0x0f,
+    0x32, // rdmsr
+    0x0d,
+    0x00,
+    0x0c,
+    0x00,
+    0x00, // or eax, EN | EXTD
+    0x0f,
+    0x30, // wrmsr
+    // loop:
+    0x66,
+    0xba,
+    0x98,
+    0x00, // mov dx, DOORBELL_PORT
+    0xed, // in eax, dx
+    0x85,
+    0xc0, // test eax, eax
+    0x74,
+    0xf7, // jz loop
+    0x8d,
+    0x50,
+    0xff, // lea edx, [rax - 1]: destination APIC id
+    0xb9,
+    0x30,
+    0x08,
+    0x00,
+    0x00, // mov ecx, x2APIC ICR
+    0xb8,
+    0x00,
+    0x45,
+    0x00,
+    0x00, // mov eax, INIT | assert
+    0x0f,
+    0x30, // wrmsr
+    0xb8,
+    SIPI_VECTOR,
+    0x46,
+    0x00,
+    0x00, // mov eax, SIPI | vector
+    0x0f,
+    0x30, // wrmsr
+    0xeb,
+    0xdf, // jmp loop
+];
+
+/// An AP's code, real mode at the SIPI vector: read the blocker port, halt.
+const AP_CODE: &[u8] = &[
+    0xba, 0x9c, 0x00, // mov dx, BLOCKER_PORT
+    0xec, // in al, dx
+    0xf4, // hlt
+    0xeb, 0xfd, // jmp hlt
+];
+
+/// vCPUs the model guest asks vCPU 0 to start.
+#[derive(Default)]
+struct Doorbell {
+    queue: Mutex<std::collections::VecDeque<u32>>,
+    rung: std::sync::Condvar,
+}
+
+impl devices::BusDevice for Doorbell {
+    fn read(&self, _: u64, data: &mut [u8]) {
+        // Waits a little, so vCPU 0 does not spin; then returns to KVM_RUN,
+        // where a kick can reach the thread.
+        let q = self.queue.lock().unwrap();
+        let (mut q, _) = self.rung.wait_timeout_while(q, Duration::from_millis(5), |q| q.is_empty()).unwrap();
+        let v = q.pop_front().map_or(0, |id| id + 1);
+        data.fill(0);
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+    }
+    fn write(&self, _: u64, _: &[u8]) {}
+}
+
+/// A port that blocks the reading vCPU thread while held.
+#[derive(Default)]
+pub struct Blocker {
+    held: Mutex<bool>,
+    released: std::sync::Condvar,
+    /// vCPU threads inside `read` right now.
+    blocked: AtomicU64,
+}
+
+impl Blocker {
+    pub fn hold(&self) {
+        *self.held.lock().unwrap() = true;
+    }
+    pub fn release(&self) {
+        *self.held.lock().unwrap() = false;
+        self.released.notify_all();
+    }
+    /// Waits until `n` vCPU threads are blocked in the port.
+    pub fn wait_blocked(&self, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.blocked.load(Ordering::Acquire) < n {
+            assert!(std::time::Instant::now() < deadline, "no vCPU blocked in the port");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl devices::BusDevice for Blocker {
+    fn read(&self, _: u64, data: &mut [u8]) {
+        self.blocked.fetch_add(1, Ordering::AcqRel);
+        let held = self.held.lock().unwrap();
+        drop(self.released.wait_while(held, |h| *h).unwrap());
+        self.blocked.fetch_sub(1, Ordering::AcqRel);
+        data.fill(0);
+    }
+    fn write(&self, _: u64, _: &[u8]) {}
+}
 
 /// The AML's memory accesses, on lithe's MMIO bus, counted (each would be
 /// one MMIO exit in a real guest). Only 32-bit field accesses are expected:
@@ -185,6 +315,8 @@ pub struct Bed {
     pub clock: Arc<ManualClock>,
     pub guest: ModelGuest,
     pub max: u32,
+    pub blocker: Arc<Blocker>,
+    doorbell: Arc<Doorbell>,
     aml: AmlContext,
     accesses: Arc<AtomicU64>,
     notes: Arc<Mutex<Vec<(u32, u32)>>>,
@@ -242,9 +374,14 @@ impl Bed {
             unsafe { vm.set_user_memory_region(r) }.unwrap();
         }
         regs::write_boot_tables(&mem).unwrap();
-        // vCPU 0 runs `hlt; jmp .-1` with interrupts off: it sleeps in KVM.
         let entry = memory::HIMEM_START;
-        mem.write_slice(&[0xf4, 0xeb, 0xfd], GuestAddress(entry)).unwrap();
+        mem.write_slice(BSP_CODE, GuestAddress(entry)).unwrap();
+        mem.write_slice(AP_CODE, GuestAddress(u64::from(SIPI_VECTOR) << 12)).unwrap();
+        let doorbell = Arc::new(Doorbell::default());
+        let blocker = Arc::new(Blocker::default());
+        let mut pio = Bus::new();
+        pio.insert(DOORBELL_PORT, 4, doorbell.clone()).unwrap();
+        pio.insert(BLOCKER_PORT, 1, blocker.clone()).unwrap();
 
         let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let ged_evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -263,13 +400,8 @@ impl Bed {
             Arc::new(move |id| host.vcpu_started(id))
         };
         let exit = Arc::new(ExitNotifier::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let ctx = VcpuContext {
-            pio: Arc::new(Bus::new()),
-            mmio: mmio.clone(),
-            exit,
-            seccomp: None,
-            on_started: Some(on_started),
-        };
+        let ctx =
+            VcpuContext { pio: Arc::new(pio), mmio: mmio.clone(), exit, seccomp: None, on_started: Some(on_started) };
         let clock = Arc::new(ManualClock::default());
         let mut manager = VcpuManager::new(ManagerParts {
             vm: vm.clone(),
@@ -281,6 +413,7 @@ impl Bed {
             supported_cpuid: kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap(),
             hotplug_timeout: TIMEOUT,
             clock: clock.clone(),
+            stop_limit: Duration::from_millis(300),
         });
         manager.start_boot_vcpus(boot, entry).unwrap();
 
@@ -319,6 +452,8 @@ impl Bed {
             clock,
             guest,
             max,
+            blocker,
+            doorbell,
             aml,
             accesses,
             notes,
@@ -394,8 +529,7 @@ impl Bed {
                 self.guest.cpus.insert(id);
                 self.ost(id, 1, 0);
                 if self.guest.on_add == OnAdd::Online {
-                    self.guest.started.insert(id);
-                    self.host.vcpu_started(id);
+                    self.start_cpu(id);
                 }
             }
             OnAdd::Fail => self.ost(id, 1, 1),
@@ -426,11 +560,28 @@ impl Bed {
         }
     }
 
+    /// The guest starts CPU `id`: vCPU 0 sends it INIT/SIPI. Waits until the
+    /// vCPU thread has seen it run (unless the blocker holds it).
+    pub fn start_cpu(&mut self, id: u32) {
+        self.guest.started.insert(id);
+        self.doorbell.queue.lock().unwrap().push_back(id);
+        self.doorbell.rung.notify_all();
+        if *self.blocker.held.lock().unwrap() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.state(id).phase != Phase::Running && !matches!(self.state(id).from, Phase::Running) {
+            assert!(std::time::Instant::now() < deadline, "vCPU {id} was not seen running: {:?}", self.state(id));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        self.vmm_handles_events();
+    }
+
     /// An administrator onlines every CPU the guest has but never started.
     pub fn guest_onlines_all(&mut self) {
         for id in self.guest.cpus.clone() {
-            if self.guest.started.insert(id) {
-                self.host.vcpu_started(id);
+            if !self.guest.started.contains(&id) {
+                self.start_cpu(id);
             }
         }
     }
@@ -555,6 +706,9 @@ impl Bed {
 
 impl Drop for Bed {
     fn drop(&mut self) {
+        // A failed test may leave a vCPU blocked in the port: let it go, so
+        // no thread outlives its bed.
+        self.blocker.release();
         self.manager.stop_all();
     }
 }
