@@ -31,7 +31,9 @@ fn the_dsdt_scans_adds_and_removes_through_the_real_devices() {
 }
 
 /// Case 10: a parked vCPU is set up again and comes back (KVM refuses a new
-/// CPUID on a vCPU that has run: the first version of the fix failed here).
+/// CPUID on a vCPU that has run: the first version of the fix failed here),
+/// waiting for SIPI like a fresh one: it is not "running" until the guest
+/// starts it.
 #[test]
 fn parked_vcpus_are_reused() {
     let mut b = Bed::new(1, 3);
@@ -44,6 +46,38 @@ fn parked_vcpus_are_reused() {
         b.check_settled();
     }
     assert_eq!(b.phases(), [Phase::Running, Phase::Parked, Phase::Parked]);
+    b.guest.on_add = OnAdd::AckOnly;
+    b.manager.resize(2).unwrap();
+    b.settle();
+    for _ in 0..20 {
+        b.advance(Duration::from_millis(250)); // ticks kick unstarted vCPUs to look
+        std::thread::sleep(Duration::from_millis(5));
+        b.vmm_handles_events();
+    }
+    assert_eq!(b.state(1).phase, Phase::Acknowledged, "a reused vCPU the guest has not started");
+    b.guest_onlines_all();
+    assert_eq!(b.state(1).phase, Phase::Running);
+}
+
+/// Case 1 and 2, the other way round: the guest takes the hot-add, never
+/// answers it, and then ignores the eject request too. The VMM has no sign
+/// the guest ever had the CPU: it retires it rather than keep it in limbo.
+#[test]
+fn an_add_the_guest_takes_and_ignores_and_an_ignored_eject_after_it() {
+    let mut b = Bed::new(1, 2);
+    b.guest.on_add = OnAdd::Ignore;
+    b.manager.resize(2).unwrap();
+    b.settle();
+    assert_eq!(b.state(1).phase, Phase::Adding);
+    b.guest.ignore_interrupts = true;
+    b.advance(PAST_TIMEOUT);
+    assert_eq!(b.state(1).phase, Phase::Removing);
+    b.advance(PAST_TIMEOUT);
+    assert_eq!((b.state(1).phase, b.state(1).reason), (Phase::Parked, Reason::AddTimeout));
+    assert_eq!(b.manager.target().desired(), 1);
+    b.guest.ignore_interrupts = false;
+    b.settle();
+    b.check_settled();
 }
 
 /// Case 1: an add taken back before the guest scanned is retired, never
@@ -215,7 +249,7 @@ fn a_thread_that_does_not_stop_is_stuck_not_lost() {
 /// VM is not left half paused.
 #[test]
 fn a_failed_pause_leaves_every_vcpu_running() {
-    let mut b = Bed::new(1, 3);
+    let mut b = Bed::new(1, 4);
     b.manager.resize(2).unwrap();
     b.settle();
     b.blocker.hold();
@@ -225,6 +259,10 @@ fn a_failed_pause_leaves_every_vcpu_running() {
     assert!(b.manager.pause().is_err());
     assert!(!b.manager.is_paused());
     b.blocker.release();
+    // vCPU 0 runs again: it starts the next CPU the guest brings up.
+    b.manager.resize(4).unwrap();
+    b.settle();
+    assert_eq!(b.state(3).phase, Phase::Running);
     b.manager.pause().unwrap();
     b.manager.resume();
     b.vmm_handles_events();
