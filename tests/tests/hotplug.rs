@@ -154,7 +154,12 @@ fn retarget_while_removals_are_pending_and_the_same_resize_twice() {
         assert_eq!(r["target"]["desired"], json!(2), "{r}");
     }
     assert_eq!(replies[0]["target"]["seq"], replies[1]["target"]["seq"], "one change, not two");
-    assert_eq!(g.last_report().map(|r| r.apic.split(',').count()), Some(2));
+    let i = info(&g);
+    let ids: Vec<u32> =
+        states(&i).into_iter().filter(|(_, s)| s == "running").map(|(id, _)| id as u32).collect();
+    assert_eq!(ids.len(), 2, "{i}");
+    g.wait_apic(&ids, HOTPLUG_TIMEOUT);
+    g.wait_vcpu_threads(&ids, Duration::from_secs(5));
 }
 
 /// An add taken back before the guest saw it is never reported; an ignored
