@@ -155,8 +155,7 @@ fn retarget_while_removals_are_pending_and_the_same_resize_twice() {
     }
     assert_eq!(replies[0]["target"]["seq"], replies[1]["target"]["seq"], "one change, not two");
     let i = info(&g);
-    let ids: Vec<u32> =
-        states(&i).into_iter().filter(|(_, s)| s == "running").map(|(id, _)| id as u32).collect();
+    let ids: Vec<u32> = states(&i).into_iter().filter(|(_, s)| s == "running").map(|(id, _)| id as u32).collect();
     assert_eq!(ids.len(), 2, "{i}");
     g.wait_apic(&ids, HOTPLUG_TIMEOUT);
     g.wait_vcpu_threads(&ids, Duration::from_secs(5));

@@ -10,7 +10,9 @@
 //! 0x1_0000_0000  RAM above 4 GiB, when the guest has more than 3 GiB
 //! ```
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 pub type GuestMemory = GuestMemoryMmap<()>;
 
@@ -81,10 +83,30 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
     GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(|source| MemoryError { size, source })
 }
 
+/// Gives every region of `mem` to the VM, one KVM memory slot each.
+///
+/// # Safety
+/// `mem` must outlive the VM and every vCPU that can run in it: KVM keeps
+/// the host addresses of the mappings.
+pub unsafe fn register_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), kvm_ioctls::Error> {
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the
+        // caller keeps for as long as the VM can use it (this function's contract).
+        unsafe { vm.set_user_memory_region(r) }?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryBackend as _;
 
     #[test]
     fn small_guest_is_one_region_below_the_hole() {

@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use log::info;
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use devices::cpu_hotplug::{self, CpuHotplugController};
@@ -149,18 +148,9 @@ impl Vm {
         vm_fd.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))?;
 
         let mem = memory::create_guest_memory(config.memory.size)?;
-        for (slot, region) in mem.iter().enumerate() {
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping owned by `mem`, which the Vm
-            // keeps until after the VM fd (and every vCPU) is gone.
-            unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        // SAFETY: `mem` is kept in the Vm and dropped after the VM fd and every
+        // vCPU are gone (field order, and Drop stops the vCPUs first).
+        unsafe { memory::register_guest_memory(&vm_fd, &mem) }.map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
 
         // Devices.
         let power: PowerHandler = {

@@ -231,15 +231,16 @@ fn a_thread_that_does_not_stop_is_stuck_not_lost() {
     assert_eq!(plan.waiting_for, vec![1], "{plan:?}");
     b.settle();
     b.blocker.release();
-    // a later tick joins it, once the thread has come out of the port
+    // A later tick joins it once the thread has come out of the port, and
+    // re-plans at once: the target was waiting for that id.
     for _ in 0..1000 {
         b.advance(Duration::from_millis(1));
-        if b.state(1).phase == Phase::Parked {
+        if b.state(1).phase != Phase::Stuck {
             break;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(b.state(1).phase, Phase::Parked);
+    assert_eq!(b.state(1).phase, Phase::Adding, "joined, parked and re-added in one tick");
     b.settle();
     b.check_settled();
     assert_eq!(b.live(), [0, 1, 2].into(), "id 1 came back once free");

@@ -512,11 +512,16 @@ impl VcpuManager {
             self.reconcile();
         }
         self.kick_unstarted();
+        let late: Vec<u32> = self.retire_retry.iter().copied().chain(self.stuck.iter().map(|(id, _)| *id)).collect();
         for id in std::mem::take(&mut self.retire_retry) {
             self.retire(id);
         }
         for (id, handle) in std::mem::take(&mut self.stuck) {
             self.join(id, handle, Duration::ZERO);
+        }
+        // An id that finally got free may be what the target waits for.
+        if late.iter().any(|&id| self.table.state(id).phase == Phase::Parked) {
+            self.reconcile();
         }
     }
 

@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use aml::value::{Args, MethodCode};
 use aml::{AmlContext, AmlName, AmlValue, DebugVerbosity, Handler};
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use devices::cpu_hotplug::{self, CpuHotplugController};
@@ -361,18 +361,9 @@ impl Bed {
         vm.set_tss_address(memory::KVM_TSS_ADDR as usize).unwrap();
         vm.create_irq_chip().unwrap();
         let mem = memory::create_guest_memory(4 << 20).unwrap();
-        for (slot, region) in mem.iter().enumerate() {
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: the mapping belongs to `mem`, which the bed keeps until
-            // after the VM and its vCPUs are gone (fields drop in order).
-            unsafe { vm.set_user_memory_region(r) }.unwrap();
-        }
+        // SAFETY: the bed keeps `mem` until after the VM and its vCPUs are gone
+        // (Drop stops the vCPUs; the fields drop in order).
+        unsafe { memory::register_guest_memory(&vm, &mem) }.unwrap();
         regs::write_boot_tables(&mem).unwrap();
         let entry = memory::HIMEM_START;
         mem.write_slice(BSP_CODE, GuestAddress(entry)).unwrap();
