@@ -15,7 +15,7 @@ use log::warn;
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::cpu::lifecycle::{Phase, Reason, State};
+use crate::cpu::lifecycle::{Phase, Reason};
 use crate::cpu::manager::{Cause, ResizePlan, TargetStatus};
 use crate::cpu::reconciler;
 use crate::cpu::table::{OstReport, Reader};
@@ -130,10 +130,6 @@ fn vcpu_info(view: &VmView, ids: &[u32]) -> Vec<VcpuInfo> {
     })
 }
 
-fn states(view: &VmView) -> Vec<State> {
-    (0..view.table.capacity()).map(|id| view.table.state(id)).collect()
-}
-
 #[derive(Serialize)]
 struct InfoReply {
     state: VmState,
@@ -180,7 +176,7 @@ fn wait_outcome(view: &VmView, seq: u64) -> Option<Result<(), Option<String>>> {
             Cause::VmmError { vcpu, error } => format!("vCPU {vcpu}: {error}; the target is now {}", st.desired),
         })));
     }
-    reconciler::converged(st.desired, &states(view)).then_some(Ok(()))
+    reconciler::converged(st.desired, &view.table.states()).then_some(Ok(()))
 }
 
 fn reason_text(r: Reason) -> &'static str {
@@ -298,6 +294,7 @@ mod tests {
     use super::*;
     use crate::config::{CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, VmConfig};
     use crate::cpu::hotplug_host::HotplugHost;
+    use crate::cpu::lifecycle::State;
     use crate::cpu::manager::Target;
     use crate::cpu::VcpuTable;
 

@@ -299,7 +299,7 @@ fn a_guest_that_acknowledges_but_never_starts_the_cpu() {
     b.manager.resize(2).unwrap();
     b.settle();
     assert_eq!(b.state(1).phase, Phase::Acknowledged);
-    let states: Vec<_> = (0..2).map(|id| b.state(id)).collect();
+    let states = b.table.states();
     assert!(!vmm::cpu::reconciler::converged(2, &states));
     // removing it works like any other
     b.manager.resize(1).unwrap();

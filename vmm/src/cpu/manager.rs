@@ -245,7 +245,19 @@ impl VcpuManager {
     }
 
     fn states(&self) -> Vec<State> {
-        (0..self.max_vcpus).map(|id| self.table.state(id)).collect()
+        self.table.states()
+    }
+
+    /// vCPUs the guest has or is being given (not being removed).
+    fn wanted(&self) -> u32 {
+        self.table.states().iter().filter(|s| s.is_wanted()).count() as u32
+    }
+
+    /// Raises the GED interrupt: the guest scans the controller's pending bitmaps.
+    fn notify_guest(&self) {
+        if let Err(e) = self.ged.notify(GED_EVENT_CPU_HOTPLUG) {
+            error!("cannot raise the GED interrupt: {e}");
+        }
     }
 
     fn apply(&self, id: u32, event: Event) -> Option<Transition> {
@@ -301,7 +313,7 @@ impl VcpuManager {
                 }
                 Err(e) => {
                     error!("vCPU {id}: hot-add failed: {e}");
-                    let have = self.states().iter().filter(|s| s.is_wanted()).count() as u32;
+                    let have = self.wanted();
                     self.target.set(have, Cause::VmmError { vcpu: id, error: e.to_string() });
                     plan.error = Some(format!("vCPU {id}: {e}; the target is now {have}"));
                     break;
@@ -316,9 +328,7 @@ impl VcpuManager {
         if notify {
             // Raised once for everything this step asked, including adds that
             // went through before one failed.
-            if let Err(e) = self.ged.notify(GED_EVENT_CPU_HOTPLUG) {
-                error!("cannot raise the GED interrupt: {e}");
-            }
+            self.notify_guest();
         }
         if !plan.added.is_empty() || !plan.removing.is_empty() {
             info!("reconcile towards {desired}: adding {:?}, removing {:?}", plan.added, plan.removing);
@@ -343,17 +353,10 @@ impl VcpuManager {
             }
             None => self.create_vcpu(id)?,
         };
-        let handle = match VcpuHandle::spawn(id, fd, self.ctx.clone(), self.paused_at.is_some(), false) {
-            Ok(h) => h,
-            Err(e) => {
-                // The fd went down with the thread that failed to start; the
-                // id stays free and a later add creates a fresh one.
-                return Err(e.into());
-            }
-        };
-        if let Err(e) = self.table.publish(id, handle) {
-            return Err(e.into());
-        }
+        // On failure the fd goes down with the thread that failed to start;
+        // the id stays free.
+        let handle = VcpuHandle::spawn(id, fd, self.ctx.clone(), self.paused_at.is_some(), false)?;
+        self.table.publish(id, handle)?;
         self.apply(id, Event::Add);
         self.deadlines[id as usize] = Some(self.clock.now() + self.timeout);
         self.controller.request_insert(id);
@@ -406,7 +409,7 @@ impl VcpuManager {
     /// After the guest overrode the VMM: the target becomes what it has.
     fn follow_rollback(&mut self, rollback: Option<(u32, Reason)>) {
         let Some((vcpu, reason)) = rollback else { return };
-        let have = self.states().iter().filter(|s| s.is_wanted()).count() as u32;
+        let have = self.wanted();
         if have != self.target.desired() {
             warn!("vCPU {vcpu}: {reason:?}; target follows the guest: {} -> {have} vCPUs", self.target.desired());
         }
@@ -503,9 +506,7 @@ impl VcpuManager {
             }
         }
         if notify {
-            if let Err(e) = self.ged.notify(GED_EVENT_CPU_HOTPLUG) {
-                error!("cannot raise the GED interrupt: {e}");
-            }
+            self.notify_guest();
         }
         if rollback.is_some() {
             self.follow_rollback(rollback);

@@ -170,6 +170,11 @@ impl<T> VcpuTable<T> {
         self.meta.get(id as usize).map_or(State::ABSENT, |m| State::decode(m.state.load(Ordering::Acquire)))
     }
 
+    /// Every id's lifecycle state, in id order (a snapshot, one load each).
+    pub fn states(&self) -> Vec<State> {
+        (0..self.capacity).map(|id| self.state(id)).collect()
+    }
+
     /// Sets the lifecycle state of `id` outright (boot vCPUs; tests). Every
     /// other change goes through [`lifecycle::apply`](super::lifecycle::apply).
     pub fn set_state(&self, id: u32, state: State) -> Result<(), TableError> {

@@ -682,7 +682,7 @@ impl Bed {
     pub fn check_settled(&self) {
         self.check_always();
         assert_eq!(self.live(), self.guest.cpus, "VMM's vCPUs vs the guest's CPUs: {:?}", self.phases());
-        let states: Vec<State> = (0..self.max).map(|id| self.state(id)).collect();
+        let states = self.table.states();
         let desired = self.manager.target().desired();
         let unstarted = self.guest.cpus.difference(&self.guest.started).count();
         assert!(
