@@ -98,34 +98,22 @@ pub fn read_request(stream: &mut impl Read) -> Result<Request, HttpError> {
     Ok(Request { method, path, query, body })
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// Writes a response and signals the end of the connection.
+/// Writes a response as Cloud Hypervisor's server does, then signals the
+/// end of the connection. The status line has an empty reason phrase
+/// (`HTTP/1.1 200 \r\n`, valid HTTP/1.1): ch-remote reads everything after
+/// the version up to `\r` as the code. Every body is JSON, with
+/// `Content-Type` and `Content-Length`; a 204 has neither.
 pub fn write_response(stream: &mut impl Write, status: u16, body: Option<&serde_json::Value>) -> io::Result<()> {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut out = format!("HTTP/1.1 {status} {}\r\nServer: lithe\r\nConnection: close\r\n", reason(status));
+    let mut out = format!("HTTP/1.1 {status} \r\nServer: lithe\r\nConnection: close\r\n");
+    let body = match body {
+        Some(b) if status != 204 => b.to_string(),
+        _ => String::new(),
+    };
     if status != 204 {
         out.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
     }
     out.push_str("\r\n");
-    if status != 204 {
-        out.push_str(&body);
-    }
+    out.push_str(&body);
     stream.write_all(out.as_bytes())?;
     stream.flush()
 }
@@ -168,10 +156,12 @@ mod tests {
         let mut out = Vec::new();
         write_response(&mut out, 200, Some(&serde_json::json!({"a": 1}))).unwrap();
         let s = String::from_utf8(out).unwrap();
-        assert!(s.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(s.starts_with("HTTP/1.1 200 \r\n"), "empty reason phrase: {s}");
+        assert!(s.contains("\r\nContent-Type: application/json\r\nContent-Length: 7\r\n"), "{s}");
         assert!(s.ends_with("\r\n\r\n{\"a\":1}"));
         let mut out = Vec::new();
         write_response(&mut out, 204, None).unwrap();
-        assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.1 204 \r\n") && !s.contains("Content-Length"), "{s}");
     }
 }

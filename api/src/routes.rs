@@ -1,53 +1,72 @@
-//! Which request a method and path name, with its body decoded.
+//! HTTP to actions and back: which action a method and path name (with the
+//! body decoded), and which status and body a result becomes.
 
+use crate::action::{ActionError, VmmAction, VmmData};
 use crate::http::Request;
 use crate::types::{ApiResponse, ResizeRequest, DEFAULT_RESIZE_WAIT_MS, MAX_RESIZE_WAIT_MS};
+use crate::vm_config::VmConfig;
 
 pub const API_PREFIX: &str = "/api/v1/";
 
-/// Every endpoint and its method (kept in step with `api/openapi.yaml` by a test).
+/// Every endpoint lithe serves and its method (kept in step with
+/// `api/openapi.yaml` by a test).
 pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "vmm.ping"),
     ("PUT", "vmm.shutdown"),
     ("PUT", "vm.create"),
+    ("PUT", "vm.delete"),
     ("PUT", "vm.boot"),
     ("GET", "vm.info"),
+    ("GET", "vm.counters"),
     ("PUT", "vm.resize"),
     ("PUT", "vm.shutdown"),
     ("PUT", "vm.reboot"),
     ("PUT", "vm.pause"),
     ("PUT", "vm.resume"),
+    ("PUT", "vm.power-button"),
 ];
 
-/// A decoded API request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ApiRequest {
-    VmmPing,
-    VmmShutdown,
-    /// The VM config as JSON; the VMM decodes and validates it.
-    VmCreate(serde_json::Value),
-    VmBoot,
-    VmInfo,
-    VmResize(ResizeRequest),
-    VmShutdown,
-    VmReboot,
-    VmPause,
-    VmResume,
+/// Cloud Hypervisor's endpoints for features lithe does not have, and what
+/// is missing. They answer as Cloud Hypervisor does for an endpoint it was
+/// built without (`vm.coredump` without `guest_debug`): 404, with the reason.
+pub const NOT_BUILT: &[(&str, &str)] = &[
+    ("vm.add-device", "VFIO devices"),
+    ("vm.add-user-device", "vfio-user devices"),
+    ("vm.add-disk", "block devices"),
+    ("vm.add-fs", "virtio-fs"),
+    ("vm.add-generic-vhost-user", "vhost-user devices"),
+    ("vm.add-net", "network devices"),
+    ("vm.add-pmem", "pmem devices"),
+    ("vm.add-vdpa", "vDPA devices"),
+    ("vm.add-vsock", "vsock"),
+    ("vm.remove-device", "hot-pluggable devices other than vCPUs"),
+    ("vm.resize-disk", "block devices"),
+    ("vm.resize-zone", "memory zones"),
+    ("vm.snapshot", "snapshots"),
+    ("vm.restore", "snapshots"),
+    ("vm.coredump", "guest core dumps"),
+    ("vm.nmi", "NMI injection"),
+    ("vm.receive-migration", "live migration"),
+    ("vm.send-migration", "live migration"),
+];
+
+fn bad(message: impl Into<String>) -> ApiResponse {
+    ApiResponse::error(400, ["Bad Request".to_string(), message.into()])
 }
 
 fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
     if body.is_empty() {
-        return Err(ApiResponse::error(400, "this request needs a JSON body"));
+        return Err(bad("this request needs a JSON body"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiResponse::error(400, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| bad(format!("Failed to deserialize JSON: {e}")))
 }
 
 fn no_body(req: &Request) -> Result<(), ApiResponse> {
-    let trimmed = req.body.iter().all(|b| b.is_ascii_whitespace());
-    if trimmed || req.body == b"{}" {
+    let blank = req.body.iter().all(|b| b.is_ascii_whitespace());
+    if blank || req.body == b"{}" {
         Ok(())
     } else {
-        Err(ApiResponse::error(400, format!("{} takes no body", req.path)))
+        Err(bad(format!("{} takes no body", req.path)))
     }
 }
 
@@ -59,54 +78,96 @@ fn wait_from_query(query: Option<&str>) -> Result<Option<u64>, ApiResponse> {
             Some(("wait", "true")) => wait = Some(DEFAULT_RESIZE_WAIT_MS),
             Some(("wait", "false")) => wait = None,
             Some(("wait_ms", v)) => {
-                wait = Some(v.parse().map_err(|_| ApiResponse::error(400, format!("wait_ms={v:?} is not a number")))?)
+                wait = Some(v.parse().map_err(|_| bad(format!("wait_ms={v:?} is not a number")))?)
             }
-            _ => return Err(ApiResponse::error(400, format!("unknown query parameter {pair:?}"))),
+            _ => return Err(bad(format!("unknown query parameter {pair:?}"))),
         }
     }
     Ok(wait)
 }
 
-/// Decodes a request's body (and query) once the endpoint is known.
-type Decoder = fn(&Request) -> Result<ApiRequest, ApiResponse>;
+fn resize(r: &Request) -> Result<VmmAction, ApiResponse> {
+    let mut resize: ResizeRequest = json(&r.body)?;
+    if let Some(w) = wait_from_query(r.query.as_deref())? {
+        if resize.wait_ms.is_some() {
+            return Err(bad("give the wait either in the body or in the query, not both"));
+        }
+        resize.wait_ms = Some(w);
+    }
+    if resize.wait_ms.is_some_and(|w| w > MAX_RESIZE_WAIT_MS) {
+        return Err(bad(format!("wait_ms may be at most {MAX_RESIZE_WAIT_MS}")));
+    }
+    Ok(VmmAction::Resize(resize))
+}
 
-/// Maps an HTTP request to an [`ApiRequest`], or to the error reply.
-pub fn route(req: &Request) -> Result<ApiRequest, ApiResponse> {
+/// Decodes a request's body (and query) once the endpoint is known.
+type Decoder = fn(&Request) -> Result<VmmAction, ApiResponse>;
+
+/// Maps an HTTP request to a [`VmmAction`], or to the error reply.
+pub fn route(req: &Request) -> Result<VmmAction, ApiResponse> {
+    let not_found = |m: String| ApiResponse::error(404, ["Not Found".to_string(), m]);
     let Some(endpoint) = req.path.strip_prefix(API_PREFIX) else {
-        return Err(ApiResponse::error(404, format!("unknown path {}", req.path)));
+        return Err(not_found(format!("unknown path {}", req.path)));
     };
     let (expected, build): (&str, Decoder) = match endpoint {
-        "vmm.ping" => ("GET", |_| Ok(ApiRequest::VmmPing)),
-        "vm.info" => ("GET", |_| Ok(ApiRequest::VmInfo)),
-        "vmm.shutdown" => ("PUT", |r| no_body(r).map(|_| ApiRequest::VmmShutdown)),
-        "vm.create" => ("PUT", |r| json(&r.body).map(ApiRequest::VmCreate)),
-        "vm.boot" => ("PUT", |r| no_body(r).map(|_| ApiRequest::VmBoot)),
-        "vm.shutdown" => ("PUT", |r| no_body(r).map(|_| ApiRequest::VmShutdown)),
-        "vm.reboot" => ("PUT", |r| no_body(r).map(|_| ApiRequest::VmReboot)),
-        "vm.pause" => ("PUT", |r| no_body(r).map(|_| ApiRequest::VmPause)),
-        "vm.resume" => ("PUT", |r| no_body(r).map(|_| ApiRequest::VmResume)),
-        "vm.resize" => ("PUT", |r| {
-            let mut resize: ResizeRequest = json(&r.body)?;
-            if let Some(w) = wait_from_query(r.query.as_deref())? {
-                if resize.wait_ms.is_some() {
-                    return Err(ApiResponse::error(400, "give the wait either in the body or in the query, not both"));
-                }
-                resize.wait_ms = Some(w);
-            }
-            if resize.wait_ms.is_some_and(|w| w > MAX_RESIZE_WAIT_MS) {
-                return Err(ApiResponse::error(400, format!("wait_ms may be at most {MAX_RESIZE_WAIT_MS}")));
-            }
-            Ok(ApiRequest::VmResize(resize))
-        }),
-        _ => return Err(ApiResponse::error(404, format!("unknown endpoint {endpoint:?}"))),
+        "vmm.ping" => ("GET", |_| Ok(VmmAction::Ping)),
+        "vm.info" => ("GET", |_| Ok(VmmAction::VmInfo)),
+        "vm.counters" => ("GET", |_| Ok(VmmAction::Counters)),
+        "vmm.shutdown" => ("PUT", |r| no_body(r).map(|_| VmmAction::ShutdownVmm)),
+        "vm.create" => ("PUT", |r| json::<VmConfig>(&r.body).map(|c| VmmAction::CreateVm(Box::new(c)))),
+        "vm.delete" => ("PUT", |r| no_body(r).map(|_| VmmAction::DeleteVm)),
+        "vm.boot" => ("PUT", |r| no_body(r).map(|_| VmmAction::BootVm)),
+        "vm.shutdown" => ("PUT", |r| no_body(r).map(|_| VmmAction::ShutdownVm)),
+        "vm.reboot" => ("PUT", |r| no_body(r).map(|_| VmmAction::RebootVm)),
+        "vm.pause" => ("PUT", |r| no_body(r).map(|_| VmmAction::PauseVm)),
+        "vm.resume" => ("PUT", |r| no_body(r).map(|_| VmmAction::ResumeVm)),
+        "vm.power-button" => ("PUT", |r| no_body(r).map(|_| VmmAction::PowerButton)),
+        "vm.resize" => ("PUT", resize),
+        _ => {
+            return Err(match NOT_BUILT.iter().find(|(e, _)| *e == endpoint) {
+                Some((_, missing)) => not_found(format!("lithe has no {missing}: {endpoint} is not available")),
+                None => not_found(format!("unknown endpoint {endpoint:?}")),
+            })
+        }
     };
     if req.method != expected {
-        return Err(ApiResponse::error(405, format!("{endpoint} takes {expected}, not {}", req.method)));
+        // Cloud Hypervisor answers 400 here; 405 says more, and no client
+        // relies on the difference.
+        return Err(ApiResponse::error(
+            405,
+            ["Method Not Allowed".to_string(), format!("{endpoint} takes {expected}, not {}", req.method)],
+        ));
     }
     if req.query.is_some() && endpoint != "vm.resize" {
-        return Err(ApiResponse::error(400, format!("{endpoint} takes no query parameters")));
+        return Err(bad(format!("{endpoint} takes no query parameters")));
     }
     build(req)
+}
+
+/// The HTTP status of each error kind: Cloud Hypervisor's OpenAPI document
+/// where it gives one (404 not created, 405 wrong state, 429 retry).
+pub fn status_of(e: &ActionError) -> u16 {
+    match e {
+        ActionError::NotCreated => 404,
+        ActionError::NotBooted | ActionError::AlreadyPaused | ActionError::NotPaused | ActionError::Paused => 405,
+        ActionError::AlreadyCreated | ActionError::AlreadyBooted => 409,
+        ActionError::Invalid(_) | ActionError::Unsupported(_) => 400,
+        ActionError::Busy(_) => 429,
+        ActionError::Internal(_) => 500,
+        ActionError::Unavailable(_) => 503,
+    }
+}
+
+/// The reply to `action`'s result.
+pub fn respond(action_failure: &str, result: Result<VmmData, ActionError>) -> ApiResponse {
+    match result {
+        Ok(VmmData::Empty) => ApiResponse::no_content(),
+        Ok(VmmData::Pong(p)) => ApiResponse::ok(p),
+        Ok(VmmData::VmInfo(i)) => ApiResponse::ok(i),
+        Ok(VmmData::Counters(c)) => ApiResponse::ok(c),
+        Ok(VmmData::ResizeReport(r)) => ApiResponse::ok(r),
+        Err(e) => ApiResponse::error(status_of(&e), [action_failure.to_string(), e.to_string()]),
+    }
 }
 
 #[cfg(test)]
@@ -121,35 +182,44 @@ mod tests {
         Request { method: method.into(), path, query, body: body.as_bytes().to_vec() }
     }
 
-    fn status(r: Result<ApiRequest, ApiResponse>) -> u16 {
+    fn status(r: Result<VmmAction, ApiResponse>) -> u16 {
         r.map(|_| 0).unwrap_or_else(|e| e.status)
+    }
+
+    fn resize_to(n: u32, wait_ms: Option<u64>) -> VmmAction {
+        VmmAction::Resize(ResizeRequest { desired_vcpus: Some(n), wait_ms, ..Default::default() })
     }
 
     #[test]
     fn routes_every_endpoint() {
-        assert_eq!(route(&req("GET", "/api/v1/vmm.ping", "")), Ok(ApiRequest::VmmPing));
-        assert_eq!(route(&req("PUT", "/api/v1/vm.pause", "")), Ok(ApiRequest::VmPause));
-        assert_eq!(
-            route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":4}"#)),
-            Ok(ApiRequest::VmResize(ResizeRequest { desired_vcpus: 4, wait_ms: None }))
-        );
+        assert_eq!(route(&req("GET", "/api/v1/vmm.ping", "")), Ok(VmmAction::Ping));
+        assert_eq!(route(&req("PUT", "/api/v1/vm.pause", "")), Ok(VmmAction::PauseVm));
+        assert_eq!(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":4}"#)), Ok(resize_to(4, None)));
         assert_eq!(
             route(&req("PUT", "/api/v1/vm.resize?wait=true", r#"{"desired_vcpus":2}"#)),
-            Ok(ApiRequest::VmResize(ResizeRequest { desired_vcpus: 2, wait_ms: Some(DEFAULT_RESIZE_WAIT_MS) }))
+            Ok(resize_to(2, Some(DEFAULT_RESIZE_WAIT_MS)))
         );
-        assert!(matches!(route(&req("PUT", "/api/v1/vm.create", r#"{"x":1}"#)), Ok(ApiRequest::VmCreate(_))));
+        // ch-remote's resize body: the null fields are Cloud Hypervisor's schema.
+        assert_eq!(
+            route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":3,"desired_ram":null,"desired_balloon":null}"#)),
+            Ok(resize_to(3, None))
+        );
+        assert!(matches!(
+            route(&req("PUT", "/api/v1/vm.create", r#"{"payload":{"kernel":"/k"}}"#)),
+            Ok(VmmAction::CreateVm(_))
+        ));
     }
 
+    /// Every Cloud Hypervisor path is served or answered as documented, and
+    /// `api/openapi.yaml` documents exactly what is served.
     #[test]
-    fn every_endpoint_routes_and_is_in_the_openapi_document() {
+    fn the_openapi_document_is_cloud_hypervisors_plus_lithes_extensions() {
         let spec = include_str!("../openapi.yaml");
         for (method, endpoint) in ENDPOINTS {
-            let body = if *endpoint == "vm.resize" {
-                r#"{"desired_vcpus":1}"#
-            } else if *endpoint == "vm.create" {
-                "{}"
-            } else {
-                ""
+            let body = match *endpoint {
+                "vm.resize" => r#"{"desired_vcpus":1}"#,
+                "vm.create" => r#"{"payload":{}}"#,
+                _ => "",
             };
             let r = route(&req(method, &format!("{API_PREFIX}{endpoint}"), body));
             assert!(r.is_ok(), "{method} {endpoint}: {r:?}");
@@ -163,14 +233,69 @@ mod tests {
                 "{endpoint}: method {method} not documented"
             );
         }
-        let documented = spec.lines().filter(|l| l.starts_with("  /") && l.ends_with(':')).count();
-        assert_eq!(documented, ENDPOINTS.len(), "openapi.yaml documents paths the router does not serve");
+        let documented: Vec<&str> = spec
+            .lines()
+            .filter(|l| l.starts_with("  /") && l.ends_with(':'))
+            .map(|l| &l[3..l.len() - 1])
+            .collect();
+        for path in &documented {
+            let served = ENDPOINTS.iter().any(|(_, e)| e == path);
+            let not_built = NOT_BUILT.iter().any(|(e, _)| e == path);
+            assert!(served || not_built, "openapi.yaml documents {path}, which is neither served nor listed");
+            if not_built {
+                let r = route(&req("PUT", &format!("{API_PREFIX}{path}"), "{}")).unwrap_err();
+                assert_eq!(r.status, 404, "{path}");
+                assert!(ApiResponse::error_text(r.body.as_ref().unwrap()).contains("lithe has no"), "{path}");
+            }
+        }
+        // Cloud Hypervisor's own document, every path of it: each one is in
+        // lithe's document, served or answered as a feature lithe lacks.
+        for path in CLOUD_HYPERVISOR_PATHS {
+            assert!(documented.contains(path), "Cloud Hypervisor's {path} is missing from openapi.yaml");
+        }
+        assert_eq!(documented.len(), ENDPOINTS.len() + NOT_BUILT.len());
     }
 
+    /// The paths of Cloud Hypervisor v54's `vmm/src/api/openapi/cloud-hypervisor.yaml`.
+    const CLOUD_HYPERVISOR_PATHS: &[&str] = &[
+        "vmm.ping",
+        "vmm.shutdown",
+        "vm.info",
+        "vm.counters",
+        "vm.create",
+        "vm.delete",
+        "vm.boot",
+        "vm.pause",
+        "vm.resume",
+        "vm.shutdown",
+        "vm.reboot",
+        "vm.power-button",
+        "vm.resize",
+        "vm.resize-disk",
+        "vm.resize-zone",
+        "vm.add-device",
+        "vm.remove-device",
+        "vm.add-disk",
+        "vm.add-fs",
+        "vm.add-generic-vhost-user",
+        "vm.add-pmem",
+        "vm.add-net",
+        "vm.add-vsock",
+        "vm.add-vdpa",
+        "vm.add-user-device",
+        "vm.snapshot",
+        "vm.coredump",
+        "vm.nmi",
+        "vm.restore",
+        "vm.receive-migration",
+        "vm.send-migration",
+    ];
+
     #[test]
-    fn bad_input_gets_the_right_status() {
+    fn bad_input_gets_the_right_status_and_a_message_array() {
         assert_eq!(status(route(&req("GET", "/nope", ""))), 404);
         assert_eq!(status(route(&req("GET", "/api/v1/vm.nope", ""))), 404);
+        assert_eq!(status(route(&req("PUT", "/api/v1/vm.add-disk", "{}"))), 404);
         assert_eq!(status(route(&req("GET", "/api/v1/vm.resize", ""))), 405);
         assert_eq!(status(route(&req("POST", "/api/v1/vm.boot", ""))), 405);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", ""))), 400);
@@ -178,7 +303,6 @@ mod tests {
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":"4"}"#))), 400);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":-1}"#))), 400);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":2,"extra":1}"#))), 400);
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{}"#))), 400);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize?wait=maybe", r#"{"desired_vcpus":2}"#))), 400);
         assert_eq!(
             status(route(&req("PUT", "/api/v1/vm.resize?wait_ms=1", r#"{"desired_vcpus":2,"wait_ms":1}"#))),
@@ -190,7 +314,23 @@ mod tests {
         );
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.boot", "junk"))), 400);
         assert_eq!(status(route(&req("GET", "/api/v1/vm.info?x=1", ""))), 400);
+        assert_eq!(status(route(&req("PUT", "/api/v1/vm.create", r#"{"payload":{},"gpu":1}"#))), 400);
         let e = route(&req("PUT", "/api/v1/vm.resize", "{")).unwrap_err();
-        assert!(e.body.unwrap()["error"].as_str().unwrap().contains("invalid JSON"));
+        let body = e.body.unwrap();
+        assert!(body.is_array(), "Cloud Hypervisor's error shape: {body}");
+        assert!(ApiResponse::error_text(&body).contains("Failed to deserialize JSON"), "{body}");
+    }
+
+    #[test]
+    fn results_become_cloud_hypervisors_statuses() {
+        let s = |e: ActionError| respond("ctx", Err(e)).status;
+        assert_eq!(s(ActionError::NotCreated), 404);
+        assert_eq!(s(ActionError::NotBooted), 405);
+        assert_eq!(s(ActionError::NotPaused), 405);
+        assert_eq!(s(ActionError::Busy("x".into())), 429);
+        assert_eq!(s(ActionError::Unsupported(vec!["disks".into()])), 400);
+        assert_eq!(respond("ctx", Ok(VmmData::Empty)), ApiResponse::no_content());
+        let r = respond("The VM could not be resized", Err(ActionError::Invalid("too many".into())));
+        assert_eq!(r.body, Some(serde_json::json!(["The VM could not be resized", "too many"])));
     }
 }

@@ -13,20 +13,21 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
+use crate::action::{ActionError, VmmAction, VmmData};
 use crate::http::{read_request, write_response};
-use crate::routes::{route, ApiRequest};
+use crate::routes::{respond as reply_for, route};
 use crate::types::ApiResponse;
 
-/// Requests served at once, and queued beyond that; more get 503.
+/// Requests served at once, and queued beyond that; more get 429 (retry).
 pub const WORKERS: usize = 4;
 pub const MAX_QUEUED: usize = 16;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
 const MAX_DRAIN: usize = 1 << 20;
 
-/// What the VMM does with a request. Called on connection threads.
+/// What the VMM does with an action. Called on worker threads.
 pub trait ApiHandler: Send + Sync {
-    fn handle(&self, request: ApiRequest) -> ApiResponse;
+    fn handle(&self, action: VmmAction) -> Result<VmmData, ActionError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,10 +165,11 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn ApiHandler>, stop: Arc<A
         };
         if let Err(std::sync::mpsc::TrySendError::Full(mut stream)) = tx.try_send(stream) {
             // Read the request (briefly) before refusing it, so the client
-            // sees our 503 rather than a broken pipe.
+            // sees our 429 rather than a broken pipe. 429 is what Cloud
+            // Hypervisor's clients (Kata's driver) retry on.
             let _ = stream.set_read_timeout(Some(DRAIN_TIMEOUT));
             let _ = read_request(&mut stream);
-            respond(&mut stream, ApiResponse::error(503, "the API is busy; retry"));
+            respond(&mut stream, ApiResponse::error(429, ["Too Many Requests", "the API is busy; retry"]));
         }
     }
     drop(tx);
@@ -182,11 +184,14 @@ fn serve(stream: &mut UnixStream, handler: &dyn ApiHandler) {
         Ok(req) => {
             debug!("API: {} {}", req.method, req.path);
             match route(&req) {
-                Ok(request) => handler.handle(request),
+                Ok(action) => {
+                    let failure = action.failure();
+                    reply_for(failure, handler.handle(action))
+                }
                 Err(reply) => reply,
             }
         }
-        Err(e) => ApiResponse::error(e.status(), e.to_string()),
+        Err(e) => ApiResponse::error(e.status(), ["Bad Request".to_string(), e.to_string()]),
     };
     if response.status >= 400 {
         debug!("API: answering {} {:?}", response.status, response.body);

@@ -1,13 +1,21 @@
-//! Request and response bodies.
+//! Request bodies and the HTTP-level response.
 
 use serde::{Deserialize, Serialize};
 
-/// `PUT /api/v1/vm.resize`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `PUT /api/v1/vm.resize`: Cloud Hypervisor's `VmResize` plus lithe's `wait_ms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeRequest {
-    pub desired_vcpus: u32,
-    /// Wait up to this long for the guest to complete the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_vcpus: Option<u32>,
+    /// Memory hotplug: lithe has none, so only null is accepted (by the VMM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_ram: Option<u64>,
+    /// Balloon: lithe has none, so only null is accepted (by the VMM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_balloon: Option<u64>,
+    /// lithe: wait up to this long for the guest to complete the change, and
+    /// answer 200 with a per-vCPU report instead of 204.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_ms: Option<u64>,
 }
@@ -17,13 +25,7 @@ pub const MAX_RESIZE_WAIT_MS: u64 = 10 * 60 * 1000;
 /// The wait `?wait=true` means.
 pub const DEFAULT_RESIZE_WAIT_MS: u64 = 120 * 1000;
 
-/// Every error reply: `{"error": "..."}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-/// What a handler answers: a status and an optional JSON body.
+/// What the server writes: a status and an optional JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiResponse {
     pub status: u16,
@@ -39,8 +41,18 @@ impl ApiResponse {
         ApiResponse { status: 204, body: None }
     }
 
-    pub fn error(status: u16, message: impl Into<String>) -> Self {
-        let body = ErrorBody { error: message.into() };
-        ApiResponse { status, body: Some(serde_json::to_value(body).unwrap_or(serde_json::Value::Null)) }
+    /// An error in Cloud Hypervisor's shape: a JSON array of messages, the
+    /// outermost first.
+    pub fn error<S: Into<String>>(status: u16, chain: impl IntoIterator<Item = S>) -> Self {
+        let messages: Vec<String> = chain.into_iter().map(Into::into).collect();
+        ApiResponse { status, body: Some(serde_json::Value::from(messages)) }
+    }
+
+    /// The messages of an error reply, joined (for logs and CLIs).
+    pub fn error_text(body: &serde_json::Value) -> String {
+        match body {
+            serde_json::Value::Array(a) => a.iter().filter_map(|m| m.as_str()).collect::<Vec<_>>().join(": "),
+            other => other.to_string(),
+        }
     }
 }

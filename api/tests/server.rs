@@ -7,16 +7,25 @@ use std::time::Duration;
 
 use api::client::request;
 use api::server::ServerError;
-use api::{ApiHandler, ApiRequest, ApiResponse, ApiServer};
+use api::action::VmmPingResponse;
+use api::{ActionError, ApiHandler, ApiServer, VmmAction, VmmData};
 
 struct Echo;
 
 impl ApiHandler for Echo {
-    fn handle(&self, request: ApiRequest) -> ApiResponse {
-        match request {
-            ApiRequest::VmmPing => ApiResponse::ok(serde_json::json!({"version": "test"})),
-            ApiRequest::VmResize(r) => ApiResponse::ok(serde_json::json!({"desired": r.desired_vcpus})),
-            _ => ApiResponse::no_content(),
+    fn handle(&self, action: VmmAction) -> Result<VmmData, ActionError> {
+        match action {
+            VmmAction::Ping => Ok(VmmData::Pong(VmmPingResponse {
+                build_version: "b".into(),
+                version: "test".into(),
+                pid: 1,
+                features: vec![],
+            })),
+            VmmAction::Resize(r) if r.wait_ms.is_some() => {
+                Ok(VmmData::ResizeReport(serde_json::json!({"desired": r.desired_vcpus})))
+            }
+            VmmAction::PauseVm => Err(ActionError::NotBooted),
+            _ => Ok(VmmData::Empty),
         }
     }
 }
@@ -35,10 +44,14 @@ fn serves_requests_with_mode_0600_and_cleans_up() {
     let r = request(&path, "GET", "vmm.ping", None, T).unwrap();
     assert_eq!((r.status, r.body["version"].as_str()), (200, Some("test")));
     let r = request(&path, "PUT", "vm.resize", Some(&serde_json::json!({"desired_vcpus": 3})), T).unwrap();
+    assert_eq!((r.status, &r.body), (204, &serde_json::Value::Null));
+    let r = request(&path, "PUT", "vm.resize", Some(&serde_json::json!({"desired_vcpus": 3, "wait_ms": 5})), T).unwrap();
     assert_eq!((r.status, r.body["desired"].as_u64()), (200, Some(3)));
     let r = request(&path, "PUT", "vm.resize", Some(&serde_json::json!({"desired": 3})), T).unwrap();
     assert_eq!(r.status, 400);
-    assert!(r.body["error"].as_str().unwrap().contains("unknown field"));
+    assert!(api::ApiResponse::error_text(&r.body).contains("unknown field"), "{}", r.body);
+    let r = request(&path, "PUT", "vm.pause", None, T).unwrap();
+    assert_eq!((r.status, r.body.clone()), (405, serde_json::json!(["The VM could not be paused", "The VM is not booted"])));
     let r = request(&path, "POST", "vmm.ping", None, T).unwrap();
     assert_eq!(r.status, 405);
 
@@ -51,7 +64,7 @@ fn serves_requests_with_mode_0600_and_cleans_up() {
         .collect();
     for h in handles {
         let status = h.join().unwrap().unwrap();
-        assert!(status == 200 || status == 503, "{status}");
+        assert!(status == 200 || status == 429, "{status}");
     }
 
     drop(server);

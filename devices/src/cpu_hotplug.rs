@@ -18,7 +18,7 @@
 //! `w` ranges over `0..8` (256 vCPUs). Reads of write-only registers return 0;
 //! unknown offsets, other access sizes and out-of-range ids are logged and ignored.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use log::{debug, warn};
@@ -50,8 +50,38 @@ pub trait CpuHotplugHost: Send + Sync {
     fn ost(&self, id: u32, event: u32, status: u32);
 }
 
+/// What the guest did with the controller, for `vm.counters`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Register reads and writes: each one is an MMIO exit.
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    /// Guest scans (`CSCN` starts each one by reading `INSERT[0]`).
+    pub scans: AtomicU64,
+    pub ejects: AtomicU64,
+    pub osts: AtomicU64,
+    /// Accesses logged and ignored (bad offsets, widths, ids).
+    pub ignored: AtomicU64,
+}
+
+impl Counters {
+    /// Name and value of each counter.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("reads", r(&self.reads)),
+            ("writes", r(&self.writes)),
+            ("scans", r(&self.scans)),
+            ("ejects", r(&self.ejects)),
+            ("osts", r(&self.osts)),
+            ("ignored", r(&self.ignored)),
+        ]
+    }
+}
+
 pub struct CpuHotplugController {
     max_vcpus: u32,
+    pub counters: Counters,
     insert: [AtomicU32; MAX_WORDS],
     remove: [AtomicU32; MAX_WORDS],
     ost_select: AtomicU32,
@@ -73,6 +103,7 @@ impl CpuHotplugController {
             ost_select: AtomicU32::new(u32::MAX),
             ost_event: AtomicU32::new(0),
             host,
+            counters: Counters::default(),
         }
     }
 
@@ -134,6 +165,7 @@ impl CpuHotplugController {
         if value < self.max_vcpus {
             Some(value)
         } else {
+            self.counters.ignored.fetch_add(1, Ordering::Relaxed);
             warn!("cpu-hotplug: guest wrote out-of-range vCPU id {value} to {what} (max {}), ignored", self.max_vcpus);
             None
         }
@@ -148,7 +180,12 @@ impl CpuHotplugController {
 impl BusDevice for CpuHotplugController {
     fn read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        if offset == REG_INSERT {
+            self.counters.scans.fetch_add(1, Ordering::Relaxed);
+        }
         if data.len() != 4 || !offset.is_multiple_of(4) {
+            self.counters.ignored.fetch_add(1, Ordering::Relaxed);
             warn!("cpu-hotplug: ignoring {}-byte read at offset {offset:#x}", data.len());
             return;
         }
@@ -166,11 +203,14 @@ impl BusDevice for CpuHotplugController {
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            self.counters.ignored.fetch_add(1, Ordering::Relaxed);
             warn!("cpu-hotplug: ignoring {}-byte write at offset {offset:#x}", data.len());
             return;
         };
         if !offset.is_multiple_of(4) {
+            self.counters.ignored.fetch_add(1, Ordering::Relaxed);
             warn!("cpu-hotplug: ignoring unaligned write at offset {offset:#x}");
             return;
         }
@@ -189,6 +229,7 @@ impl BusDevice for CpuHotplugController {
             REG_EJECT => {
                 if let Some(id) = self.valid_id("EJECT", value) {
                     debug!("cpu-hotplug: guest ejected vCPU {id}");
+                    self.counters.ejects.fetch_add(1, Ordering::Relaxed);
                     self.host.eject(id);
                 }
             }
@@ -206,9 +247,13 @@ impl BusDevice for CpuHotplugController {
                 }
                 let event = self.ost_event.load(Ordering::Acquire);
                 debug!("cpu-hotplug: vCPU {id} _OST event {event:#x} status {value:#x}");
+                self.counters.osts.fetch_add(1, Ordering::Relaxed);
                 self.host.ost(id, event, value);
             }
-            _ => warn!("cpu-hotplug: ignoring write of {value:#x} to read-only or unknown offset {offset:#x}"),
+            _ => {
+                self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+                warn!("cpu-hotplug: ignoring write of {value:#x} to read-only or unknown offset {offset:#x}")
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! raises the GED interrupt; the guest's `_EVT` reads the register, which
 //! returns and clears every pending bit, and dispatches on them.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use log::{debug, warn};
 
@@ -16,21 +16,32 @@ pub const GED_MMIO_LEN: u64 = 4;
 
 /// Event bit: the CPU hotplug controller has pending insert/remove requests.
 pub const GED_EVENT_CPU_HOTPLUG: u32 = 1 << 0;
+/// Event bit: the ACPI power button was pressed (`Notify(PWRB, 0x80)`).
+pub const GED_EVENT_POWER_BUTTON: u32 = 1 << 1;
 
 pub struct Ged<T: InterruptTrigger> {
     pending: AtomicU32,
     irq: T,
+    /// Interrupts raised and guest reads of the event register.
+    interrupts: AtomicU64,
+    reads: AtomicU64,
 }
 
 impl<T: InterruptTrigger> Ged<T> {
     pub fn new(irq: T) -> Self {
-        Ged { pending: AtomicU32::new(0), irq }
+        Ged { pending: AtomicU32::new(0), irq, interrupts: AtomicU64::new(0), reads: AtomicU64::new(0) }
     }
 
     /// Marks `events` pending and interrupts the guest.
     pub fn notify(&self, events: u32) -> std::io::Result<()> {
         self.pending.fetch_or(events, Ordering::AcqRel);
+        self.interrupts.fetch_add(1, Ordering::Relaxed);
         self.irq.trigger()
+    }
+
+    /// Name and value of each counter, for `vm.counters`.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("interrupts", self.interrupts.load(Ordering::Relaxed)), ("reads", self.reads.load(Ordering::Relaxed))]
     }
 }
 
@@ -41,6 +52,7 @@ impl<T: InterruptTrigger> BusDevice for Ged<T> {
             data.fill(0);
             return;
         }
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let events = self.pending.swap(0, Ordering::AcqRel);
         debug!("ged: guest read events {events:#x}");
         data.copy_from_slice(&events.to_le_bytes());

@@ -8,13 +8,16 @@ use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use api::action::{VmInfoResponse, VmmPingResponse};
 use api::types::ResizeRequest;
-use api::{ApiHandler, ApiRequest, ApiResponse};
+use api::{ActionError, ApiHandler, VmmAction, VmmData};
 use arc_swap::ArcSwapOption;
 use log::warn;
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::config::VmConfig;
+use crate::config_wire;
 use crate::cpu::lifecycle::{Phase, Reason};
 use crate::cpu::manager::{Cause, ResizePlan, TargetStatus};
 use crate::cpu::reconciler;
@@ -26,7 +29,8 @@ use crate::vm::{Ended, VmView};
 const MAIN_LOOP_TIMEOUT: Duration = Duration::from_secs(60);
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where the VM is in its life, as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmState {
     NotCreated = 0,
     Created = 1,
@@ -48,7 +52,10 @@ impl VmState {
 /// What the main loop publishes for API threads.
 #[derive(Default)]
 pub struct VmmShared {
+    /// The running VM, if one is.
     pub view: ArcSwapOption<VmView>,
+    /// The configured VM (booted or not), as a reboot would boot it.
+    pub config: ArcSwapOption<VmConfig>,
     state: AtomicU8,
 }
 
@@ -62,15 +69,17 @@ impl VmmShared {
     }
 }
 
-/// A request for the main loop and where to send its answer.
+/// An action for the main loop, when it arrived, and where to answer.
 pub struct MainLoopRequest {
-    pub request: ApiRequest,
+    pub action: VmmAction,
+    pub received: Instant,
     pub reply: SyncSender<MainLoopReply>,
 }
 
 pub enum MainLoopReply {
-    Response(ApiResponse),
-    /// A resize was accepted: what it set in motion, on which VM generation.
+    Done(Result<VmmData, ActionError>),
+    /// A resize of the running VM was accepted: what it set in motion, on
+    /// which VM generation.
     Resized(ResizePlan, Arc<VmView>),
 }
 
@@ -128,17 +137,6 @@ fn vcpu_info(view: &VmView, ids: &[u32]) -> Vec<VcpuInfo> {
             })
             .collect()
     })
-}
-
-#[derive(Serialize)]
-struct InfoReply {
-    state: VmState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    config: Option<crate::config::VmConfig>,
-    /// The vCPU count lithe drives towards, and why it is what it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    target: Option<TargetStatus>,
-    vcpus: Vec<VcpuInfo>,
 }
 
 #[derive(Serialize)]
@@ -202,65 +200,118 @@ impl ApiBridge {
         self.wake.try_clone()
     }
 
-    fn call(&self, request: ApiRequest) -> Result<MainLoopReply, ApiResponse> {
+    fn call(&self, action: VmmAction, received: Instant) -> Result<MainLoopReply, ActionError> {
         let (reply, rx) = sync_channel(1);
-        let sent = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(MainLoopRequest { request, reply });
+        let request = MainLoopRequest { action, received, reply };
+        let sent = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(request);
         if sent.is_err() || self.wake.write(1).is_err() {
-            return Err(ApiResponse::error(503, "the VMM is shutting down"));
+            return Err(ActionError::Unavailable("the VMM is shutting down".into()));
         }
-        rx.recv_timeout(MAIN_LOOP_TIMEOUT).map_err(|_| ApiResponse::error(503, "the VMM did not answer in time"))
+        rx.recv_timeout(MAIN_LOOP_TIMEOUT)
+            .map_err(|_| ActionError::Unavailable("the VMM did not answer in time".into()))
     }
 
-    fn info(&self) -> ApiResponse {
-        let view = self.shared.view.load_full();
-        let Some(v) = &view else {
-            return ApiResponse::ok(InfoReply {
-                state: self.shared.state(),
-                config: None,
-                target: None,
-                vcpus: vec![],
-            });
-        };
-        let vcpus = vcpu_info(v, &(0..v.config.cpus.max_vcpus).collect::<Vec<_>>());
-        let target = v.target.status();
-        // boot_vcpus follows every resize (Cloud Hypervisor's users read it as
-        // the current count), and is what a reboot boots.
-        let mut config = v.config.clone();
-        config.cpus.boot_vcpus = target.desired;
-        ApiResponse::ok(InfoReply {
-            state: self.shared.state(),
-            config: Some(config),
-            target: Some((*target).clone()),
-            vcpus,
+    fn ping() -> VmmData {
+        VmmData::Pong(VmmPingResponse {
+            build_version: format!("lithe v{}", env!("CARGO_PKG_VERSION")),
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: i64::from(std::process::id()),
+            features: vec!["kvm".into(), "acpi".into(), "cpu_hotplug".into(), "event_monitor".into()],
         })
     }
 
-    fn resize(&self, req: ResizeRequest) -> ApiResponse {
-        let deadline = req.wait_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-        let (plan, view) = match self.call(ApiRequest::VmResize(req.clone())) {
-            Ok(MainLoopReply::Resized(plan, view)) => (plan, view),
-            Ok(MainLoopReply::Response(r)) | Err(r) => return r,
+    fn info(&self) -> Result<VmmData, ActionError> {
+        let state = match self.shared.state() {
+            VmState::NotCreated => return Err(ActionError::NotCreated),
+            VmState::Created => api::action::VmState::Created,
+            VmState::Running => api::action::VmState::Running,
+            VmState::Paused => api::action::VmState::Paused,
         };
-        // Without a wait: whether it is already complete; nothing to say if
-        // it is merely under way.
+        let mut lithe = serde_json::Map::new();
+        let view = self.shared.view.load_full();
+        let config = match &view {
+            Some(v) => {
+                let target = v.target.status();
+                let vcpus = vcpu_info(v, &(0..v.config.cpus.max_vcpus).collect::<Vec<_>>());
+                lithe.insert("target".into(), serde_json::to_value(&*target).unwrap_or_default());
+                lithe.insert("vcpus".into(), serde_json::to_value(vcpus).unwrap_or_default());
+                // boot_vcpus follows every resize (Cloud Hypervisor's users,
+                // Kata among them, read it as the current count), and is what
+                // a reboot boots.
+                let mut c = v.config.clone();
+                c.cpus.boot_vcpus = target.desired;
+                c
+            }
+            None => match self.shared.config.load_full() {
+                Some(c) => (*c).clone(),
+                None => return Err(ActionError::NotCreated),
+            },
+        };
+        Ok(VmmData::VmInfo(Box::new(VmInfoResponse {
+            memory_actual_size: config.memory.size,
+            config: config_wire::to_wire(&config),
+            state,
+            lithe,
+        })))
+    }
+
+    fn counters(&self) -> Result<VmmData, ActionError> {
+        match self.shared.view.load_full() {
+            Some(v) => {
+                let mut counters = v.counters.as_ref().map(|c| c.collect()).unwrap_or_default();
+                // Exits to userspace per vCPU thread, for the vCPUs that have one.
+                let ids: Vec<u32> = (0..v.config.cpus.max_vcpus).collect();
+                let exits = vcpu_info(&v, &ids)
+                    .into_iter()
+                    .filter_map(|i| i.exits.map(|n| (format!("vcpu{}_exits", i.id), n)))
+                    .collect();
+                counters.insert("vcpus".into(), exits);
+                Ok(VmmData::Counters(counters))
+            }
+            None if self.shared.config.load().is_some() => Err(ActionError::NotBooted),
+            None => Err(ActionError::NotCreated),
+        }
+    }
+
+    fn resize(&self, req: ResizeRequest, received: Instant) -> Result<VmmData, ActionError> {
+        let mut refused = Vec::new();
+        if req.desired_ram.is_some() {
+            refused.push("desired_ram (lithe has no memory hotplug; memory.hotplug_size is only a capacity)".into());
+        }
+        if req.desired_balloon.is_some() {
+            refused.push("desired_balloon (lithe has no balloon)".into());
+        }
+        if !refused.is_empty() {
+            return Err(ActionError::Unsupported(refused));
+        }
+        if req.desired_vcpus.is_none() {
+            // Nothing asked: Cloud Hypervisor answers 204 too.
+            return if self.shared.state() == VmState::NotCreated { Err(ActionError::NotCreated) } else { Ok(VmmData::Empty) };
+        }
+        let deadline = req.wait_ms.map(|ms| received + Duration::from_millis(ms));
+        let (plan, view) = match self.call(VmmAction::Resize(req.clone()), received)? {
+            MainLoopReply::Resized(plan, view) => (plan, view),
+            MainLoopReply::Done(r) => return r,
+        };
+        let Some(deadline) = deadline else {
+            // Cloud Hypervisor's answer: accepted, under way.
+            return Ok(VmmData::Empty);
+        };
         let outcome = loop {
             if let Some(o) = wait_outcome(&view, plan.seq) {
                 break o;
             }
-            match deadline {
-                Some(d) if Instant::now() < d => std::thread::sleep(WAIT_POLL),
-                Some(_) => {
-                    let ms = req.wait_ms.unwrap_or(0);
-                    break Err(Some(format!("the guest had not completed the change after {ms} ms")));
-                }
-                None => break Err(None),
+            if Instant::now() >= deadline {
+                let ms = req.wait_ms.unwrap_or(0);
+                break Err(Some(format!("the guest had not completed the change after {ms} ms")));
             }
+            std::thread::sleep(WAIT_POLL);
         };
         let mut ids: Vec<u32> = plan.added.iter().chain(&plan.removing).chain(&plan.waiting_for).copied().collect();
         ids.sort_unstable();
         ids.dedup();
-        ApiResponse::ok(ResizeReply {
-            desired_vcpus: req.desired_vcpus,
+        let report = ResizeReply {
+            desired_vcpus: req.desired_vcpus.unwrap_or_default(),
             vcpus: vcpu_info(&view, &ids),
             added: plan.added,
             removing: plan.removing,
@@ -268,21 +319,24 @@ impl ApiBridge {
             complete: outcome.is_ok(),
             ended: outcome.err().flatten(),
             target: (*view.target.status()).clone(),
-        })
+        };
+        Ok(VmmData::ResizeReport(serde_json::to_value(report).unwrap_or_default()))
     }
 }
 
 impl ApiHandler for ApiBridge {
-    fn handle(&self, request: ApiRequest) -> ApiResponse {
-        match request {
-            ApiRequest::VmmPing => ApiResponse::ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
-            ApiRequest::VmInfo => self.info(),
-            ApiRequest::VmResize(req) => self.resize(req),
-            other => match self.call(other) {
-                Ok(MainLoopReply::Response(r)) | Err(r) => r,
-                Ok(MainLoopReply::Resized(..)) => {
-                    warn!("main loop answered a non-resize request with a resize plan");
-                    ApiResponse::error(500, "internal error")
+    fn handle(&self, action: VmmAction) -> Result<VmmData, ActionError> {
+        let received = Instant::now();
+        match action {
+            VmmAction::Ping => Ok(Self::ping()),
+            VmmAction::VmInfo => self.info(),
+            VmmAction::Counters => self.counters(),
+            VmmAction::Resize(req) => self.resize(req, received),
+            other => match self.call(other, received)? {
+                MainLoopReply::Done(r) => r,
+                MainLoopReply::Resized(..) => {
+                    warn!("main loop answered a non-resize action with a resize plan");
+                    Err(ActionError::Internal("the main loop gave a resize plan to another action".into()))
                 }
             },
         }
@@ -302,13 +356,14 @@ mod tests {
         let config = VmConfig {
             payload: PayloadConfig { kernel: "/k".into(), initramfs: None, cmdline: String::new() },
             cpus: CpusConfig::new(1, 2),
-            memory: MemoryConfig { size: 64 << 20 },
+            memory: MemoryConfig::new(64 << 20),
             serial: SerialConfig::Off,
+            platform: Default::default(),
         };
         let table = Arc::new(VcpuTable::new(2));
         table.set_state(0, State::new(Phase::Running)).unwrap();
         let host = Arc::new(HotplugHost::new(table.clone(), EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        VmView::new(config, table, host, Arc::new(Target::new(1)))
+        VmView::new(config, table, host, Arc::new(Target::new(1)), None)
     }
 
     #[test]

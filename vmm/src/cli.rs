@@ -42,21 +42,74 @@ pub struct VmArgs {
     /// Serial console: tty (stdout/stdin), file=PATH, or off.
     #[arg(long, value_name = "tty|file=PATH|off", default_value = "tty")]
     pub serial: String,
-    /// Serve the REST API on this Unix socket.
-    #[arg(long, value_name = "PATH")]
+    /// Serve the REST API on this Unix socket (PATH or path=PATH).
+    #[arg(long, value_name = "PATH", value_parser = parse_api_socket)]
     pub api_socket: Option<PathBuf>,
-    /// Seccomp filters on vCPU and API threads: on or off.
-    #[arg(
-        long,
-        value_name = "on|off",
-        default_value = "on",
-        action = clap::ArgAction::Set,
-        value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["on", "off"]), |v| v == "on")
-    )]
-    pub seccomp: bool,
+    /// Seccomp filters on vCPU and API threads: on (true), off (false), or
+    /// log (report what would be blocked, block nothing).
+    #[arg(long, value_name = "on|off|log", default_value = "on", value_parser = parse_seccomp)]
+    pub seccomp: SeccompMode,
+    /// The virtio console: lithe has none, so only "off" (Cloud Hypervisor's flag).
+    #[arg(long, value_name = "off", value_parser = parse_console)]
+    pub console: Option<String>,
+    /// Write Cloud Hypervisor's JSON event records, and lithe's per-vCPU
+    /// hotplug events, to path=PATH or to an inherited fd=N.
+    #[arg(long, value_name = "path=PATH|fd=N")]
+    pub event_monitor: Option<String>,
     /// error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
+    /// Verbosity as Cloud Hypervisor counts it: -v info, -vv debug, -vvv
+    /// trace (overrides --log-level).
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Write the log to this file instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// `--seccomp`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeccompMode {
+    On,
+    Off,
+    Log,
+}
+
+fn parse_seccomp(s: &str) -> Result<SeccompMode, String> {
+    match s {
+        "on" | "true" => Ok(SeccompMode::On),
+        "off" | "false" => Ok(SeccompMode::Off),
+        "log" => Ok(SeccompMode::Log),
+        _ => Err(format!("expected on, off, true, false or log, got {s:?}")),
+    }
+}
+
+fn parse_console(s: &str) -> Result<String, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "off" | "null" => Ok("off".into()),
+        _ => Err(format!("{s:?}: lithe has no virtio-console; only off (use --serial for the guest console)")),
+    }
+}
+
+fn parse_api_socket(s: &str) -> Result<PathBuf, String> {
+    let path = s.strip_prefix("path=").unwrap_or(s);
+    if path.is_empty() || path.starts_with("fd=") {
+        return Err(format!("{s:?}: expected PATH or path=PATH (lithe does not take an inherited fd=)"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+impl VmArgs {
+    /// The log level: `-v` counts as Cloud Hypervisor's do, else `--log-level`.
+    pub fn log_filter(&self) -> log::LevelFilter {
+        match self.verbose {
+            0 => self.log_level,
+            1 => log::LevelFilter::Info,
+            2 => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +160,12 @@ pub enum RemoteAction {
     Shutdown,
     /// Shut down the VM and end the VMM.
     VmmShutdown,
+    /// Shut the VM down (if it runs) and forget its configuration.
+    Delete,
+    /// Device counters and lithe's own latencies.
+    Counters,
+    /// Press the ACPI power button.
+    PowerButton,
 }
 
 impl VmArgs {
@@ -130,6 +189,7 @@ impl VmArgs {
             cpus: config::parse_cpus(&self.cpus)?,
             memory: config::parse_memory(&self.memory)?,
             serial: config::parse_serial(&self.serial)?,
+            platform: Default::default(),
         }))
     }
 }
@@ -160,6 +220,31 @@ mod tests {
         assert!(bad.to_string().starts_with("--cpus"), "{bad}");
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--log-level", "loud"]).is_err());
+    }
+
+    /// What Kata's clh driver passes at launch: `--api-socket P`, `-v`
+    /// repeated, `--seccomp false`; and Cloud Hypervisor's other spellings.
+    #[test]
+    fn cloud_hypervisor_launch_flags() {
+        let cli = parse(&["--api-socket", "/run/clh.sock", "-vv", "--seccomp", "false"]).unwrap();
+        assert_eq!(cli.vm.api_socket.as_deref(), Some(std::path::Path::new("/run/clh.sock")));
+        assert_eq!((cli.vm.seccomp, cli.vm.log_filter()), (SeccompMode::Off, log::LevelFilter::Debug));
+        let cli = parse(&["--api-socket", "path=/s", "--seccomp", "log", "--console", "off"]).unwrap();
+        assert_eq!((cli.vm.api_socket.unwrap(), cli.vm.seccomp), (PathBuf::from("/s"), SeccompMode::Log));
+        assert_eq!(parse(&["--seccomp", "true"]).unwrap().vm.seccomp, SeccompMode::On);
+        assert_eq!(parse(&["-v"]).unwrap().vm.log_filter(), log::LevelFilter::Info);
+        assert_eq!(parse(&["-vvvv"]).unwrap().vm.log_filter(), log::LevelFilter::Trace);
+        assert_eq!(parse(&[]).unwrap().vm.log_filter(), log::LevelFilter::Info);
+        let cli = parse(&["--event-monitor", "path=/tmp/e", "--log-file", "/tmp/l"]).unwrap();
+        assert_eq!(cli.vm.event_monitor.as_deref(), Some("path=/tmp/e"));
+        for bad in [
+            &["--seccomp", "maybe"][..],
+            &["--console", "tty"],
+            &["--api-socket", "fd=3"],
+            &["--api-socket", "path="],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use api::vm_config::CpuTopology;
+
 /// Most vCPUs lithe supports: APIC ids 0..=253 fit xAPIC (255 is broadcast)
 /// and the CPU hotplug controller's bitmaps.
 pub const MAX_SUPPORTED_VCPUS: u32 = 254;
@@ -39,6 +41,18 @@ pub struct CpusConfig {
     /// How long the guest gets to eject a vCPU before the removal is rolled back.
     #[serde(default = "default_eject_timeout_ms")]
     pub eject_timeout_ms: u64,
+    /// Validated and stored (Cloud Hypervisor's `cpus.topology`). The CPUID
+    /// leaves and MADT still describe one package of `max` cores: honouring
+    /// it is the topology and x2APIC issue's work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<CpuTopology>,
+    /// Expose the host's virtualization extensions (VMX/SVM) to the guest.
+    #[serde(default = "yes")]
+    pub nested: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Default for [`CpusConfig::eject_timeout_ms`]: generous, slow guests take seconds.
@@ -51,7 +65,7 @@ fn default_eject_timeout_ms() -> u64 {
 
 impl CpusConfig {
     pub fn new(boot_vcpus: u32, max_vcpus: u32) -> Self {
-        CpusConfig { boot_vcpus, max_vcpus, eject_timeout_ms: DEFAULT_EJECT_TIMEOUT_MS }
+        CpusConfig { boot_vcpus, max_vcpus, eject_timeout_ms: DEFAULT_EJECT_TIMEOUT_MS, topology: None, nested: true }
     }
 }
 
@@ -60,6 +74,35 @@ impl CpusConfig {
 pub struct MemoryConfig {
     /// Bytes of guest RAM.
     pub size: u64,
+    /// Room for memory hotplug (Cloud Hypervisor's `hotplug_size`): accepted
+    /// as a capacity; lithe has no memory hotplug, so using it (a resize
+    /// with `desired_ram`) is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug_size: Option<u64>,
+    /// Ask for transparent huge pages on guest RAM (`madvise(MADV_HUGEPAGE)`).
+    #[serde(default = "yes")]
+    pub thp: bool,
+}
+
+impl MemoryConfig {
+    pub fn new(size: u64) -> MemoryConfig {
+        MemoryConfig { size, hotplug_size: None, thp: true }
+    }
+}
+
+/// Platform capacities that only matter to devices lithe does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// PCI segments (Kata asks for 2). lithe has no PCI devices: stored and
+    /// reported, nothing more.
+    pub num_pci_segments: u16,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig { num_pci_segments: 1 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -97,6 +140,8 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     #[serde(default)]
     pub serial: SerialConfig,
+    #[serde(default)]
+    pub platform: PlatformConfig,
 }
 
 impl VmConfig {
@@ -146,6 +191,20 @@ pub fn validate_cpus(c: &CpusConfig, kvm_max_vcpus: u32) -> Result<(), ConfigErr
     if c.max_vcpus > limit {
         return Err(ConfigError::Cpus(format!("max={} exceeds the supported limit of {limit}", c.max_vcpus)));
     }
+    if let Some(t) = c.topology {
+        let parts = [t.threads_per_core, t.cores_per_die, t.dies_per_package, t.packages];
+        if parts.contains(&0) {
+            return Err(ConfigError::Cpus(format!("topology {}: every part must be at least 1", topology_text(t))));
+        }
+        let total: u64 = parts.iter().map(|&p| u64::from(p)).product();
+        if total != u64::from(c.max_vcpus) {
+            return Err(ConfigError::Cpus(format!(
+                "topology {} makes {total} vCPUs, but max={}",
+                topology_text(t),
+                c.max_vcpus
+            )));
+        }
+    }
     if c.eject_timeout_ms == 0 || c.eject_timeout_ms > MAX_EJECT_TIMEOUT_MS {
         return Err(ConfigError::Cpus(format!(
             "eject_timeout_ms={} must be between 1 and {MAX_EJECT_TIMEOUT_MS}",
@@ -153,6 +212,11 @@ pub fn validate_cpus(c: &CpusConfig, kvm_max_vcpus: u32) -> Result<(), ConfigErr
         )));
     }
     Ok(())
+}
+
+/// `threads:cores:dies:packages`, as the CLI takes it.
+pub fn topology_text(t: CpuTopology) -> String {
+    format!("{}:{}:{}:{}", t.threads_per_core, t.cores_per_die, t.dies_per_package, t.packages)
 }
 
 fn validate_memory(size: u64) -> Result<(), ConfigError> {
@@ -195,15 +259,23 @@ pub fn parse_cpus(s: &str) -> Result<CpusConfig, ConfigError> {
     let mut boot = None;
     let mut max = None;
     let mut timeout = DEFAULT_EJECT_TIMEOUT_MS;
-    for (k, v) in pairs(s, &["boot", "max", "eject_timeout_ms"]).map_err(ConfigError::Cpus)? {
+    let mut topology = None;
+    for (k, v) in pairs(s, &["boot", "max", "eject_timeout_ms", "topology"]).map_err(ConfigError::Cpus)? {
         match k {
             "boot" => boot = Some(num(k, v)?),
             "max" => max = Some(num(k, v)?),
+            "topology" => {
+                let parts: Vec<u16> = v.split(':').map(|p| num(k, p)).collect::<Result<_, _>>()?;
+                let [threads_per_core, cores_per_die, dies_per_package, packages] = parts[..] else {
+                    return Err(ConfigError::Cpus(format!("topology={v:?}: expected threads:cores:dies:packages")));
+                };
+                topology = Some(CpuTopology { threads_per_core, cores_per_die, dies_per_package, packages });
+            }
             _ => timeout = num(k, v)?,
         }
     }
     let boot = boot.ok_or_else(|| ConfigError::Cpus("boot= is required".into()))?;
-    Ok(CpusConfig { boot_vcpus: boot, max_vcpus: max.unwrap_or(boot), eject_timeout_ms: timeout })
+    Ok(CpusConfig { boot_vcpus: boot, max_vcpus: max.unwrap_or(boot), eject_timeout_ms: timeout, topology, nested: true })
 }
 
 /// A size like `128M`, `1G`, `4096K` or plain bytes.
@@ -227,7 +299,7 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, ConfigError> {
     } else {
         s
     };
-    parse_size(value).map(|size| MemoryConfig { size }).map_err(ConfigError::Memory)
+    parse_size(value).map(MemoryConfig::new).map_err(ConfigError::Memory)
 }
 
 /// `tty`, `off`, or `file=PATH`.
@@ -266,6 +338,16 @@ mod tests {
         assert!(validate_cpus(&CpusConfig { eject_timeout_ms: 0, ..t }, 64).is_err());
         assert!(validate_cpus(&CpusConfig { eject_timeout_ms: u64::MAX, ..t }, 64).is_err());
         assert!(parse_cpus("boot=1,eject_timeout_ms=soon").is_err());
+        // Cloud Hypervisor's topology=threads:cores:dies:packages, which must make max.
+        let t = parse_cpus("boot=2,max=8,topology=2:2:1:2").unwrap();
+        assert_eq!(t.topology.map(topology_text).as_deref(), Some("2:2:1:2"));
+        assert!(validate_cpus(&t, 64).is_ok());
+        let e = validate_cpus(&parse_cpus("boot=1,max=6,topology=2:2:1:2").unwrap(), 64).unwrap_err();
+        assert!(e.to_string().contains("makes 8 vCPUs, but max=6"), "{e}");
+        assert!(validate_cpus(&parse_cpus("boot=1,max=1,topology=1:1:1:0").unwrap(), 64).is_err());
+        for bad in ["boot=1,topology=1:1:1", "boot=1,topology=a:1:1:1", "boot=1,topology=1:1:1:1:1"] {
+            assert!(parse_cpus(bad).is_err(), "{bad}");
+        }
         assert!(ConfigError::Cpus("x".into()).to_string().starts_with("--cpus:"));
     }
 
@@ -278,8 +360,8 @@ mod tests {
         for bad in ["", "M", "12X", "1.5G", "-1M", "99999999999999999999G", "18446744073709551615G"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(parse_memory("size=256M"), Ok(MemoryConfig { size: 256 << 20 }));
-        assert_eq!(parse_memory("64M"), Ok(MemoryConfig { size: 64 << 20 }));
+        assert_eq!(parse_memory("size=256M"), Ok(MemoryConfig::new(256 << 20)));
+        assert_eq!(parse_memory("64M"), Ok(MemoryConfig::new(64 << 20)));
         assert!(parse_memory("size=1M,size=2M").is_err());
         assert!(parse_memory("sz=1M").is_err());
         assert!(validate_memory(16 << 20).is_err());

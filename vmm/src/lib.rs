@@ -13,7 +13,13 @@ pub mod arch;
 pub mod cli;
 #[cfg(not(loom))]
 pub mod config;
+#[cfg(not(loom))]
+pub mod config_wire;
+#[cfg(not(loom))]
+pub mod counters;
 pub mod cpu;
+#[cfg(not(loom))]
+pub mod events;
 #[cfg(not(loom))]
 pub mod exit;
 #[cfg(not(loom))]

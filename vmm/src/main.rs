@@ -21,11 +21,12 @@ mod app {
     use log::{error, warn};
 
     use vmm::api_bridge::{ApiBridge, VmmShared};
-    use vmm::cli::{Cli, Command, RemoteAction, RemoteArgs};
+    use vmm::cli::{Cli, Command, RemoteAction, RemoteArgs, SeccompMode};
     use vmm::seccomp::Filters;
     use vmm::vmm::Vmm;
 
     pub fn main() -> ExitCode {
+        vmm::counters::mark_process_start();
         let cli = Cli::parse();
         match cli.command {
             Some(Command::Remote(args)) => remote(args),
@@ -34,7 +35,20 @@ mod app {
     }
 
     fn run(cli: Cli) -> ExitCode {
-        env_logger::Builder::new().filter_level(cli.vm.log_level).format_target(false).init();
+        let mut logger = env_logger::Builder::new();
+        logger.filter_level(cli.vm.log_filter()).format_target(false);
+        if let Some(path) = &cli.vm.log_file {
+            match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                Ok(f) => {
+                    logger.target(env_logger::Target::Pipe(Box::new(f)));
+                }
+                Err(e) => {
+                    eprintln!("lithe: --log-file {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        logger.init();
         match serve(&cli) {
             Ok(code) => ExitCode::from(code),
             Err(Failure { code, message }) => {
@@ -68,6 +82,11 @@ mod app {
             let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
             c.validate(max).map_err(usage)?;
         }
+        if let Some(spec) = &cli.vm.event_monitor {
+            let file = vmm::events::open(spec).map_err(usage)?;
+            vmm::events::start(file).map_err(fatal)?;
+        }
+        vmm::events::emit("vmm", "starting", &[]);
 
         let shared = Arc::new(VmmShared::default());
         let (bridge, api) = match &cli.vm.api_socket {
@@ -78,11 +97,16 @@ mod app {
             }
             None => (None, None),
         };
-        let seccomp = if cli.vm.seccomp {
-            Some(Filters::new().map_err(fatal)?)
-        } else {
-            warn!("seccomp filters are off (--seccomp off): vCPU and API threads may make any syscall");
-            None
+        let seccomp = match cli.vm.seccomp {
+            SeccompMode::On => Some(Filters::new().map_err(fatal)?),
+            SeccompMode::Log => {
+                warn!("seccomp filters only log (--seccomp log): blocked syscalls are reported to the audit log, not stopped");
+                Some(Filters::logging().map_err(fatal)?)
+            }
+            SeccompMode::Off => {
+                warn!("seccomp filters are off (--seccomp off): vCPU and API threads may make any syscall");
+                None
+            }
         };
         let mut vmm = Vmm::new(shared, api, seccomp.clone()).map_err(fatal)?;
         // Before the socket appears: from then on a SIGTERM must end lithe cleanly.
@@ -158,16 +182,19 @@ mod app {
             RemoteAction::Reboot => ("PUT", "vm.reboot", None, 70),
             RemoteAction::Shutdown => ("PUT", "vm.shutdown", None, 70),
             RemoteAction::VmmShutdown => ("PUT", "vmm.shutdown", None, 70),
+            RemoteAction::Delete => ("PUT", "vm.delete", None, 70),
+            RemoteAction::Counters => ("GET", "vm.counters", None, 10),
+            RemoteAction::PowerButton => ("PUT", "vm.power-button", None, 70),
         };
         match api::client::request(&args.api_socket, method, endpoint, body.as_ref(), Duration::from_secs(timeout)) {
             Ok(r) => {
-                if !r.body.is_null() {
+                if !r.body.is_null() && (200..300).contains(&r.status) {
                     println!("{}", serde_json::to_string_pretty(&r.body).unwrap_or_default());
                 }
                 if (200..300).contains(&r.status) {
                     ExitCode::SUCCESS
                 } else {
-                    eprintln!("lithe: {endpoint}: HTTP {}", r.status);
+                    eprintln!("lithe: {endpoint}: HTTP {}: {}", r.status, api::ApiResponse::error_text(&r.body));
                     ExitCode::from(1)
                 }
             }

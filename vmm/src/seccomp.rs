@@ -56,16 +56,35 @@ impl Filter {
 }
 
 impl Filters {
-    /// Compiles both filters and installs the SIGSYS reporter.
+    /// Compiles both filters and installs the SIGSYS reporter: a syscall
+    /// outside the lists ends lithe, naming it.
     pub fn new() -> Result<Filters, SeccompError> {
         install_sigsys_handler()?;
-        Ok(Filters { vcpu: Arc::new(compile("vCPU", vcpu_rules())?), api: Arc::new(compile("API", api_rules())?) })
+        Self::build(SeccompAction::Trap)
+    }
+
+    /// Filters that only log what they would block (the kernel's audit log;
+    /// `--seccomp log`, as Cloud Hypervisor has it): for finding what a
+    /// filter misses without stopping the VM.
+    pub fn logging() -> Result<Filters, SeccompError> {
+        Self::build(SeccompAction::Log)
+    }
+
+    fn build(on_mismatch: SeccompAction) -> Result<Filters, SeccompError> {
+        Ok(Filters {
+            vcpu: Arc::new(compile("vCPU", vcpu_rules(), on_mismatch.clone())?),
+            api: Arc::new(compile("API", api_rules(), on_mismatch)?),
+        })
     }
 }
 
-fn compile(which: &'static str, rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<Filter, SeccompError> {
+fn compile(
+    which: &'static str,
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    on_mismatch: SeccompAction,
+) -> Result<Filter, SeccompError> {
     let arch = TargetArch::x86_64;
-    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
+    let filter = SeccompFilter::new(rules, on_mismatch, SeccompAction::Allow, arch)
         .map_err(|source| SeccompError::Build { which, source })?;
     let program = BpfProgram::try_from(filter).map_err(|source| SeccompError::Build { which, source })?;
     Ok(Filter { which, program })

@@ -22,6 +22,7 @@ use devices::{Bus, BusError, EventFdTrigger};
 use crate::acpi::{self, GED_IRQ};
 use crate::arch::{boot, regs};
 use crate::config::{SerialConfig, VmConfig};
+use crate::counters::{CounterSources, Latencies};
 use crate::cpu::clock::SystemClock;
 use crate::cpu::hotplug_host::HotplugHost;
 use crate::cpu::manager::{ManagerParts, Target, VcpuManager};
@@ -57,6 +58,8 @@ pub enum VmError {
     Signal(vmm_sys_util::errno::Error),
     #[error(transparent)]
     Manager(#[from] crate::cpu::manager::ManagerError),
+    #[error("no VM is configured")]
+    NotConfigured,
 }
 
 fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -80,6 +83,8 @@ pub struct VmView {
     pub table: Arc<VcpuTable<VcpuHandle>>,
     pub host: Arc<HotplugHost>,
     pub target: Arc<Target>,
+    /// What `vm.counters` reports (the devices and the VMM's latencies).
+    pub counters: Option<CounterSources>,
     ended: AtomicU8,
 }
 
@@ -90,8 +95,9 @@ impl VmView {
         table: Arc<VcpuTable<VcpuHandle>>,
         host: Arc<HotplugHost>,
         target: Arc<Target>,
+        counters: Option<CounterSources>,
     ) -> Self {
-        VmView { config, table, host, target, ended: AtomicU8::new(Ended::Running as u8) }
+        VmView { config, table, host, target, counters, ended: AtomicU8::new(Ended::Running as u8) }
     }
 
     pub fn ended(&self) -> Ended {
@@ -112,6 +118,7 @@ pub struct Vm {
     serial: Arc<SerialDevice>,
     view: Arc<VmView>,
     exit: Arc<ExitNotifier>,
+    ged: Arc<Ged<EventFdTrigger>>,
     // Dropped after the manager has stopped every vCPU thread (see Drop).
     _vm_fd: Arc<VmFd>,
     _memory: GuestMemory,
@@ -215,17 +222,24 @@ impl Vm {
             seccomp: seccomp.map(|f| f.vcpu.clone()),
             on_started: Some(on_started),
         };
+        let latencies = Arc::new(Latencies::default());
+        let counters = CounterSources {
+            controller: controller.clone(),
+            ged: ged.clone(),
+            latencies: latencies.clone(),
+        };
         let mut manager = VcpuManager::new(ManagerParts {
             vm: vm_fd.clone(),
             table: table.clone(),
             host: host.clone(),
             controller,
-            ged,
+            ged: ged.clone(),
             ctx,
             supported_cpuid,
             hotplug_timeout: Duration::from_millis(cpus.eject_timeout_ms),
             clock: Arc::new(SystemClock),
             stop_limit: crate::cpu::manager::STOP_LIMIT,
+            latencies,
         });
         manager.start_boot_vcpus(cpus.boot_vcpus, entry.0 .0)?;
         info!(
@@ -236,8 +250,8 @@ impl Vm {
             p.kernel.display()
         );
         let target = manager.target().clone();
-        let view = Arc::new(VmView::new(config.clone(), table, host, target));
-        Ok(Vm { manager, serial, view, exit, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
+        let view = Arc::new(VmView::new(config.clone(), table, host, target, Some(counters)));
+        Ok(Vm { manager, serial, view, exit, ged, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
     }
 
     pub fn manager(&mut self) -> &mut VcpuManager {
@@ -250,6 +264,12 @@ impl Vm {
 
     pub fn view(&self) -> &Arc<VmView> {
         &self.view
+    }
+
+    /// Presses the ACPI power button: the guest decides what to do (Linux's
+    /// button driver reports it; the guest image powers off).
+    pub fn press_power_button(&self) -> std::io::Result<()> {
+        self.ged.notify(devices::ged::GED_EVENT_POWER_BUTTON)
     }
 
     /// This generation's exit notifier.

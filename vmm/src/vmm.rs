@@ -8,7 +8,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{ApiRequest, ApiResponse};
+use api::{ActionError, VmmAction, VmmData};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{error, info, warn};
 use vmm_sys_util::epoll::EventSet;
@@ -17,6 +17,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::api_bridge::{MainLoopReply, MainLoopRequest, VmState, VmmShared};
 use crate::config::{SerialConfig, VmConfig};
+use crate::config_wire::{self, WireError};
+use crate::events::emit;
 use crate::cpu::manager::{ManagerError, ResizePlan};
 use crate::exit::VmExit;
 use crate::seccomp::Filters;
@@ -80,17 +82,22 @@ impl Vmm {
     }
 
     pub fn set_config(&mut self, config: VmConfig) {
+        self.shared.config.store(Some(Arc::new(config.clone())));
         self.config = Some(config);
         self.shared.set_state(VmState::Created);
     }
 
     /// Builds and starts the configured VM.
     pub fn boot(&mut self) -> Result<(), VmError> {
-        let config = self.config.as_ref().expect("boot needs a config");
+        let Some(config) = self.config.as_ref() else {
+            return Err(VmError::NotConfigured);
+        };
+        emit("vm", "booting", &[]);
         let vm = Vm::create(config, &self.exit_evt, &self.hotplug_evt, self.seccomp.as_ref())?;
         self.shared.view.store(Some(vm.view().clone()));
         self.shared.set_state(VmState::Running);
         self.vm = Some(vm);
+        emit("vm", "booted", &[]);
         Ok(())
     }
 
@@ -102,20 +109,26 @@ impl Vmm {
             let desired = vm.view().target.desired();
             if let Some(c) = self.config.as_mut() {
                 c.cpus.boot_vcpus = desired;
+                self.shared.config.store(Some(Arc::new(c.clone())));
             }
             vm.view().set_ended(how);
             drop(vm);
             info!("VM stopped ({how:?})");
+            if how == Ended::ShutDown {
+                emit("vm", "shutdown", &[]);
+            }
         }
         self.shared.set_state(if self.config.is_some() { VmState::Created } else { VmState::NotCreated });
     }
 
     /// Tears the VM down and boots it again with the vCPU count it had.
     fn reboot(&mut self) -> Result<(), VmError> {
+        emit("vm", "rebooting", &[]);
         self.teardown(Ended::Rebooted);
         let r = self.boot();
-        if let Err(e) = &r {
-            error!("reboot failed: {e}");
+        match &r {
+            Ok(()) => emit("vm", "rebooted", &[]),
+            Err(e) => error!("reboot failed: {e}"),
         }
         r
     }
@@ -170,108 +183,153 @@ impl Vmm {
         let Some((rx, evt)) = &self.api else { return };
         let _ = evt.read();
         let pending: Vec<MainLoopRequest> = rx.try_iter().collect();
-        for MainLoopRequest { request, reply } in pending {
-            let answer = self.execute(request);
+        for MainLoopRequest { action, received, reply } in pending {
+            let answer = self.execute(action, received);
             let _ = reply.send(answer);
         }
     }
 
-    fn execute(&mut self, request: ApiRequest) -> MainLoopReply {
-        use MainLoopReply::Response;
-        let conflict = |m: &str| Response(ApiResponse::error(409, m));
-        match request {
-            ApiRequest::VmCreate(json) => {
+    /// Carries out one API action on the main loop.
+    fn execute(&mut self, action: VmmAction, received: std::time::Instant) -> MainLoopReply {
+        use MainLoopReply::Done;
+        match action {
+            VmmAction::CreateVm(wire) => Done(self.create(&wire)),
+            VmmAction::BootVm => Done(self.boot_action()),
+            VmmAction::DeleteVm => {
+                // Cloud Hypervisor: shut the VM down if it runs, forget its config.
                 if self.vm.is_some() {
-                    return conflict("a VM is already running; shut it down first");
+                    self.teardown(Ended::ShutDown);
                 }
-                let config: VmConfig = match serde_json::from_value(json) {
-                    Ok(c) => c,
-                    Err(e) => return Response(ApiResponse::error(400, format!("invalid VM config: {e}"))),
-                };
-                let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
-                if let Err(e) = config.validate(max) {
-                    return Response(ApiResponse::error(400, e.to_string()));
+                if self.config.take().is_some() {
+                    emit("vm", "deleted", &[]);
                 }
-                info!("VM configured over the API");
-                self.set_config(config);
-                Response(ApiResponse::no_content())
+                self.shared.config.store(None);
+                self.shared.set_state(VmState::NotCreated);
+                Done(Ok(VmmData::Empty))
             }
-            ApiRequest::VmBoot => {
-                if self.vm.is_some() {
-                    return conflict("the VM is already running");
-                }
-                if self.config.is_none() {
-                    return conflict("no VM is configured; PUT vm.create first");
-                }
-                match self.boot() {
-                    Ok(()) => Response(ApiResponse::no_content()),
-                    Err(e @ VmError::Config(_)) => Response(ApiResponse::error(400, e.to_string())),
-                    Err(e) => {
-                        error!("VM boot failed: {e}");
-                        self.teardown(Ended::ShutDown);
-                        Response(ApiResponse::error(500, format!("boot failed: {e}")))
-                    }
-                }
-            }
-            ApiRequest::VmShutdown => {
-                if self.vm.is_none() {
-                    return conflict("the VM is not running");
-                }
+            VmmAction::ShutdownVm => Done(self.running().map(|_| ()).map(|()| {
                 self.teardown(Ended::ShutDown);
-                Response(ApiResponse::no_content())
-            }
-            ApiRequest::VmReboot => {
-                if self.vm.is_none() {
-                    return conflict("the VM is not running");
-                }
-                match self.reboot() {
-                    Ok(()) => Response(ApiResponse::no_content()),
-                    Err(e) => Response(ApiResponse::error(500, format!("reboot failed: {e}"))),
-                }
-            }
-            ApiRequest::VmPause | ApiRequest::VmResume => {
-                let pause = matches!(request, ApiRequest::VmPause);
-                let Some(vm) = self.vm.as_mut() else {
-                    return conflict("the VM is not running");
-                };
-                let m = vm.manager();
-                if m.is_paused() == pause {
-                    return conflict(if pause { "the VM is already paused" } else { "the VM is not paused" });
-                }
-                if pause {
-                    if let Err(e) = m.pause() {
-                        return Response(ApiResponse::error(500, format!("pause failed: {e}")));
-                    }
-                    self.shared.set_state(VmState::Paused);
-                } else {
-                    m.resume();
-                    self.shared.set_state(VmState::Running);
-                }
-                Response(ApiResponse::no_content())
-            }
-            ApiRequest::VmResize(req) => {
-                let Some(vm) = self.vm.as_mut() else {
-                    return conflict("the VM is not running; boot it first");
-                };
-                match vm.manager().resize(req.desired_vcpus) {
-                    Ok(ResizePlan { error: Some(e), .. }) => Response(ApiResponse::error(500, e)),
-                    Ok(plan) => MainLoopReply::Resized(plan, vm.view().clone()),
-                    Err(e @ ManagerError::InvalidCount { .. }) => Response(ApiResponse::error(400, e.to_string())),
-                    Err(e @ ManagerError::Paused) => Response(ApiResponse::error(409, e.to_string())),
-                    Err(e) => {
-                        error!("resize failed: {e}");
-                        Response(ApiResponse::error(500, e.to_string()))
-                    }
-                }
-            }
-            ApiRequest::VmmShutdown => {
+                VmmData::Empty
+            })),
+            VmmAction::RebootVm => Done(self.running().map(|_| ()).and_then(|()| {
+                self.reboot().map(|_| VmmData::Empty).map_err(|e| ActionError::Internal(format!("reboot failed: {e}")))
+            })),
+            VmmAction::PauseVm => Done(self.pause(true)),
+            VmmAction::ResumeVm => Done(self.pause(false)),
+            VmmAction::PowerButton => Done(self.running().and_then(|vm| {
+                vm.press_power_button()
+                    .map_err(|e| ActionError::Internal(format!("raising the GED interrupt: {e}")))?;
+                info!("power button pressed");
+                emit("vm", "power-button", &[]);
+                Ok(VmmData::Empty)
+            })),
+            VmmAction::Resize(req) => self.resize(req.desired_vcpus.unwrap_or_default(), received),
+            VmmAction::ShutdownVmm => {
                 info!("VMM shutdown requested over the API");
                 self.teardown(Ended::ShutDown);
+                emit("vmm", "shutdown", &[]);
                 self.exit_code = Some(0);
-                Response(ApiResponse::no_content())
+                Done(Ok(VmmData::Empty))
             }
-            ApiRequest::VmmPing | ApiRequest::VmInfo => {
-                Response(ApiResponse::error(500, "answered by the API thread, not the main loop"))
+            VmmAction::Ping | VmmAction::VmInfo | VmmAction::Counters => {
+                Done(Err(ActionError::Internal("answered by the API thread, not the main loop".into())))
+            }
+        }
+    }
+
+    /// The running VM, or why there is none.
+    fn running(&mut self) -> Result<&mut Vm, ActionError> {
+        match (&mut self.vm, &self.config) {
+            (Some(vm), _) => Ok(vm),
+            (None, Some(_)) => Err(ActionError::NotBooted),
+            (None, None) => Err(ActionError::NotCreated),
+        }
+    }
+
+    fn create(&mut self, wire: &api::vm_config::VmConfig) -> Result<VmmData, ActionError> {
+        if self.vm.is_some() {
+            return Err(ActionError::AlreadyBooted);
+        }
+        if self.config.is_some() {
+            return Err(ActionError::AlreadyCreated);
+        }
+        let config = config_wire::from_wire(wire).map_err(|e| match e {
+            WireError::Unsupported(fields) => ActionError::Unsupported(fields),
+            WireError::Invalid(m) => ActionError::Invalid(m),
+        })?;
+        let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
+        config.validate(max).map_err(|e| ActionError::Invalid(e.to_string()))?;
+        info!("VM configured over the API");
+        self.set_config(config);
+        Ok(VmmData::Empty)
+    }
+
+    fn boot_action(&mut self) -> Result<VmmData, ActionError> {
+        if self.vm.is_some() {
+            return Err(ActionError::AlreadyBooted);
+        }
+        if self.config.is_none() {
+            return Err(ActionError::NotCreated);
+        }
+        match self.boot() {
+            Ok(()) => Ok(VmmData::Empty),
+            Err(e @ VmError::Config(_)) => Err(ActionError::Invalid(e.to_string())),
+            Err(e) => {
+                error!("VM boot failed: {e}");
+                self.teardown(Ended::ShutDown);
+                Err(ActionError::Internal(format!("boot failed: {e}")))
+            }
+        }
+    }
+
+    fn pause(&mut self, pause: bool) -> Result<VmmData, ActionError> {
+        let vm = self.running()?;
+        let m = vm.manager();
+        if m.is_paused() == pause {
+            return Err(if pause { ActionError::AlreadyPaused } else { ActionError::NotPaused });
+        }
+        if pause {
+            emit("vm", "pausing", &[]);
+            m.pause().map_err(|e| ActionError::Internal(format!("pause failed: {e}")))?;
+            self.shared.set_state(VmState::Paused);
+            emit("vm", "paused", &[]);
+        } else {
+            emit("vm", "resuming", &[]);
+            m.resume();
+            self.shared.set_state(VmState::Running);
+            emit("vm", "resumed", &[]);
+        }
+        Ok(VmmData::Empty)
+    }
+
+    /// A resize of the running VM, or (as Cloud Hypervisor does) of the
+    /// configured one before it boots: then it sets `boot_vcpus`.
+    fn resize(&mut self, desired: u32, received: std::time::Instant) -> MainLoopReply {
+        use MainLoopReply::Done;
+        let Some(vm) = self.vm.as_mut() else {
+            let Some(config) = self.config.as_mut() else {
+                return Done(Err(ActionError::NotCreated));
+            };
+            let mut cpus = config.cpus;
+            cpus.boot_vcpus = desired;
+            let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
+            if let Err(e) = crate::config::validate_cpus(&cpus, max) {
+                return Done(Err(ActionError::Invalid(e.to_string())));
+            }
+            config.cpus = cpus;
+            self.shared.config.store(Some(Arc::new(config.clone())));
+            info!("resize before boot: the VM will boot with {desired} vCPUs");
+            return Done(Ok(VmmData::Empty));
+        };
+        emit("vm", "resizing", &[("desired_vcpus", desired.to_string())]);
+        match vm.manager().resize_received(desired, received) {
+            Ok(ResizePlan { error: Some(e), .. }) => Done(Err(ActionError::Internal(e))),
+            Ok(plan) => MainLoopReply::Resized(plan, vm.view().clone()),
+            Err(e @ ManagerError::InvalidCount { .. }) => Done(Err(ActionError::Invalid(e.to_string()))),
+            Err(ManagerError::Paused) => Done(Err(ActionError::Paused)),
+            Err(e) => {
+                error!("resize failed: {e}");
+                Done(Err(ActionError::Internal(e.to_string())))
             }
         }
     }

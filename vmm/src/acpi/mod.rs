@@ -19,7 +19,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::memory::{GuestMemory, ACPI_END, ACPI_START, CPU_HOTPLUG_MMIO_BASE, GED_MMIO_BASE, IOAPIC_BASE, LAPIC_BASE};
 use cpu_aml::{bytes, cpus_container, Raw};
-use devices::ged::{GED_EVENT_CPU_HOTPLUG, GED_MMIO_LEN};
+use devices::ged::{GED_EVENT_CPU_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_MMIO_LEN};
 use devices::power::{
     ACPI_POWER_PORT, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
 };
@@ -91,8 +91,11 @@ fn ged_device() -> Raw {
     let read = cpu_aml::read_register(&aml::Path::new("GDAT"));
     let scan = bytes(&MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![]));
     let cpu = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(GED_EVENT_CPU_HOTPLUG as usize)), vec![&scan]));
+    let press = bytes(&aml::Notify::new(&aml::Path::new("\\_SB_.PWRB"), &0x80usize));
+    let power =
+        bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(GED_EVENT_POWER_BUTTON as usize)), vec![&press]));
     let done = cpu_aml::end_of_method();
-    let evt = Method::new("_EVT".into(), 1, true, vec![&read, &cpu, &done]);
+    let evt = Method::new("_EVT".into(), 1, true, vec![&read, &cpu, &power, &done]);
     bytes(&Device::new(
         "GED_".into(),
         vec![
@@ -106,12 +109,20 @@ fn ged_device() -> Raw {
     ))
 }
 
+/// The power button `vm.power-button` presses (a control-method button:
+/// the FADT sets PWR_BUTTON, so there is no fixed one).
+fn power_button() -> Raw {
+    let hid = EISAName::new("PNP0C0C");
+    bytes(&Device::new("PWRB".into(), vec![&Name::new("_HID".into(), &hid), &Name::new("_UID".into(), &aml::ZERO)]))
+}
+
 /// The DSDT's AML body.
 pub fn dsdt_body(max_vcpus: u32) -> Vec<u8> {
     let cpus = cpus_container(max_vcpus, CPU_HOTPLUG_MMIO_BASE);
     let serial = serial_device();
     let ged = ged_device();
-    let sb = bytes(&aml::Scope::new("\\_SB_".into(), vec![&serial, &ged]));
+    let pwrb = power_button();
+    let sb = bytes(&aml::Scope::new("\\_SB_".into(), vec![&serial, &pwrb, &ged]));
     let s5_type = S5_SLEEP_TYPE as usize;
     let s5_pkg = Package::new(vec![&s5_type, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
     let s5 = bytes(&Name::new("_S5_".into(), &s5_pkg));
@@ -266,7 +277,7 @@ mod tests {
         let body = dsdt_body(20);
         let has = |s: &[u8]| body.windows(s.len()).any(|w| w == s);
         assert!(has(b"C000") && has(b"C013") && !has(b"C014"));
-        assert!(has(b"ACPI0013") && has(b"ACPI0010") && has(b"_S5_") && has(b"CSCN"));
+        assert!(has(b"ACPI0013") && has(b"ACPI0010") && has(b"_S5_") && has(b"CSCN") && has(b"PWRB"));
     }
 
     /// Disassembles every table with ACPICA and recompiles the DSDT: both must

@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use vmm_sys_util::eventfd::EventFd;
@@ -43,13 +44,29 @@ pub struct HotplugHost {
     /// Bit per vCPU: the guest changed its state since the main loop last looked.
     changed: Box<[AtomicU64]>,
     wake: EventFd,
+    /// Per vCPU: when the guest last ejected it, in ns after `epoch` plus
+    /// one (0: not ejected), for the `_EJ0` → joined latency.
+    ejected_at: Box<[AtomicU64]>,
+    epoch: Instant,
 }
 
 impl HotplugHost {
     /// `wake` is written whenever the guest changes a vCPU's state.
     pub fn new(table: Arc<VcpuTable<VcpuHandle>>, wake: EventFd) -> Self {
         let n = table.capacity() as usize;
-        HotplugHost { changed: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(), table, wake }
+        HotplugHost {
+            changed: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            ejected_at: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+            table,
+            wake,
+        }
+    }
+
+    /// How long ago the guest ejected `id`, once per eject.
+    pub fn take_eject_age(&self, id: u32) -> Option<Duration> {
+        let at = self.ejected_at.get(id as usize)?.swap(0, Ordering::AcqRel).checked_sub(1)?;
+        Some(self.epoch.elapsed().saturating_sub(Duration::from_nanos(at)))
     }
 
     /// The vCPUs the guest moved since the last call (the caller drains `wake`).
@@ -92,6 +109,10 @@ impl CpuHotplugHost for HotplugHost {
             warn!("vCPU 0: guest wrote an eject for the boot vCPU, which is never removable; ignored");
             return;
         }
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        if let Some(slot) = self.ejected_at.get(id as usize) {
+            slot.store(now + 1, Ordering::Release);
+        }
         if self.guest_event(id, Event::Ejected).is_none() {
             warn!("vCPU {id}: guest called _EJ0 while the vCPU is {:?}; ignored", self.table.state(id));
         }
@@ -99,6 +120,7 @@ impl CpuHotplugHost for HotplugHost {
 
     fn ost(&self, id: u32, event: u32, status: u32) {
         let _ = self.table.set_ost(id, OstReport { event, status });
+        crate::events::ost(id, event, status);
         let Some(e) = ost_event(event, status) else { return };
         if self.guest_event(id, e).is_none() && self.table.state(id).phase != Phase::Running {
             warn!(

@@ -238,7 +238,11 @@ pub fn apply(cell: &impl StateCell, id: u32, event: Event) -> Option<Transition>
             return None;
         };
         match cell.compare_exchange(id, word, to.encode()) {
-            Ok(()) => return Some(Transition { from, to }),
+            Ok(()) => {
+                #[cfg(not(loom))]
+                crate::events::vcpu_transition(id, from, to);
+                return Some(Transition { from, to });
+            }
             Err(current) => word = current,
         }
     }

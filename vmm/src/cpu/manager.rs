@@ -32,6 +32,7 @@ use super::reconciler;
 use super::table::{Reader, TableError, VcpuTable};
 use super::vcpu::{StopFailed, VcpuContext, VcpuError, VcpuHandle};
 use crate::arch::{cpuid, regs};
+use crate::counters::Latencies;
 
 /// How long `retire` waits for readers to leave their sections.
 const GRACE_PERIOD_LIMIT: Duration = Duration::from_secs(5);
@@ -141,6 +142,8 @@ pub struct ManagerParts {
     pub clock: Arc<dyn Clock>,
     /// How long a vCPU thread gets to stop or pause ([`STOP_LIMIT`]).
     pub stop_limit: Duration,
+    /// Where the VMM-side latencies of adds and removes go.
+    pub latencies: Arc<Latencies>,
 }
 
 pub struct VcpuManager {
@@ -166,6 +169,7 @@ pub struct VcpuManager {
     clock: Arc<dyn Clock>,
     stop_limit: Duration,
     paused_at: Option<Instant>,
+    latencies: Arc<Latencies>,
 }
 
 impl VcpuManager {
@@ -190,6 +194,7 @@ impl VcpuManager {
             clock: p.clock,
             stop_limit: p.stop_limit,
             paused_at: None,
+            latencies: p.latencies,
         }
     }
 
@@ -270,6 +275,12 @@ impl VcpuManager {
     /// towards it. Returns at once; the guest completes the change
     /// asynchronously. The same count again changes nothing.
     pub fn resize(&mut self, desired: u32) -> Result<ResizePlan, ManagerError> {
+        self.resize_received(desired, Instant::now())
+    }
+
+    /// [`resize`](Self::resize) for a request that arrived at `received`:
+    /// records the VMM's share, request to GED interrupt.
+    pub fn resize_received(&mut self, desired: u32, received: Instant) -> Result<ResizePlan, ManagerError> {
         if desired == 0 || desired > self.max_vcpus {
             return Err(ManagerError::InvalidCount { desired, max: self.max_vcpus });
         }
@@ -280,7 +291,9 @@ impl VcpuManager {
             info!("resize: target {} -> {desired} vCPUs", self.target.desired());
             self.target.set(desired, Cause::Resize);
         }
-        Ok(self.reconcile())
+        let plan = self.reconcile();
+        self.latencies.resize_notified(received, plan.added.len(), plan.removing.len());
+        Ok(plan)
     }
 
     /// One step towards the target: take back removals that are wanted
@@ -438,6 +451,7 @@ impl VcpuManager {
             Ok(fd) => {
                 self.parked[id as usize] = Some(fd);
                 self.apply(id, Event::Retired);
+                self.latencies.retired(self.host.take_eject_age(id));
                 info!("vCPU {id}: retired (thread joined, KVM vCPU parked for reuse)");
             }
             Err(StopFailed { handle: Some(handle), error }) => {

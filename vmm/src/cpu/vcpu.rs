@@ -181,6 +181,7 @@ enum Step {
 
 fn run(id: u32, mut fd: VcpuFd, ctx: VcpuContext, control: Arc<VcpuControl>) -> VcpuFd {
     debug!("vCPU {id}: thread started");
+    crate::counters::note_first_run();
     loop {
         if control.stop.load(Ordering::Acquire) {
             break;

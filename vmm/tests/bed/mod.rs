@@ -405,6 +405,7 @@ impl Bed {
             hotplug_timeout: TIMEOUT,
             clock: clock.clone(),
             stop_limit: Duration::from_millis(300),
+            latencies: Default::default(),
         });
         manager.start_boot_vcpus(boot, entry).unwrap();
 

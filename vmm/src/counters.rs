@@ -1,0 +1,130 @@
+//! lithe's own share of a resize and of a start, counted inside lithe, for
+//! `vm.counters`. Under a slow (emulated) KVM the guest's part dwarfs
+//! these; on hardware KVM they are what a user waits for.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use api::action::VmCounters;
+use devices::cpu_hotplug::CpuHotplugController;
+use devices::ged::Ged;
+use devices::EventFdTrigger;
+
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+/// Nanoseconds from process start to the first `KVM_RUN`; 0 until then.
+static START_TO_FIRST_RUN_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Marks the start of the process; called first thing in `main`.
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(Instant::now);
+}
+
+/// Called by a vCPU thread just before its first `KVM_RUN`; only the first
+/// call in the process counts.
+pub fn note_first_run() {
+    if START_TO_FIRST_RUN_NS.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    if let Some(start) = PROCESS_START.get() {
+        let ns = nanos(start.elapsed()).max(1);
+        let _ = START_TO_FIRST_RUN_NS.compare_exchange(0, ns, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The VMM-side latencies of the last hot-add and hot-remove.
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// API request received → GED interrupt raised, for the last resize that added.
+    add_api_to_ged_ns: AtomicU64,
+    /// The same for the last resize that asked for an eject.
+    remove_api_to_ged_ns: AtomicU64,
+    /// Guest `_EJ0` → vCPU thread joined (grace period included), for the last retire.
+    eject_to_joined_ns: AtomicU64,
+    adds: AtomicU64,
+    removes: AtomicU64,
+    retires: AtomicU64,
+}
+
+impl Latencies {
+    /// A resize that arrived at `received` has raised the GED interrupt.
+    pub fn resize_notified(&self, received: Instant, added: usize, removed: usize) {
+        let ns = nanos(received.elapsed());
+        if added > 0 {
+            self.add_api_to_ged_ns.store(ns, Ordering::Relaxed);
+            self.adds.fetch_add(added as u64, Ordering::Relaxed);
+        }
+        if removed > 0 {
+            self.remove_api_to_ged_ns.store(ns, Ordering::Relaxed);
+            self.removes.fetch_add(removed as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// A vCPU the guest ejected `since` ago is retired.
+    pub fn retired(&self, since: Option<Duration>) {
+        self.retires.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = since {
+            self.eject_to_joined_ns.store(nanos(d), Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("last_add_api_to_ged_ns", r(&self.add_api_to_ged_ns)),
+            ("last_remove_api_to_ged_ns", r(&self.remove_api_to_ged_ns)),
+            ("last_eject_to_joined_ns", r(&self.eject_to_joined_ns)),
+            ("vcpus_added", r(&self.adds)),
+            ("vcpus_removed", r(&self.removes)),
+            ("vcpus_retired", r(&self.retires)),
+            ("start_to_first_kvm_run_ns", START_TO_FIRST_RUN_NS.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+/// The devices and latencies `vm.counters` reports on, for one VM.
+pub struct CounterSources {
+    pub controller: Arc<CpuHotplugController>,
+    pub ged: Arc<Ged<EventFdTrigger>>,
+    pub latencies: Arc<Latencies>,
+}
+
+impl CounterSources {
+    /// Cloud Hypervisor's `VmCounters` shape: device → counter → value.
+    pub fn collect(&self) -> VmCounters {
+        let mut out = VmCounters::new();
+        let to_map = |v: Vec<(&'static str, u64)>| v.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut hotplug: std::collections::BTreeMap<String, u64> = to_map(self.controller.counters.snapshot());
+        let (accesses, scans) = (hotplug["reads"] + hotplug["writes"], hotplug["scans"]);
+        // Every register access is one MMIO exit; _STA and _OST calls
+        // between scans count towards the scan they belong to.
+        hotplug.insert("mmio_exits_per_scan".into(), accesses.checked_div(scans).unwrap_or(0));
+        out.insert("cpu-hotplug".into(), hotplug);
+        out.insert("ged".into(), to_map(self.ged.counters()));
+        out.insert("vmm".into(), to_map(self.latencies.snapshot()));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_record_the_last_change_and_count_them() {
+        let l = Latencies::default();
+        let t = Instant::now() - Duration::from_millis(3);
+        l.resize_notified(t, 2, 0);
+        let s: std::collections::BTreeMap<_, _> = l.snapshot().into_iter().collect();
+        assert!(s["last_add_api_to_ged_ns"] >= 3_000_000);
+        assert_eq!((s["vcpus_added"], s["last_remove_api_to_ged_ns"]), (2, 0));
+        l.retired(Some(Duration::from_micros(250)));
+        l.retired(None);
+        let s: std::collections::BTreeMap<_, _> = l.snapshot().into_iter().collect();
+        assert_eq!((s["last_eject_to_joined_ns"], s["vcpus_retired"]), (250_000, 2));
+    }
+}
