@@ -77,9 +77,7 @@ fn wait_from_query(query: Option<&str>) -> Result<Option<u64>, ApiResponse> {
         match pair.split_once('=') {
             Some(("wait", "true")) => wait = Some(DEFAULT_RESIZE_WAIT_MS),
             Some(("wait", "false")) => wait = None,
-            Some(("wait_ms", v)) => {
-                wait = Some(v.parse().map_err(|_| bad(format!("wait_ms={v:?} is not a number")))?)
-            }
+            Some(("wait_ms", v)) => wait = Some(v.parse().map_err(|_| bad(format!("wait_ms={v:?} is not a number")))?),
             _ => return Err(bad(format!("unknown query parameter {pair:?}"))),
         }
     }
@@ -233,11 +231,8 @@ mod tests {
                 "{endpoint}: method {method} not documented"
             );
         }
-        let documented: Vec<&str> = spec
-            .lines()
-            .filter(|l| l.starts_with("  /") && l.ends_with(':'))
-            .map(|l| &l[3..l.len() - 1])
-            .collect();
+        let documented: Vec<&str> =
+            spec.lines().filter(|l| l.starts_with("  /") && l.ends_with(':')).map(|l| &l[3..l.len() - 1]).collect();
         for path in &documented {
             let served = ENDPOINTS.iter().any(|(_, e)| e == path);
             let not_built = NOT_BUILT.iter().any(|(e, _)| e == path);

@@ -61,9 +61,9 @@ impl ApiHandler for Recorder {
                 memory_actual_size: 1 << 28,
                 lithe: Default::default(),
             }))),
-            VmmAction::Counters => Ok(VmmData::Counters(
-                [("cpu-hotplug".to_string(), [("scans".to_string(), 3u64)].into())].into(),
-            )),
+            VmmAction::Counters => {
+                Ok(VmmData::Counters([("cpu-hotplug".to_string(), [("scans".to_string(), 3u64)].into())].into()))
+            }
             VmmAction::Resize(r) if r.desired_vcpus == Some(99) => Err(ActionError::Invalid("too many".into())),
             _ => Ok(VmmData::Empty),
         }

@@ -5,9 +5,9 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::action::VmmPingResponse;
 use api::client::request;
 use api::server::ServerError;
-use api::action::VmmPingResponse;
 use api::{ActionError, ApiHandler, ApiServer, VmmAction, VmmData};
 
 struct Echo;
@@ -45,13 +45,17 @@ fn serves_requests_with_mode_0600_and_cleans_up() {
     assert_eq!((r.status, r.body["version"].as_str()), (200, Some("test")));
     let r = request(&path, "PUT", "vm.resize", Some(&serde_json::json!({"desired_vcpus": 3})), T).unwrap();
     assert_eq!((r.status, &r.body), (204, &serde_json::Value::Null));
-    let r = request(&path, "PUT", "vm.resize", Some(&serde_json::json!({"desired_vcpus": 3, "wait_ms": 5})), T).unwrap();
+    let r =
+        request(&path, "PUT", "vm.resize", Some(&serde_json::json!({"desired_vcpus": 3, "wait_ms": 5})), T).unwrap();
     assert_eq!((r.status, r.body["desired"].as_u64()), (200, Some(3)));
     let r = request(&path, "PUT", "vm.resize", Some(&serde_json::json!({"desired": 3})), T).unwrap();
     assert_eq!(r.status, 400);
     assert!(api::ApiResponse::error_text(&r.body).contains("unknown field"), "{}", r.body);
     let r = request(&path, "PUT", "vm.pause", None, T).unwrap();
-    assert_eq!((r.status, r.body.clone()), (405, serde_json::json!(["The VM could not be paused", "The VM is not booted"])));
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (405, serde_json::json!(["The VM could not be paused", "The VM is not booted"]))
+    );
     let r = request(&path, "POST", "vmm.ping", None, T).unwrap();
     assert_eq!(r.status, 405);
 

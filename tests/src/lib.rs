@@ -253,6 +253,11 @@ impl Guest {
         self.console.0.lock().unwrap().lines.len()
     }
 
+    /// The console lines printed after line `from`.
+    pub fn console_since(&self, from: usize) -> Vec<String> {
+        self.console.0.lock().unwrap().lines.iter().skip(from).cloned().collect()
+    }
+
     /// Waits for a console line containing `needle` printed after line `from`.
     pub fn wait_console_after(&self, from: usize, needle: &str, timeout: Duration) -> String {
         self.wait_lines(&self.console, timeout, needle, |lines| {

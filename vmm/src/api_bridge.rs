@@ -286,7 +286,11 @@ impl ApiBridge {
         }
         if req.desired_vcpus.is_none() {
             // Nothing asked: Cloud Hypervisor answers 204 too.
-            return if self.shared.state() == VmState::NotCreated { Err(ActionError::NotCreated) } else { Ok(VmmData::Empty) };
+            return if self.shared.state() == VmState::NotCreated {
+                Err(ActionError::NotCreated)
+            } else {
+                Ok(VmmData::Empty)
+            };
         }
         let deadline = req.wait_ms.map(|ms| received + Duration::from_millis(ms));
         let (plan, view) = match self.call(VmmAction::Resize(req.clone()), received)? {

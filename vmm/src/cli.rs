@@ -237,12 +237,9 @@ mod tests {
         assert_eq!(parse(&[]).unwrap().vm.log_filter(), log::LevelFilter::Info);
         let cli = parse(&["--event-monitor", "path=/tmp/e", "--log-file", "/tmp/l"]).unwrap();
         assert_eq!(cli.vm.event_monitor.as_deref(), Some("path=/tmp/e"));
-        for bad in [
-            &["--seccomp", "maybe"][..],
-            &["--console", "tty"],
-            &["--api-socket", "fd=3"],
-            &["--api-socket", "path="],
-        ] {
+        for bad in
+            [&["--seccomp", "maybe"][..], &["--console", "tty"], &["--api-socket", "fd=3"], &["--api-socket", "path="]]
+        {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -275,7 +275,13 @@ pub fn parse_cpus(s: &str) -> Result<CpusConfig, ConfigError> {
         }
     }
     let boot = boot.ok_or_else(|| ConfigError::Cpus("boot= is required".into()))?;
-    Ok(CpusConfig { boot_vcpus: boot, max_vcpus: max.unwrap_or(boot), eject_timeout_ms: timeout, topology, nested: true })
+    Ok(CpusConfig {
+        boot_vcpus: boot,
+        max_vcpus: max.unwrap_or(boot),
+        eject_timeout_ms: timeout,
+        topology,
+        nested: true,
+    })
 }
 
 /// A size like `128M`, `1G`, `4096K` or plain bytes.

@@ -108,12 +108,8 @@ pub fn start(mut file: File) -> Result<(), MonitorError> {
 pub fn emit(source: &str, event: &str, properties: &[(&str, String)]) {
     let Some(m) = MONITOR.get() else { return };
     let props: BTreeMap<&str, String> = properties.iter().cloned().collect();
-    let record = Record {
-        timestamp: m.start.elapsed(),
-        source,
-        event,
-        properties: (!props.is_empty()).then_some(&props),
-    };
+    let record =
+        Record { timestamp: m.start.elapsed(), source, event, properties: (!props.is_empty()).then_some(&props) };
     if let Ok(text) = serde_json::to_string_pretty(&record) {
         info!("event: {source} {event} {props:?}");
         let _ = m.tx.send(text);
@@ -171,7 +167,11 @@ pub fn ost(id: u32, event: u32, status: u32) {
     if MONITOR.get().is_none() {
         return;
     }
-    emit("cpu-hotplug", "ost", &[("id", id.to_string()), ("event", format!("{event:#x}")), ("status", format!("{status:#x}"))]);
+    emit(
+        "cpu-hotplug",
+        "ost",
+        &[("id", id.to_string()), ("event", format!("{event:#x}")), ("status", format!("{status:#x}"))],
+    );
 }
 
 #[cfg(test)]
@@ -207,7 +207,8 @@ mod tests {
     #[test]
     fn records_have_cloud_hypervisors_shape() {
         let props: BTreeMap<&str, String> = [("id", "2".to_string())].into();
-        let r = Record { timestamp: Duration::from_millis(1500), source: "vcpu", event: "added", properties: Some(&props) };
+        let r =
+            Record { timestamp: Duration::from_millis(1500), source: "vcpu", event: "added", properties: Some(&props) };
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(
             v,

@@ -155,6 +155,9 @@ impl Vm {
         vm_fd.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))?;
 
         let mem = memory::create_guest_memory(config.memory.size)?;
+        if config.memory.thp {
+            memory::advise_huge_pages(&mem);
+        }
         // SAFETY: `mem` is kept in the Vm and dropped after the VM fd and every
         // vCPU are gone (field order, and Drop stops the vCPUs first).
         unsafe { memory::register_guest_memory(&vm_fd, &mem) }.map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
@@ -209,8 +212,11 @@ impl Vm {
         regs::write_boot_tables(&mem)?;
         acpi::build(cpus.boot_vcpus, cpus.max_vcpus)?.write(&mem)?;
 
-        let supported_cpuid =
+        let mut supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
+        if !cpus.nested {
+            crate::arch::cpuid::hide_virtualization(supported_cpuid.as_mut_slice());
+        }
         let on_started = {
             let host = host.clone();
             Arc::new(move |id| host.vcpu_started(id))
@@ -223,11 +229,8 @@ impl Vm {
             on_started: Some(on_started),
         };
         let latencies = Arc::new(Latencies::default());
-        let counters = CounterSources {
-            controller: controller.clone(),
-            ged: ged.clone(),
-            latencies: latencies.clone(),
-        };
+        let counters =
+            CounterSources { controller: controller.clone(), ged: ged.clone(), latencies: latencies.clone() };
         let mut manager = VcpuManager::new(ManagerParts {
             vm: vm_fd.clone(),
             table: table.clone(),

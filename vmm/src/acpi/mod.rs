@@ -92,8 +92,7 @@ fn ged_device() -> Raw {
     let scan = bytes(&MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![]));
     let cpu = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(GED_EVENT_CPU_HOTPLUG as usize)), vec![&scan]));
     let press = bytes(&aml::Notify::new(&aml::Path::new("\\_SB_.PWRB"), &0x80usize));
-    let power =
-        bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(GED_EVENT_POWER_BUTTON as usize)), vec![&press]));
+    let power = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(GED_EVENT_POWER_BUTTON as usize)), vec![&press]));
     let done = cpu_aml::end_of_method();
     let evt = Method::new("_EVT".into(), 1, true, vec![&read, &cpu, &power, &done]);
     bytes(&Device::new(

@@ -68,6 +68,22 @@ pub fn fixup_entries(entries: &mut [kvm_cpuid_entry2], apic_id: u32, max_vcpus: 
     }
 }
 
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
+const ECX_VMX: u32 = 1 << 5;
+const ECX_SVM: u32 = 1 << 2;
+
+/// Hides VMX and SVM (`cpus.nested: false`): the guest sees no
+/// virtualization extensions, whatever the host's KVM offers.
+pub fn hide_virtualization(entries: &mut [kvm_cpuid_entry2]) {
+    for e in entries.iter_mut() {
+        match e.function {
+            LEAF_FEATURES => e.ecx &= !ECX_VMX,
+            LEAF_EXT_FEATURES => e.ecx &= !ECX_SVM,
+            _ => {}
+        }
+    }
+}
+
 /// The CPUID for one vCPU, from KVM's supported set.
 pub fn vcpu_cpuid(supported: &CpuId, apic_id: u32, max_vcpus: u32) -> CpuId {
     let mut cpuid = supported.clone();
@@ -104,6 +120,15 @@ mod tests {
         assert_eq!((e[2].eax, e[2].ebx, e[2].ecx, e[2].edx), (3, 6, 0x201, 5));
         assert_eq!((e[3].eax, e[3].ebx, e[3].ecx), (0, 0, 2));
         assert_eq!(e[4].eax >> 26, 5);
+    }
+
+    #[test]
+    fn nested_off_hides_vmx_and_svm_only() {
+        let mut e = vec![entry(1, 0), entry(0x8000_0001, 0)];
+        e[0].ecx = ECX_VMX | 1;
+        e[1].ecx = ECX_SVM | 1;
+        hide_virtualization(&mut e);
+        assert_eq!((e[0].ecx, e[1].ecx), (1, 1));
     }
 
     #[test]

@@ -1,0 +1,188 @@
+//! Drop-in for Cloud Hypervisor: its unmodified `ch-remote`
+//! (../shared/peers/ch-remote) drives a real lithe VM, and Kata's clh
+//! driver's request sequence is replayed. Every assertion that matters is on
+//! what the guest printed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tests::{Guest, GuestImage, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
+
+fn ch_remote() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/ch-remote");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("!!! SKIPPED: {} is missing; the ch-remote conformance tests did not run !!!", p.display());
+        None
+    }
+}
+
+/// Runs `ch-remote --api-socket S args…`; returns its exit code and output.
+fn ch(bin: &Path, g: &Guest, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin).arg("--api-socket").arg(&g.socket).args(args).output().expect("run ch-remote");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn ch_ok(bin: &Path, g: &Guest, args: &[&str]) -> String {
+    let (code, out) = ch(bin, g, args);
+    assert_eq!(code, 0, "ch-remote {args:?} failed: {out}");
+    out
+}
+
+fn ch_json(bin: &Path, g: &Guest, args: &[&str]) -> Value {
+    let out = ch_ok(bin, g, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ch-remote {args:?} printed no JSON ({e}): {out}"))
+}
+
+/// A VM launched from the command line: ping, info, resize up and down,
+/// pause, resume, counters, reboot, shutdown, delete, shutdown-vmm.
+#[test]
+fn ch_remote_drives_a_running_vm() {
+    let Some(bin) = ch_remote() else { return };
+    let mut g = Guest::launch(Launch { cpus: "boot=1,max=3", with_kernel: true, ..Launch::default() });
+    g.wait_cpus("0", "0", BOOT_TIMEOUT);
+
+    let ping = ch_json(&bin, &g, &["ping"]);
+    assert_eq!(ping["pid"], json!(g.child.id()), "{ping}");
+    assert!(ping["version"].is_string() && ping["build_version"].is_string(), "{ping}");
+    let info = ch_json(&bin, &g, &["info"]);
+    assert_eq!((info["state"].as_str(), &info["config"]["cpus"]["boot_vcpus"]), (Some("Running"), &json!(1)));
+
+    // Up and down: the guest onlines, then offlines and ejects.
+    ch_ok(&bin, &g, &["resize", "--cpus", "3"]);
+    g.wait_cpus("0-2", "0-2", HOTPLUG_TIMEOUT);
+    assert_eq!(ch_json(&bin, &g, &["info"])["config"]["cpus"]["boot_vcpus"], json!(3));
+    ch_ok(&bin, &g, &["resize", "--cpus", "1"]);
+    g.wait_cpus("0", "0", HOTPLUG_TIMEOUT);
+    g.wait_vcpu_threads(&[0], Duration::from_secs(30));
+    let counters = ch_json(&bin, &g, &["counters"]);
+    assert!(counters["cpu-hotplug"]["ejects"].as_u64() >= Some(2), "{counters}");
+    assert!(counters["vmm"]["last_eject_to_joined_ns"].as_u64() > Some(0), "{counters}");
+
+    // Pause: the guest does not answer its console; resume: it does.
+    ch_ok(&bin, &g, &["pause"]);
+    assert_eq!(ch_json(&bin, &g, &["info"])["state"], json!("Paused"));
+    let mark = g.console_lines();
+    g.send("ping");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!g.console_since(mark).iter().any(|l| l.contains("LITHE-GUEST pong")), "a paused guest answered");
+    ch_ok(&bin, &g, &["resume"]);
+    g.wait_console_after(mark, "LITHE-GUEST pong", HOTPLUG_TIMEOUT);
+
+    // Reboot: the guest boots again, with the count it had.
+    let mark = g.console_lines();
+    ch_ok(&bin, &g, &["reboot"]);
+    g.wait_console_after(mark, "LITHE-GUEST ready", BOOT_TIMEOUT);
+    g.wait_apic(&[0], BOOT_TIMEOUT);
+
+    // Shutdown: the VM stops, the VMM stays; delete; shutdown-vmm ends it.
+    ch_ok(&bin, &g, &["shutdown"]);
+    assert_eq!(ch_json(&bin, &g, &["info"])["state"], json!("Created"));
+    g.wait_vcpu_threads(&[], Duration::from_secs(30));
+    ch_ok(&bin, &g, &["delete"]);
+    let (code, out) = ch(&bin, &g, &["info"]);
+    assert!(code != 0 && out.contains("not created"), "{code}: {out}");
+    ch_ok(&bin, &g, &["shutdown-vmm"]);
+    assert_eq!(g.wait_exit(Duration::from_secs(60)).code(), Some(0));
+}
+
+/// lithe started with only `--api-socket`: ch-remote creates and boots the
+/// VM, and the guest powers off on ch-remote's power button.
+#[test]
+fn ch_remote_creates_boots_and_presses_the_power_button() {
+    let Some(bin) = ch_remote() else { return };
+    let mut g = Guest::launch(Launch { cpus: "", with_kernel: false, ..Launch::default() });
+    let image = GuestImage::locate();
+    let config = g.socket.with_file_name("vm.json");
+    let body = json!({
+        "payload": { "kernel": image.kernel, "initramfs": image.initramfs, "cmdline": image.cmdline },
+        "cpus": { "boot_vcpus": 2, "max_vcpus": 2 },
+        "memory": { "size": 256u64 << 20 },
+        "serial": { "mode": "Tty" },
+        "console": { "mode": "Off" },
+    });
+    std::fs::write(&config, body.to_string()).unwrap();
+    ch_ok(&bin, &g, &["create", config.to_str().unwrap()]);
+    assert_eq!(ch_json(&bin, &g, &["info"])["state"], json!("Created"));
+    ch_ok(&bin, &g, &["boot"]);
+    g.wait_cpus("0-1", "0-1", BOOT_TIMEOUT);
+
+    ch_ok(&bin, &g, &["power-button"]);
+    g.wait_console("LITHE-GUEST power-button", HOTPLUG_TIMEOUT);
+    assert_eq!(g.wait_exit(Duration::from_secs(60)).code(), Some(0), "the guest powered off, and lithe with it");
+}
+
+/// Kata Containers' clh driver (src/runtime/virtcontainers/clh.go): its
+/// launch flags, its vm.create body with the fields it really sends, its
+/// state checks, a resize computed from `boot_vcpus`, vmm.shutdown.
+#[test]
+fn katas_clh_driver_sequence() {
+    let mut g = Guest::launch(Launch {
+        cpus: "",
+        with_kernel: false,
+        args: &["-vv", "--seccomp", "false"],
+        ..Launch::default()
+    });
+    // waitVMM: vmm.ping until it answers.
+    let (s, ping) = g.api("GET", "vmm.ping", Value::Null);
+    assert_eq!((s, ping["pid"].as_u64()), (200, Some(u64::from(g.child.id()))));
+
+    let image = GuestImage::locate();
+    let mut body = json!({
+        "payload": { "kernel": image.kernel, "initramfs": image.initramfs, "cmdline": image.cmdline },
+        "cpus": { "boot_vcpus": 1, "max_vcpus": 2, "kvm_hyperv": false, "nested": true,
+                  "topology": { "threads_per_core": 1, "cores_per_die": 2, "dies_per_package": 1, "packages": 1 } },
+        "memory": { "size": 268435456u64, "hotplug_size": 2147483648u64, "mergeable": false,
+                    "hotplug_method": "Acpi", "shared": false, "hugepages": false, "prefault": false, "thp": true },
+        "rng": { "src": "/dev/urandom", "iommu": false },
+        "serial": { "mode": "Tty" },
+        "console": { "mode": "Off", "iommu": false },
+        "fs": [{ "tag": "kataShared", "socket": "/run/kata/vhost-fs.sock", "num_queues": 1, "queue_size": 1024 }],
+        "vsock": { "cid": 3, "socket": "/run/kata/kata.hvsock", "iommu": false },
+        "platform": { "num_pci_segments": 2, "tdx": false, "sev_snp": false },
+        "iommu": false, "watchdog": false, "pvpanic": false, "landlock_enable": false
+    });
+    // The devices lithe has no model for: one 400 naming each of them.
+    let (s, err) = g.api("PUT", "vm.create", body.clone());
+    assert_eq!(s, 400, "{err}");
+    let text = err.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" | ")).unwrap();
+    for field in ["rng", "fs", "vsock"] {
+        assert!(text.contains(&format!("{field} (")), "{field} not named: {text}");
+    }
+    assert!(!text.contains("memory") && !text.contains("cpus"), "only the devices are refused: {text}");
+
+    // Without them, the rest of what Kata sends is accepted.
+    for device in ["rng", "fs", "vsock"] {
+        body.as_object_mut().unwrap().remove(device);
+    }
+    let (s, r) = g.api("PUT", "vm.create", body);
+    assert_eq!(s, 204, "{r}");
+    let (s, info) = g.api("GET", "vm.info", Value::Null);
+    assert_eq!((s, info["state"].as_str()), (200, Some("Created")), "{info}");
+    let (s, r) = g.api("PUT", "vm.boot", Value::Null);
+    assert_eq!(s, 204, "{r}");
+    let (s, info) = g.api("GET", "vm.info", Value::Null);
+    assert_eq!((s, info["state"].as_str()), (200, Some("Running")), "{info}");
+    assert_eq!(info["config"]["memory"]["hotplug_size"], json!(2147483648u64), "{info}");
+    g.wait_cpus("0", "0", BOOT_TIMEOUT);
+
+    // ResizeVCPUs: current = config.cpus.boot_vcpus, then a bare resize.
+    let current = info["config"]["cpus"]["boot_vcpus"].as_u64().unwrap();
+    let (s, r) = g.api("PUT", "vm.resize", json!({ "desired_vcpus": current + 1 }));
+    assert_eq!((s, &r), (204, &Value::Null), "Cloud Hypervisor's answer: accepted, no body");
+    g.wait_cpus("0-1", "0-1", HOTPLUG_TIMEOUT);
+    let (_, info) = g.api("GET", "vm.info", Value::Null);
+    assert_eq!(info["config"]["cpus"]["boot_vcpus"], json!(2), "{info}");
+    // Memory hotplug is what the stored hotplug_size is for: refused, by name.
+    let (s, err) = g.api("PUT", "vm.resize", json!({ "desired_ram": 536870912u64 }));
+    assert_eq!(s, 400, "{err}");
+    assert!(err.to_string().contains("desired_ram"), "{err}");
+
+    let (s, _) = g.api("PUT", "vmm.shutdown", Value::Null);
+    assert_eq!(s, 204);
+    assert_eq!(g.wait_exit(Duration::from_secs(60)).code(), Some(0));
+}
