@@ -60,7 +60,6 @@ fn bad_input_gets_4xx_and_the_vm_carries_on() {
     let cases: &[(&str, &str, &str, u16)] = &[
         ("PUT", "vm.resize", "{not json", 400),
         ("PUT", "vm.resize", "", 400),
-        ("PUT", "vm.resize", r#"{}"#, 400),
         ("PUT", "vm.resize", r#"{"desired_vcpus":2,"bogus":true}"#, 400),
         ("PUT", "vm.resize", r#"{"desired_vcpus":"two"}"#, 400),
         ("PUT", "vm.resize", r#"{"desired_vcpus":0}"#, 400),
@@ -82,6 +81,9 @@ fn bad_input_gets_4xx_and_the_vm_carries_on() {
         let messages = reply.as_array().map(|a| a.iter().filter_map(|m| m.as_str()).count()).unwrap_or(0);
         assert!(messages >= 2, "{method} {endpoint}: not an array of messages: {reply}");
     }
+    // Cloud Hypervisor's VmResize has no required field: an empty one changes nothing.
+    assert_eq!(g.api_raw("PUT", "vm.resize", "{}").0, 204);
+
     // Oversized body.
     let big = format!(r#"{{"desired_vcpus":2,"pad":"{}"}}"#, "x".repeat(100_000));
     let (status, reply) = g.api_raw("PUT", "vm.resize", &big);

@@ -43,7 +43,14 @@ fn ch_json(bin: &Path, g: &Guest, args: &[&str]) -> Value {
 #[test]
 fn ch_remote_drives_a_running_vm() {
     let Some(bin) = ch_remote() else { return };
-    let mut g = Guest::launch(Launch { cpus: "boot=1,max=3", with_kernel: true, ..Launch::default() });
+    let events = std::env::temp_dir().join(format!("lithe-events-{}.json", std::process::id()));
+    let monitor = format!("path={}", events.display());
+    let mut g = Guest::launch(Launch {
+        cpus: "boot=1,max=3",
+        with_kernel: true,
+        args: &["--event-monitor", &monitor],
+        ..Launch::default()
+    });
     g.wait_cpus("0", "0", BOOT_TIMEOUT);
 
     let ping = ch_json(&bin, &g, &["ping"]);
@@ -88,6 +95,37 @@ fn ch_remote_drives_a_running_vm() {
     assert!(code != 0 && out.contains("not created"), "{code}: {out}");
     ch_ok(&bin, &g, &["shutdown-vmm"]);
     assert_eq!(g.wait_exit(Duration::from_secs(60)).code(), Some(0));
+
+    // The event monitor followed all of it, vCPU by vCPU.
+    let text = std::fs::read_to_string(&events).unwrap();
+    let _ = std::fs::remove_file(&events);
+    let records: Vec<Value> = text
+        .split("\n\n")
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| serde_json::from_str(r).unwrap_or_else(|e| panic!("not a JSON record ({e}): {r}")))
+        .collect();
+    let seen = |source: &str, id: Option<&str>| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r["source"] == source && id.is_none_or(|id| r["properties"]["id"] == id))
+            .map(|r| r["event"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let vcpu2 = seen("vcpu", Some("2"));
+    for step in ["added", "running", "eject-requested", "ejected", "parked"] {
+        assert!(vcpu2.contains(&step.to_string()), "vCPU 2 never {step}: {vcpu2:?}");
+    }
+    let order: Vec<usize> = ["added", "running", "eject-requested", "ejected", "parked"]
+        .iter()
+        .map(|s| vcpu2.iter().position(|e| e == s).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "out of order: {vcpu2:?}");
+    assert!(seen("cpu-hotplug", Some("2")).contains(&"ost".to_string()), "no _OST for vCPU 2");
+    let vm = seen("vm", None);
+    for e in ["booted", "paused", "resumed", "rebooted", "shutdown", "deleted"] {
+        assert!(vm.contains(&e.to_string()), "no vm {e} event: {vm:?}");
+    }
+    assert_eq!(seen("vmm", None), ["starting", "shutdown"]);
 }
 
 /// lithe started with only `--api-socket`: ch-remote creates and boots the
