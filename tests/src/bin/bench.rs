@@ -129,14 +129,24 @@ fn wait_report(serial: &Path, from: usize, want: &str, limit: Duration, child: &
     }
 }
 
-fn counters(socket: &Path) -> Option<(u64, u64)> {
+fn all_counters(socket: &Path) -> Option<serde_json::Value> {
     let (status, body) = http(socket, "GET", "vm.counters", "").ok()?;
     if status != 200 {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+fn counters(socket: &Path) -> Option<(u64, u64)> {
+    let v = all_counters(socket)?;
     let h = &v["cpu-hotplug"];
     Some((h["reads"].as_u64()? + h["writes"].as_u64()?, h["scans"].as_u64()?))
+}
+
+/// lithe's own share, as it counts it (`vm.counters`' `vmm` block), in ms.
+fn vmm_share(socket: &Path, name: &str) -> Option<f64> {
+    let ns = all_counters(socket)?["vmm"][name].as_u64()?;
+    (ns > 0).then_some(ns as f64 / 1e6)
 }
 
 /// One VMM, one `max`: boot, idle, add, remove; the figures it measured.
@@ -177,6 +187,9 @@ fn run_once(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Ve
         let mut put = |what: &'static str, v: f64| out.entry((what, max, vmm)).or_default().push(v);
         let mut pos = wait_report(&serial, 0, "0", BOOT_LIMIT, &mut child)?;
         put("boot to first report (s)", start.elapsed().as_secs_f64());
+        if let Some(ms) = vmm_share(&socket, "start_to_first_kvm_run_ns") {
+            put("lithe's share: start to first KVM_RUN (ms)", ms);
+        }
 
         std::thread::sleep(Duration::from_secs(2));
         let hz = 100.0; // USER_HZ
@@ -194,6 +207,9 @@ fn run_once(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Ve
         }
         pos = wait_report(&serial, pos, "0-2", STEP_LIMIT, &mut child)?;
         put("hot-add 1→3, API to guest report (s)", t.elapsed().as_secs_f64());
+        if let Some(ms) = vmm_share(&socket, "last_add_api_to_ged_ns") {
+            put("lithe's share: API to GED interrupt, add (ms)", ms);
+        }
         std::thread::sleep(Duration::from_secs(1));
         put("VMM RSS, 3 vCPUs (MiB)", rss_kib(pid).unwrap_or(0.0) / 1024.0);
         if let (Some((a0, s0)), Some((a1, s1))) = (before, counters(&socket)) {
@@ -215,6 +231,9 @@ fn run_once(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Ve
         }
         if vcpu_threads(pid) <= 1 {
             put("hot-remove 3→1, API to threads joined (s)", t.elapsed().as_secs_f64());
+            if let Some(ms) = vmm_share(&socket, "last_eject_to_joined_ns") {
+                put("lithe's share: _EJ0 to thread joined (ms)", ms);
+            }
         } else {
             notes.push(format!(
                 "{} max={max}: {} vCPU threads still there {JOIN_LIMIT:?} after the guest offlined the CPUs",
@@ -304,6 +323,9 @@ fn main() {
         "VMM RSS, 1 vCPU (MiB)",
         "VMM RSS, 3 vCPUs (MiB)",
         "MMIO exits per guest scan",
+        "lithe's share: start to first KVM_RUN (ms)",
+        "lithe's share: API to GED interrupt, add (ms)",
+        "lithe's share: _EJ0 to thread joined (ms)",
     ];
     let mut md = String::new();
     md.push_str("| max | figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|---|\n");
