@@ -13,6 +13,8 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("malformed response from the VMM: {0}")]
     Malformed(String),
+    #[error("{endpoint}: HTTP {status}: {message}")]
+    Refused { endpoint: String, status: u16, message: String },
 }
 
 /// A response: status and parsed JSON body (Null when empty).
@@ -35,13 +37,34 @@ pub fn request(
     s.set_read_timeout(Some(timeout))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = format!(
-        "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse_response(&raw)
+}
+
+/// One call as `lithe remote` makes it: the reply's body on success (`None`
+/// for an empty one), the VMM's messages as the error otherwise.
+pub fn call(
+    socket: &Path,
+    method: &str,
+    endpoint: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<Option<serde_json::Value>, ClientError> {
+    let r = request(socket, method, endpoint, body, timeout)?;
+    if (200..300).contains(&r.status) {
+        Ok((!r.body.is_null()).then_some(r.body))
+    } else {
+        Err(ClientError::Refused {
+            endpoint: endpoint.into(),
+            status: r.status,
+            message: crate::types::ApiResponse::error_text(&r.body),
+        })
+    }
 }
 
 fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
@@ -70,7 +93,7 @@ mod tests {
     fn parses_responses() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{\"a\":1}").unwrap();
         assert_eq!((r.status, r.body["a"].as_i64()), (200, Some(1)));
-        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        let r = parse_response(b"HTTP/1.1 204 \r\n\r\n").unwrap();
         assert_eq!((r.status, r.body), (204, serde_json::Value::Null));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\nnot json").is_err());
         assert!(parse_response(b"garbage").is_err());

@@ -73,7 +73,11 @@ fn no_body(req: &Request) -> Result<(), ApiResponse> {
 /// `wait=true|false` or `wait_ms=N` in the query string.
 fn wait_from_query(query: Option<&str>) -> Result<Option<u64>, ApiResponse> {
     let mut wait = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for raw in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let pair = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| bad(format!("query parameter {raw:?} is not UTF-8 once decoded")))?;
+        let pair: &str = &pair;
         match pair.split_once('=') {
             Some(("wait", "true")) => wait = Some(DEFAULT_RESIZE_WAIT_MS),
             Some(("wait", "false")) => wait = None,
@@ -177,7 +181,7 @@ mod tests {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (path.to_string(), None),
         };
-        Request { method: method.into(), path, query, body: body.as_bytes().to_vec() }
+        Request { method: method.into(), path, query, body: body.as_bytes().to_vec(), keep_alive: false }
     }
 
     fn status(r: Result<VmmAction, ApiResponse>) -> u16 {
@@ -299,6 +303,12 @@ mod tests {
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":-1}"#))), 400);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":2,"extra":1}"#))), 400);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize?wait=maybe", r#"{"desired_vcpus":2}"#))), 400);
+        // Percent-encoded query parameters are decoded.
+        assert_eq!(
+            route(&req("PUT", "/api/v1/vm.resize?wait%5Fms=%31%30", r#"{"desired_vcpus":2}"#)),
+            Ok(resize_to(2, Some(10)))
+        );
+        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize?wait=%FF", r#"{"desired_vcpus":2}"#))), 400);
         assert_eq!(
             status(route(&req("PUT", "/api/v1/vm.resize?wait_ms=1", r#"{"desired_vcpus":2,"wait_ms":1}"#))),
             400

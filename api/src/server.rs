@@ -1,27 +1,36 @@
-//! The API socket: accepts connections, one request each, served by a small
-//! pool of worker threads (a resize that waits for the guest must not block
-//! `vm.info`).
+//! The API socket. Each connection gets a thread of its own (up to
+//! [`MAX_CONNECTIONS`]), so a slow or hostile client only ever holds its own
+//! thread: `vm.info` and `vm.resize` from anyone else are served at once,
+//! and a resize that waits for the guest blocks nobody. The accept loop never
+//! reads from a client. Connections persist (as Cloud Hypervisor's server
+//! keeps them) and pipelined requests are answered in order; each request
+//! has one deadline for all of its bytes.
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
 use crate::action::{ActionError, VmmAction, VmmData};
-use crate::http::{read_request, write_response};
+use crate::http::{read_request, write_response, HttpError};
 use crate::routes::{respond as reply_for, route};
 use crate::types::ApiResponse;
 
-/// Requests served at once, and queued beyond that; more get 429 (retry).
-pub const WORKERS: usize = 4;
-pub const MAX_QUEUED: usize = 16;
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; one more is answered 429 (retry) and closed.
+pub const MAX_CONNECTIONS: usize = 128;
+/// All of a request's bytes, from its first, must arrive within this.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// A kept-alive connection may sit idle between requests this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client that does not read its response loses the connection after this.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
 const MAX_DRAIN: usize = 1 << 20;
 
@@ -49,8 +58,16 @@ pub type ThreadInit = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 pub struct ApiServer {
     path: PathBuf,
+    /// The socket file this server bound (device, inode): on exit it removes
+    /// the path only if it is still that file, not one a later lithe bound.
+    bound: Option<(u64, u64)>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Removes a socket file left behind by a VMM that is gone.
@@ -115,7 +132,8 @@ impl ApiServer {
             return Err(ServerError::ThreadInit(e));
         }
         info!("API listening on {}", path.display());
-        Ok(ApiServer { path: path.into(), stop, thread: Some(thread) })
+        let bound = file_id(path);
+        Ok(ApiServer { path: path.into(), bound, stop, thread: Some(thread) })
     }
 }
 
@@ -127,35 +145,19 @@ impl Drop for ApiServer {
         // about to exit anyway.
         let _ = UnixStream::connect(&self.path);
         drop(self.thread.take());
-        let _ = std::fs::remove_file(&self.path);
+        if self.bound.is_some() && file_id(&self.path) == self.bound {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
 fn accept_loop(listener: UnixListener, handler: Arc<dyn ApiHandler>, stop: Arc<AtomicBool>) {
-    // A fixed pool: workers live as long as the server, so per-thread state
-    // (such as a registered vCPU-table reader) is set up once, not per request.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<UnixStream>(MAX_QUEUED);
-    let rx = Arc::new(std::sync::Mutex::new(rx));
-    let mut workers = Vec::new();
-    for i in 0..WORKERS {
-        let (rx, handler) = (rx.clone(), handler.clone());
-        let spawned = std::thread::Builder::new().name(format!("api-worker{i}")).spawn(move || loop {
-            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-            match next {
-                Ok(mut stream) => serve(&mut stream, handler.as_ref()),
-                Err(_) => break,
-            }
-        });
-        match spawned {
-            Ok(t) => workers.push(t),
-            Err(e) => warn!("API: cannot spawn worker {i}: {e}"),
-        }
-    }
+    let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::Acquire) {
             break;
         }
-        let stream = match conn {
+        let mut stream = match conn {
             Ok(s) => s,
             Err(e) => {
                 warn!("API: accept failed: {e}");
@@ -163,50 +165,113 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn ApiHandler>, stop: Arc<A
                 continue;
             }
         };
-        if let Err(std::sync::mpsc::TrySendError::Full(mut stream)) = tx.try_send(stream) {
-            // Read the request (briefly) before refusing it, so the client
-            // sees our 429 rather than a broken pipe. 429 is what Cloud
-            // Hypervisor's clients (Kata's driver) retry on.
-            let _ = stream.set_read_timeout(Some(DRAIN_TIMEOUT));
-            let _ = read_request(&mut stream);
-            respond(&mut stream, ApiResponse::error(429, ["Too Many Requests", "the API is busy; retry"]));
+        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::AcqRel);
+            // Never read here: a best-effort, non-blocking answer, then close.
+            let _ = stream.set_nonblocking(true);
+            let busy = ApiResponse::error(429, ["Too Many Requests", "too many open API connections; retry"]);
+            let _ = write_response(&mut stream, busy.status, busy.body.as_ref(), false);
+            continue;
         }
-    }
-    drop(tx);
-    for w in workers {
-        let _ = w.join();
+        let (handler, active_c) = (handler.clone(), active.clone());
+        // Threads started here inherit the server thread's seccomp filter.
+        let spawned = std::thread::Builder::new().name("api-conn".into()).spawn(move || {
+            serve_connection(stream, handler.as_ref());
+            active_c.fetch_sub(1, Ordering::AcqRel);
+        });
+        if let Err(e) = spawned {
+            active.fetch_sub(1, Ordering::AcqRel);
+            warn!("API: cannot start a connection thread: {e}");
+        }
     }
 }
 
-fn serve(stream: &mut UnixStream, handler: &dyn ApiHandler) {
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let response = match read_request(stream) {
-        Ok(req) => {
-            debug!("API: {} {}", req.method, req.path);
-            match route(&req) {
-                Ok(action) => {
-                    let failure = action.failure();
-                    reply_for(failure, handler.handle(action))
-                }
-                Err(reply) => reply,
+/// Reads with one deadline for a whole request.
+struct DeadlineReader<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(ErrorKind::TimedOut, "request deadline passed"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&*self.stream).read(buf)
+    }
+}
+
+/// Runs the handler, turning a panic into a 500: the connection, the server
+/// and whatever the handler guards stay usable.
+fn dispatch(handler: &dyn ApiHandler, action: crate::action::VmmAction) -> ApiResponse {
+    let failure = action.failure();
+    let describe = format!("{action:?}");
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(action))) {
+        Ok(result) => reply_for(failure, result),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            log::error!("API: handler panicked on {describe}: {what}");
+            ApiResponse::error(500, [failure.to_string(), format!("internal error (handler panicked: {what})")])
+        }
+    }
+}
+
+fn serve_connection(mut stream: UnixStream, handler: &dyn ApiHandler) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut buf = Vec::new();
+    loop {
+        // Wait (up to the idle timeout) for the first byte of a request;
+        // from then on the request deadline counts.
+        if buf.is_empty() {
+            let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+            let mut first = [0u8; 4096];
+            match stream.read(&mut first) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&first[..n]),
             }
         }
-        Err(e) => ApiResponse::error(e.status(), ["Bad Request".to_string(), e.to_string()]),
-    };
-    if response.status >= 400 {
-        debug!("API: answering {} {:?}", response.status, response.body);
+        let mut reader = DeadlineReader { stream: &stream, deadline: Instant::now() + REQUEST_DEADLINE };
+        let mut writer = &stream;
+        let mut interim = || writer.write_all(b"HTTP/1.1 100 \r\n\r\n");
+        let (response, keep_alive) = match read_request(&mut reader, &mut buf, &mut interim) {
+            Ok(req) => {
+                debug!("API: {} {}", req.method, req.path);
+                let response = match route(&req) {
+                    Ok(action) => dispatch(handler, action),
+                    Err(reply) => reply,
+                };
+                (response, req.keep_alive)
+            }
+            Err(HttpError::Closed) => return,
+            Err(e) => {
+                let status = e.status();
+                let reason = if status == 408 { "Request Timeout" } else { "Bad Request" };
+                (ApiResponse::error(status, [reason.to_string(), e.to_string()]), false)
+            }
+        };
+        if response.status >= 400 {
+            debug!("API: answering {} {:?}", response.status, response.body);
+        }
+        if write_response(&mut stream, response.status, response.body.as_ref(), keep_alive).is_err() {
+            return;
+        }
+        if !keep_alive {
+            close_gracefully(&mut stream);
+            return;
+        }
     }
-    respond(stream, response);
 }
 
-/// Writes the response, then closes gracefully.
-fn respond(stream: &mut UnixStream, response: ApiResponse) {
-    if let Err(e) = write_response(stream, response.status, response.body.as_ref()) {
-        debug!("API: writing the response failed: {e}");
-    }
-    // Closing with unread input (say, the rest of an oversized body) makes
-    // the kernel reset the connection, and the client may lose our reply:
-    // read and drop a bounded amount first.
+/// Closes after the last response: reads and drops a bounded amount first,
+/// since closing with unread input (say, the rest of an oversized body)
+/// makes the kernel reset the connection and the client may lose our reply.
+fn close_gracefully(stream: &mut UnixStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let _ = stream.set_read_timeout(Some(DRAIN_TIMEOUT));
     let mut sink = [0u8; 4096];

@@ -87,6 +87,18 @@ fn replaces_a_stale_socket_but_not_a_live_one_or_a_file() {
     assert!(matches!(ApiServer::start(&stale, Arc::new(Echo)), Err(ServerError::InUse { .. })));
     drop(server);
 
+    // A server whose socket path was taken over since (its file replaced)
+    // leaves the new one alone when it goes.
+    let path = dir.path().join("shared.sock");
+    let first = ApiServer::start(&path, Arc::new(Echo)).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let second = ApiServer::start(&path, Arc::new(Echo)).unwrap();
+    drop(first);
+    assert!(path.exists(), "the first server removed the second one's socket");
+    assert_eq!(request(&path, "GET", "vmm.ping", None, T).unwrap().status, 200);
+    drop(second);
+    assert!(!path.exists());
+
     let file = dir.path().join("precious.txt");
     std::fs::write(&file, b"keep me").unwrap();
     assert!(matches!(ApiServer::start(&file, Arc::new(Echo)), Err(ServerError::NotASocket { .. })));

@@ -1,6 +1,7 @@
 //! The 8250/16550 UART at COM1 (vm-superio), wired to the host's stdout, a file, or nothing.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use log::warn;
@@ -19,11 +20,36 @@ type Uart = Serial<EventFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write +
 /// COM1 on the port I/O bus.
 pub struct SerialDevice {
     uart: Mutex<Uart>,
+    /// Output is failing (a full disk, a closed pipe): logged once when it
+    /// starts and once when it recovers, not once per byte.
+    failing: AtomicBool,
+    /// Output bytes lost to such failures.
+    pub lost: AtomicU64,
 }
 
 impl SerialDevice {
     pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
-        SerialDevice { uart: Mutex::new(Serial::new(irq, out)) }
+        SerialDevice {
+            uart: Mutex::new(Serial::new(irq, out)),
+            failing: AtomicBool::new(false),
+            lost: AtomicU64::new(0),
+        }
+    }
+
+    fn output_result(&self, r: Result<(), String>) {
+        match r {
+            Err(e) => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    warn!("serial: output failing ({e}); the guest runs on, its console output is dropped until a write succeeds");
+                }
+            }
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::AcqRel) {
+                    warn!("serial: output works again ({} bytes were lost)", self.lost.load(Ordering::Relaxed));
+                }
+            }
+        }
     }
 
     /// Queues host input (stdin) for the guest; returns how many bytes fit in the FIFO.
@@ -53,12 +79,16 @@ impl BusDevice for SerialDevice {
             return;
         }
         let mut uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = uart.write(offset as u8, data[0]) {
-            warn!("serial: write failed: {e:?}");
+        let mut r = uart.write(offset as u8, data[0]).map_err(|e| format!("{e:?}"));
+        if offset == 0 && r.is_ok() {
+            // Console output should show up promptly even when stdout is a pipe.
+            r = uart.writer_mut().flush().map_err(|e| e.to_string());
         }
         if offset == 0 {
-            // Console output should show up promptly even when stdout is a pipe.
-            let _ = uart.writer_mut().flush();
+            drop(uart);
+            self.output_result(r);
+        } else if let Err(e) = r {
+            warn!("serial: register write at offset {offset} failed: {e}");
         }
     }
 }
@@ -79,6 +109,39 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A writer that fails while `full` is set, like a full disk.
+    #[derive(Clone, Default)]
+    struct Flaky(Arc<std::sync::atomic::AtomicBool>);
+    impl Write for Flaky {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if self.0.load(Ordering::Relaxed) {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            } else {
+                Ok(b.len())
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn failing_output_is_counted_and_the_device_keeps_working() {
+        let out = Flaky::default();
+        out.0.store(true, Ordering::Relaxed);
+        let irq = EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let dev = SerialDevice::new(irq, Box::new(out.clone()));
+        for _ in 0..1000 {
+            dev.write(0, b"x");
+        }
+        assert_eq!(dev.lost.load(Ordering::Relaxed), 1000);
+        assert!(dev.failing.load(Ordering::Relaxed));
+        out.0.store(false, Ordering::Relaxed);
+        dev.write(0, b"y");
+        assert!(!dev.failing.load(Ordering::Relaxed), "recovers on the first good write");
+        assert_eq!(dev.lost.load(Ordering::Relaxed), 1000);
     }
 
     #[test]

@@ -278,7 +278,7 @@ impl Guest {
         let mut s = UnixStream::connect(&self.socket).expect("connect API socket");
         s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
         let req = format!(
-            "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).unwrap();

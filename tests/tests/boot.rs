@@ -21,7 +21,20 @@ fn boots_with_two_of_four_vcpus_and_powers_off_cleanly() {
         assert_eq!(*mode, expected, "thread {name}: seccomp mode {mode}; all: {modes:?}");
     }
     assert_eq!(modes.iter().filter(|(n, _)| n.starts_with("vcpu")).count(), 2, "{modes:?}");
-    assert_eq!(modes.iter().filter(|(n, _)| n.starts_with("api-worker")).count(), api::server::WORKERS);
+    assert_eq!(modes.iter().filter(|(n, _)| n == "api").count(), 1, "{modes:?}");
+    // A connection gets a thread of its own, filtered like the server's.
+    let conn = std::os::unix::net::UnixStream::connect(&g.socket).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let conn_modes = loop {
+        let m: Vec<u32> =
+            g.thread_seccomp_modes().into_iter().filter(|(n, _)| n == "api-conn").map(|(_, m)| m).collect();
+        if !m.is_empty() || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(conn_modes, [2], "one connection thread, filtered");
+    drop(conn);
     g.send("poweroff");
     let status = g.wait_exit(std::time::Duration::from_secs(120));
     assert_eq!(status.code(), Some(0), "lithe must exit 0 when the guest powers off");

@@ -52,6 +52,8 @@ fn ch_remote_drives_a_running_vm() {
         ..Launch::default()
     });
     g.wait_cpus("0", "0", BOOT_TIMEOUT);
+    let modes = g.thread_seccomp_modes();
+    assert!(modes.iter().any(|(n, m)| n == "event-monitor" && *m == 2), "the monitor thread is filtered: {modes:?}");
 
     let ping = ch_json(&bin, &g, &["ping"]);
     assert_eq!(ping["pid"], json!(g.child.id()), "{ping}");

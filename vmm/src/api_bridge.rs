@@ -285,7 +285,7 @@ impl ApiBridge {
             return Err(ActionError::Unsupported(refused));
         }
         if req.desired_vcpus.is_none() {
-            // Nothing asked: Cloud Hypervisor answers 204 too.
+            // Nothing asked: done, as Cloud Hypervisor answers it.
             return if self.shared.state() == VmState::NotCreated {
                 Err(ActionError::NotCreated)
             } else {

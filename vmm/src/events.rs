@@ -19,13 +19,14 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::sync::mpsc::{channel, Sender};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use serde::Serialize;
 
 use crate::cpu::lifecycle::{Phase, Reason, State};
+use crate::seccomp::Filter;
 
 struct Monitor {
     tx: Sender<String>,
@@ -79,13 +80,20 @@ pub fn open(spec: &str) -> Result<File, MonitorError> {
     Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
-/// Starts writing events to `file` on a thread of its own.
-pub fn start(mut file: File) -> Result<(), MonitorError> {
+/// Starts writing events to `file` on a thread of its own, confined by
+/// `seccomp` when given.
+pub fn start(mut file: File, seccomp: Option<Arc<Filter>>) -> Result<(), MonitorError> {
     let (tx, rx) = channel::<String>();
     MONITOR.set(Monitor { tx, start: Instant::now() }).map_err(|_| MonitorError::AlreadyStarted)?;
     std::thread::Builder::new()
         .name("event-monitor".into())
         .spawn(move || {
+            if let Some(f) = seccomp {
+                if let Err(e) = f.apply() {
+                    warn!("event monitor: {e}; no events will be written");
+                    return;
+                }
+            }
             let mut failed = false;
             while let Ok(record) = rx.recv() {
                 let written = file.write_all(record.as_bytes()).and_then(|_| file.write_all(b"\n\n"));

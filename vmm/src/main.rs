@@ -82,11 +82,7 @@ mod app {
             let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
             c.validate(max).map_err(usage)?;
         }
-        if let Some(spec) = &cli.vm.event_monitor {
-            let file = vmm::events::open(spec).map_err(usage)?;
-            vmm::events::start(file).map_err(fatal)?;
-        }
-        vmm::events::emit("vmm", "starting", &[]);
+        let monitor = cli.vm.event_monitor.as_deref().map(vmm::events::open).transpose().map_err(usage)?;
 
         let shared = Arc::new(VmmShared::default());
         let (bridge, api) = match &cli.vm.api_socket {
@@ -108,6 +104,10 @@ mod app {
                 None
             }
         };
+        if let Some(file) = monitor {
+            vmm::events::start(file, seccomp.as_ref().map(|f| f.monitor.clone())).map_err(fatal)?;
+        }
+        vmm::events::emit("vmm", "starting", &[]);
         let mut vmm = Vmm::new(shared, api, seccomp.clone()).map_err(fatal)?;
         // Before the socket appears: from then on a SIGTERM must end lithe cleanly.
         vmm.handle_termination_signals().map_err(|e| fatal(format!("installing signal handlers: {e}")))?;
@@ -186,17 +186,12 @@ mod app {
             RemoteAction::Counters => ("GET", "vm.counters", None, 10),
             RemoteAction::PowerButton => ("PUT", "vm.power-button", None, 70),
         };
-        match api::client::request(&args.api_socket, method, endpoint, body.as_ref(), Duration::from_secs(timeout)) {
-            Ok(r) => {
-                if !r.body.is_null() && (200..300).contains(&r.status) {
-                    println!("{}", serde_json::to_string_pretty(&r.body).unwrap_or_default());
+        match api::client::call(&args.api_socket, method, endpoint, body.as_ref(), Duration::from_secs(timeout)) {
+            Ok(body) => {
+                if let Some(b) = body {
+                    println!("{}", serde_json::to_string_pretty(&b).unwrap_or_default());
                 }
-                if (200..300).contains(&r.status) {
-                    ExitCode::SUCCESS
-                } else {
-                    eprintln!("lithe: {endpoint}: HTTP {}: {}", r.status, api::ApiResponse::error_text(&r.body));
-                    ExitCode::from(1)
-                }
+                ExitCode::SUCCESS
             }
             Err(e) => {
                 eprintln!("lithe: {e}");

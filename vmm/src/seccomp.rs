@@ -40,6 +40,8 @@ pub enum SeccompError {
 pub struct Filters {
     pub vcpu: Arc<Filter>,
     pub api: Arc<Filter>,
+    /// The event monitor's writer: it only writes what it is sent.
+    pub monitor: Arc<Filter>,
 }
 
 /// One compiled filter and the thread kind it is for.
@@ -73,7 +75,8 @@ impl Filters {
     fn build(on_mismatch: SeccompAction) -> Result<Filters, SeccompError> {
         Ok(Filters {
             vcpu: Arc::new(compile("vCPU", vcpu_rules(), on_mismatch.clone())?),
-            api: Arc::new(compile("API", api_rules(), on_mismatch)?),
+            api: Arc::new(compile("API", api_rules(), on_mismatch.clone())?),
+            monitor: Arc::new(compile("event monitor", allow_all(&[RUNTIME]), on_mismatch)?),
         })
     }
 }

@@ -1,0 +1,102 @@
+//! Sequences of guest accesses (any offset, any width, any value) to the
+//! CPU hotplug controller, the GED and the serial port, checked against the
+//! controller's invariants: the VMM never hears of a vCPU id out of range,
+//! never of an eject it did not get from the EJECT register, and the
+//! devices keep answering.
+#![no_main]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use devices::bus::BusDevice;
+use devices::cpu_hotplug::{CpuHotplugController, CpuHotplugHost, MMIO_LEN, REG_EJECT};
+use devices::ged::{Ged, GED_MMIO_LEN};
+use devices::interrupt::InterruptTrigger;
+use devices::serial::{SerialDevice, COM1_PORT_LEN};
+use devices::EventFdTrigger;
+use libfuzzer_sys::fuzz_target;
+use vmm_sys_util::eventfd::EventFd;
+
+const MAX: u32 = 40;
+
+#[derive(Default)]
+struct Host {
+    calls: Mutex<Vec<(u8, u32)>>,
+    present: AtomicU32,
+}
+
+impl CpuHotplugHost for Host {
+    fn present_word(&self, word: usize) -> u32 {
+        if word == 0 {
+            self.present.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+    fn eject(&self, id: u32) {
+        self.calls.lock().unwrap().push((b'e', id));
+    }
+    fn ost(&self, id: u32, _event: u32, _status: u32) {
+        self.calls.lock().unwrap().push((b'o', id));
+    }
+}
+
+struct Count;
+impl InterruptTrigger for Count {
+    fn trigger(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let host = Arc::new(Host::default());
+    let ctl = CpuHotplugController::new(MAX, host.clone());
+    let ged = Ged::new(Count);
+    let serial = SerialDevice::new(
+        EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+        Box::new(std::io::sink()),
+    );
+    let mut ejects_written = 0usize;
+    for op in data.chunks_exact(7) {
+        let (kind, off, width) = (op[0] % 8, u64::from(op[1]), [1usize, 2, 4, 8, 3][usize::from(op[2] % 5)]);
+        let value = u32::from_le_bytes([op[3], op[4], op[5], op[6]]);
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&value.to_le_bytes());
+        match kind {
+            0 => ctl.read(off % MMIO_LEN, &mut bytes[..width]),
+            1 => {
+                let off = off % MMIO_LEN;
+                if off == REG_EJECT && width == 4 && value < MAX {
+                    ejects_written += 1;
+                }
+                ctl.write(off, &bytes[..width]);
+            }
+            2 => ctl.request_insert(value % (MAX + 8)),
+            3 => ctl.request_remove(value % (MAX + 8)),
+            4 => {
+                let _ = ctl.withdraw_insert(value % (MAX + 8));
+                host.present.store(value, Ordering::Relaxed);
+            }
+            5 => ged.read(off % (GED_MMIO_LEN + 4), &mut bytes[..width]),
+            6 => ged.write(off % (GED_MMIO_LEN + 4), &bytes[..width]),
+            _ => {
+                if op[1] & 1 == 0 {
+                    serial.write(off % (COM1_PORT_LEN + 2), &bytes[..width.min(2)]);
+                } else {
+                    serial.read(off % (COM1_PORT_LEN + 2), &mut bytes[..width.min(2)]);
+                }
+            }
+        }
+    }
+    let calls = host.calls.lock().unwrap();
+    assert!(calls.iter().all(|&(_, id)| id < MAX), "the host heard of an out-of-range id: {calls:?}");
+    assert!(calls.iter().filter(|(k, _)| *k == b'e').count() <= ejects_written);
+    for id in MAX..MAX + 8 {
+        assert!(!ctl.is_pending(id));
+    }
+    // Still answering: a scan reads every word.
+    let mut w = [0u8; 4];
+    for word in 0..ctl.words() as u64 {
+        ctl.read(word * 4, &mut w);
+    }
+});
