@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # lithe's full test run: formatting, lints, unit and guest-booting tests,
-# loom models and Miri. Installs what it needs (scripts/deps.sh) and builds
+# loom models, Miri and a short run of every fuzz target. Installs what it needs (scripts/deps.sh) and builds
 # the guest image first (incremental).
 # LITHE_REQUIRE_MIRI=1 makes a missing Miri an error instead of a loud skip.
 set -euo pipefail
@@ -39,4 +39,7 @@ elif [ "${LITHE_REQUIRE_MIRI:-0}" = 1 ]; then
 else
 	echo "!!! SKIPPED: Miri is not installed (rustup component add --toolchain nightly miri) !!!" >&2
 fi
+step "fuzz targets, briefly (a broken target fails here; long runs: scripts/fuzz.sh 600)"
+scripts/fuzz.sh "${LITHE_FUZZ_SECONDS:-15}"
+
 step "all passed"
