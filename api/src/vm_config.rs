@@ -232,6 +232,10 @@ pub struct PlatformConfig {
     pub vfio_p2p_dma: Option<bool>,
 }
 
+/// The `vm.create` body Kata Containers' clh driver sends (clh.go, with the
+/// generated Go client's defaults), for tests across the workspace.
+pub const KATA_VM_CREATE: &str = include_str!("../fixtures/kata-vm-create.json");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,20 +244,7 @@ mod tests {
     fn decodes_the_body_katas_driver_sends_and_rejects_unknown_keys() {
         // What kata-containers' clh.go builds with the generated Go client
         // (NewVmConfig, NewCpusConfig, NewMemoryConfig, ... fill their defaults).
-        let body = serde_json::json!({
-            "payload": {"kernel": "/k", "cmdline": "console=hvc0", "initramfs": "/i"},
-            "cpus": {"boot_vcpus": 1, "max_vcpus": 4, "kvm_hyperv": false, "nested": true,
-                     "topology": {"threads_per_core": 1, "cores_per_die": 4, "dies_per_package": 1, "packages": 1}},
-            "memory": {"size": 268435456u64, "hotplug_size": 4294967296u64, "mergeable": false,
-                       "hotplug_method": "Acpi", "shared": true, "hugepages": false, "prefault": false, "thp": true},
-            "rng": {"src": "/dev/urandom", "iommu": false},
-            "serial": {"mode": "Off"},
-            "console": {"mode": "Off", "iommu": false},
-            "fs": [{"tag": "kataShared", "socket": "/run/vhost-fs.sock", "num_queues": 1, "queue_size": 1024}],
-            "vsock": {"cid": 3, "socket": "/run/kata.hvsock", "iommu": false},
-            "platform": {"num_pci_segments": 2, "tdx": false, "sev_snp": false},
-            "iommu": false, "watchdog": false, "pvpanic": false, "landlock_enable": false
-        });
+        let body: serde_json::Value = serde_json::from_str(KATA_VM_CREATE).unwrap();
         let c: VmConfig = serde_json::from_value(body.clone()).unwrap();
         assert_eq!(c.cpus.as_ref().unwrap().topology.unwrap().cores_per_die, 4);
         assert_eq!(serde_json::to_value(&c).unwrap(), body, "round trip keeps every field");

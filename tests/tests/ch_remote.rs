@@ -172,20 +172,10 @@ fn katas_clh_driver_sequence() {
     assert_eq!((s, ping["pid"].as_u64()), (200, Some(u64::from(g.child.id()))));
 
     let image = GuestImage::locate();
-    let mut body = json!({
-        "payload": { "kernel": image.kernel, "initramfs": image.initramfs, "cmdline": image.cmdline },
-        "cpus": { "boot_vcpus": 1, "max_vcpus": 2, "kvm_hyperv": false, "nested": true,
-                  "topology": { "threads_per_core": 1, "cores_per_die": 2, "dies_per_package": 1, "packages": 1 } },
-        "memory": { "size": 268435456u64, "hotplug_size": 2147483648u64, "mergeable": false,
-                    "hotplug_method": "Acpi", "shared": false, "hugepages": false, "prefault": false, "thp": true },
-        "rng": { "src": "/dev/urandom", "iommu": false },
-        "serial": { "mode": "Tty" },
-        "console": { "mode": "Off", "iommu": false },
-        "fs": [{ "tag": "kataShared", "socket": "/run/kata/vhost-fs.sock", "num_queues": 1, "queue_size": 1024 }],
-        "vsock": { "cid": 3, "socket": "/run/kata/kata.hvsock", "iommu": false },
-        "platform": { "num_pci_segments": 2, "tdx": false, "sev_snp": false },
-        "iommu": false, "watchdog": false, "pvpanic": false, "landlock_enable": false
-    });
+    let mut body: Value = serde_json::from_str(api::vm_config::KATA_VM_CREATE).unwrap();
+    body["payload"] = json!({ "kernel": image.kernel, "initramfs": image.initramfs, "cmdline": image.cmdline });
+    body["cpus"]["max_vcpus"] = json!(2);
+    body["cpus"]["topology"]["cores_per_die"] = json!(2);
     // The devices lithe has no model for: one 400 naming each of them.
     let (s, err) = g.api("PUT", "vm.create", body.clone());
     assert_eq!(s, 400, "{err}");
@@ -207,7 +197,7 @@ fn katas_clh_driver_sequence() {
     assert_eq!(s, 204, "{r}");
     let (s, info) = g.api("GET", "vm.info", Value::Null);
     assert_eq!((s, info["state"].as_str()), (200, Some("Running")), "{info}");
-    assert_eq!(info["config"]["memory"]["hotplug_size"], json!(2147483648u64), "{info}");
+    assert_eq!(info["config"]["memory"]["hotplug_size"], json!(4294967296u64), "{info}");
     g.wait_cpus("0", "0", BOOT_TIMEOUT);
 
     // ResizeVCPUs: current = config.cpus.boot_vcpus, then a bare resize.

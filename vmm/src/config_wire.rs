@@ -303,22 +303,8 @@ mod tests {
         from_wire(&serde_json::from_value(v).expect("Cloud Hypervisor's schema"))
     }
 
-    /// The body Kata's clh driver sends (clh.go, with the Go client's defaults).
     fn kata_body() -> Value {
-        json!({
-            "payload": {"kernel": "/k", "cmdline": "console=ttyS0", "initramfs": "/i"},
-            "cpus": {"boot_vcpus": 1, "max_vcpus": 4, "kvm_hyperv": false, "nested": true,
-                     "topology": {"threads_per_core": 1, "cores_per_die": 4, "dies_per_package": 1, "packages": 1}},
-            "memory": {"size": 268435456u64, "hotplug_size": 4294967296u64, "mergeable": false,
-                       "hotplug_method": "Acpi", "shared": false, "hugepages": false, "prefault": false, "thp": true},
-            "rng": {"src": "/dev/urandom", "iommu": false},
-            "serial": {"mode": "Tty"},
-            "console": {"mode": "Off", "iommu": false},
-            "fs": [{"tag": "kataShared", "socket": "/run/vhost-fs.sock", "num_queues": 1, "queue_size": 1024}],
-            "vsock": {"cid": 3, "socket": "/run/kata.hvsock", "iommu": false},
-            "platform": {"num_pci_segments": 2, "tdx": false, "sev_snp": false},
-            "iommu": false, "watchdog": false, "pvpanic": false, "landlock_enable": false
-        })
+        serde_json::from_str(api::vm_config::KATA_VM_CREATE).unwrap()
     }
 
     #[test]
