@@ -32,6 +32,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client that does not read its response loses the connection after this.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a server going away waits for answers still being written.
+const FLUSH_ON_EXIT: Duration = Duration::from_secs(2);
 const MAX_DRAIN: usize = 1 << 20;
 
 /// What the VMM does with an action. Called on worker threads.
@@ -58,6 +60,10 @@ pub type ThreadInit = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 pub struct ApiServer {
     path: PathBuf,
+    /// Requests read and not yet answered: the server, when dropped, gives
+    /// them a moment to be written (the answer to `vmm.shutdown` is written
+    /// after the VMM decided to exit).
+    inflight: Arc<AtomicUsize>,
     /// The socket file this server bound (device, inode): on exit it removes
     /// the path only if it is still that file, not one a later lithe bound.
     bound: Option<(u64, u64)>,
@@ -114,6 +120,8 @@ impl ApiServer {
             .map_err(|source| ServerError::Io { path: path.into(), source })?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let inflight_c = inflight.clone();
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("api".into())
@@ -122,7 +130,7 @@ impl ApiServer {
                 let ok = initialised.is_ok();
                 let _ = ready_tx.send(initialised);
                 if ok {
-                    accept_loop(listener, handler, s);
+                    accept_loop(listener, handler, s, inflight_c);
                 }
             })
             .map_err(|source| ServerError::Io { path: path.into(), source })?;
@@ -133,12 +141,16 @@ impl ApiServer {
         }
         info!("API listening on {}", path.display());
         let bound = file_id(path);
-        Ok(ApiServer { path: path.into(), bound, stop, thread: Some(thread) })
+        Ok(ApiServer { path: path.into(), inflight, bound, stop, thread: Some(thread) })
     }
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
+        let deadline = Instant::now() + FLUSH_ON_EXIT;
+        while self.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         self.stop.store(true, Ordering::Release);
         // Wake the blocking accept so the thread sees the flag. It is not
         // joined: a worker may be waiting out a resize, and the process is
@@ -151,7 +163,12 @@ impl Drop for ApiServer {
     }
 }
 
-fn accept_loop(listener: UnixListener, handler: Arc<dyn ApiHandler>, stop: Arc<AtomicBool>) {
+fn accept_loop(
+    listener: UnixListener,
+    handler: Arc<dyn ApiHandler>,
+    stop: Arc<AtomicBool>,
+    inflight: Arc<AtomicUsize>,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::Acquire) {
@@ -173,10 +190,10 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn ApiHandler>, stop: Arc<A
             let _ = write_response(&mut stream, busy.status, busy.body.as_ref(), false);
             continue;
         }
-        let (handler, active_c) = (handler.clone(), active.clone());
+        let (handler, active_c, inflight) = (handler.clone(), active.clone(), inflight.clone());
         // Threads started here inherit the server thread's seccomp filter.
         let spawned = std::thread::Builder::new().name("api-conn".into()).spawn(move || {
-            serve_connection(stream, handler.as_ref());
+            serve_connection(stream, handler.as_ref(), &inflight);
             active_c.fetch_sub(1, Ordering::AcqRel);
         });
         if let Err(e) = spawned {
@@ -222,7 +239,23 @@ fn dispatch(handler: &dyn ApiHandler, action: crate::action::VmmAction) -> ApiRe
     }
 }
 
-fn serve_connection(mut stream: UnixStream, handler: &dyn ApiHandler) {
+/// Counts a request from when it was read until its answer is written.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn serve_connection(mut stream: UnixStream, handler: &dyn ApiHandler, inflight: &AtomicUsize) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut buf = Vec::new();
     loop {
@@ -239,7 +272,9 @@ fn serve_connection(mut stream: UnixStream, handler: &dyn ApiHandler) {
         let mut reader = DeadlineReader { stream: &stream, deadline: Instant::now() + REQUEST_DEADLINE };
         let mut writer = &stream;
         let mut interim = || writer.write_all(b"HTTP/1.1 100 \r\n\r\n");
-        let (response, keep_alive) = match read_request(&mut reader, &mut buf, &mut interim) {
+        let request = read_request(&mut reader, &mut buf, &mut interim);
+        let _answering = InFlight::new(inflight);
+        let (response, keep_alive) = match request {
             Ok(req) => {
                 debug!("API: {} {}", req.method, req.path);
                 let response = match route(&req) {
