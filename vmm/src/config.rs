@@ -180,6 +180,12 @@ impl VmConfig {
     }
 }
 
+/// What the host's KVM allows (`KVM_CAP_MAX_VCPUS`); without /dev/kvm,
+/// no limit here (creating the VM reports that error).
+pub fn kvm_max_vcpus() -> u32 {
+    kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX)
+}
+
 pub fn validate_cpus(c: &CpusConfig, kvm_max_vcpus: u32) -> Result<(), ConfigError> {
     let limit = MAX_SUPPORTED_VCPUS.min(kvm_max_vcpus);
     if c.boot_vcpus == 0 {

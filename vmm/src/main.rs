@@ -79,7 +79,7 @@ mod app {
             return Err(usage("give --kernel to boot a VM, or --api-socket to configure one over the API"));
         }
         if let Some(c) = &config {
-            let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
+            let max = vmm::config::kvm_max_vcpus();
             c.validate(max).map_err(usage)?;
         }
         let monitor = cli.vm.event_monitor.as_deref().map(vmm::events::open).transpose().map_err(usage)?;

@@ -257,7 +257,7 @@ impl Vmm {
             WireError::Unsupported(fields) => ActionError::Unsupported(fields),
             WireError::Invalid(m) => ActionError::Invalid(m),
         })?;
-        let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
+        let max = crate::config::kvm_max_vcpus();
         config.validate(max).map_err(|e| ActionError::Invalid(e.to_string()))?;
         info!("VM configured over the API");
         self.set_config(config);
@@ -312,7 +312,7 @@ impl Vmm {
             };
             let mut cpus = config.cpus;
             cpus.boot_vcpus = desired;
-            let max = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX);
+            let max = crate::config::kvm_max_vcpus();
             if let Err(e) = crate::config::validate_cpus(&cpus, max) {
                 return Done(Err(ActionError::Invalid(e.to_string())));
             }
