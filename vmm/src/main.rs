@@ -100,7 +100,7 @@ mod app {
                 Some(Filters::logging().map_err(fatal)?)
             }
             SeccompMode::Off => {
-                warn!("seccomp filters are off (--seccomp off): vCPU and API threads may make any syscall");
+                warn!("seccomp filters are off (--seccomp off): lithe's threads may make any syscall");
                 None
             }
         };
@@ -113,8 +113,9 @@ mod app {
         vmm.handle_termination_signals().map_err(|e| fatal(format!("installing signal handlers: {e}")))?;
         let server = match (bridge, &cli.vm.api_socket) {
             (Some(bridge), Some(path)) => {
-                let init =
-                    seccomp.map(|f| -> api::ThreadInit { Box::new(move || f.api.apply().map_err(|e| e.to_string())) });
+                let init = seccomp
+                    .clone()
+                    .map(|f| -> api::ThreadInit { Box::new(move || f.api.apply().map_err(|e| e.to_string())) });
                 Some(api::ApiServer::start_with(path, Arc::new(bridge), init).map_err(fatal)?)
             }
             _ => None,
@@ -127,6 +128,10 @@ mod app {
             })?;
         }
 
+        // From here on the main thread only runs the loop: filter it too.
+        if let Some(f) = &seccomp {
+            f.main.apply().map_err(fatal)?;
+        }
         let vmm = Arc::new(Mutex::new(vmm));
         let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(|e| fatal(format!("event manager: {e:?}")))?;

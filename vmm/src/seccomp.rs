@@ -6,12 +6,17 @@
 //! * API threads parse requests from the socket: they accept, read, write
 //!   and hand requests to the main thread.
 //!
-//! The main thread is not filtered: it creates and boots VMs (again on a
-//! guest reboot over the API), which needs most of what lithe does at all,
-//! and it sees guest or API input only after those threads parsed it.
+//! * The main thread creates and boots VMs (at start, over the API, and
+//!   again on every reboot), so its filter, installed once the API server
+//!   runs and before the main loop, allows what building a VM takes: opening
+//!   and reading files, KVM ioctls (and no other ioctl), guest memory,
+//!   vCPU threads. It cannot start a process (`execve`, `fork`), open a
+//!   socket other than a Unix one, or signal another process. `clone3` fails
+//!   with `ENOSYS` (its flags sit in memory a filter cannot read), so thread
+//!   creation falls back to `clone`, whose flags must say `CLONE_THREAD`.
 //!
-//! A filter is installed by the thread itself, first thing, and inherited by
-//! threads it spawns (the API's workers). A blocked syscall raises SIGSYS;
+//! A filter is installed by the thread itself and inherited by threads it
+//! spawns (the API's workers; vCPU threads, which add their own on top). A blocked syscall raises SIGSYS;
 //! [`install_sigsys_handler`] reports the syscall and thread, then ends lithe
 //! with [`BLOCKED_SYSCALL_EXIT`]. `--seccomp off` disables the filters.
 
@@ -38,6 +43,8 @@ pub enum SeccompError {
 /// Compiled filters, shared by every thread of a kind.
 #[derive(Clone)]
 pub struct Filters {
+    /// The main thread: [`MainFilter::apply`] once, before the main loop.
+    pub main: Arc<MainFilter>,
     pub vcpu: Arc<Filter>,
     pub api: Arc<Filter>,
     /// The event monitor's writer: it only writes what it is sent.
@@ -57,8 +64,23 @@ impl Filter {
     }
 }
 
+/// The main thread's two filters: one turns `clone3` into `ENOSYS`, the
+/// other allows what the main loop does.
+pub struct MainFilter {
+    no_clone3: Filter,
+    allowed: Filter,
+}
+
+impl MainFilter {
+    /// Installs both on the calling thread (the main thread).
+    pub fn apply(&self) -> Result<(), SeccompError> {
+        self.no_clone3.apply()?;
+        self.allowed.apply()
+    }
+}
+
 impl Filters {
-    /// Compiles both filters and installs the SIGSYS reporter: a syscall
+    /// Compiles the filters and installs the SIGSYS reporter: a syscall
     /// outside the lists ends lithe, naming it.
     pub fn new() -> Result<Filters, SeccompError> {
         install_sigsys_handler()?;
@@ -73,7 +95,19 @@ impl Filters {
     }
 
     fn build(on_mismatch: SeccompAction) -> Result<Filters, SeccompError> {
+        // SAFETY: getpid takes no arguments and cannot fail.
+        let pid = unsafe { libc::getpid() };
+        let main = MainFilter {
+            no_clone3: compile_with(
+                "main (clone3)",
+                allow_all(&[&[libc::SYS_clone3]]),
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::ENOSYS as u32),
+            )?,
+            allowed: compile("main", main_rules(pid), on_mismatch.clone())?,
+        };
         Ok(Filters {
+            main: Arc::new(main),
             vcpu: Arc::new(compile("vCPU", vcpu_rules(), on_mismatch.clone())?),
             api: Arc::new(compile("API", api_rules(), on_mismatch.clone())?),
             monitor: Arc::new(compile("event monitor", allow_all(&[RUNTIME]), on_mismatch)?),
@@ -86,8 +120,17 @@ fn compile(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     on_mismatch: SeccompAction,
 ) -> Result<Filter, SeccompError> {
+    compile_with(which, rules, on_mismatch, SeccompAction::Allow)
+}
+
+fn compile_with(
+    which: &'static str,
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    on_mismatch: SeccompAction,
+    on_match: SeccompAction,
+) -> Result<Filter, SeccompError> {
     let arch = TargetArch::x86_64;
-    let filter = SeccompFilter::new(rules, on_mismatch, SeccompAction::Allow, arch)
+    let filter = SeccompFilter::new(rules, on_mismatch, on_match, arch)
         .map_err(|source| SeccompError::Build { which, source })?;
     let program = BpfProgram::try_from(filter).map_err(|source| SeccompError::Build { which, source })?;
     Ok(Filter { which, program })
@@ -140,6 +183,60 @@ const API_IO: &[libc::c_long] = &[
     libc::SYS_fcntl,
     libc::SYS_poll,
 ];
+
+/// What the main loop does besides [`RUNTIME`]: wait for events, build and
+/// tear down VMs (files, `/dev/kvm`, guest memory, event fds, vCPU threads),
+/// retire vCPUs (`membarrier` ends an RCU grace period), and at exit wake
+/// the API server and remove its socket.
+const MAIN_LOOP: &[libc::c_long] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_create1,
+    libc::SYS_read,
+    libc::SYS_pread64,
+    libc::SYS_lseek,
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_fcntl,
+    libc::SYS_eventfd2,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_membarrier,
+    libc::SYS_rt_sigaction,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_prctl,
+    libc::SYS_seccomp,
+    libc::SYS_clone3,
+    libc::SYS_connect,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+];
+
+/// One rule: argument `arg` (32 bits wide) compared with `op` to `value`.
+fn arg_rule(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompRule {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .expect("a valid one-condition rule")
+}
+
+fn main_rules(pid: libc::pid_t) -> BTreeMap<i64, Vec<SeccompRule>> {
+    let mut rules = allow_all(&[RUNTIME, MAIN_LOOP]);
+    let kvmio = u64::from(kvm_bindings::KVMIO) << 8;
+    // Any KVM ioctl (the type byte of the request is KVMIO), no other.
+    rules.insert(libc::SYS_ioctl, vec![arg_rule(1, SeccompCmpOp::MaskedEq(0xff00), kvmio)]);
+    // Threads only (clone3 is ENOSYS, see the module doc).
+    let thread = libc::CLONE_THREAD as u64;
+    rules.insert(libc::SYS_clone, vec![arg_rule(0, SeccompCmpOp::MaskedEq(thread), thread)]);
+    // Unix sockets only (waking the API server's accept at exit).
+    rules.insert(libc::SYS_socket, vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)]);
+    // Signals to this process's own threads (vCPU kicks) only.
+    rules.insert(libc::SYS_tgkill, vec![arg_rule(0, SeccompCmpOp::Eq, pid as u64)]);
+    rules
+}
 
 fn allow_all(syscalls: &[&[libc::c_long]]) -> BTreeMap<i64, Vec<SeccompRule>> {
     syscalls.iter().flat_map(|s| s.iter()).map(|&nr| (nr, Vec::new())).collect()
