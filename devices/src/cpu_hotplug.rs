@@ -21,7 +21,9 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
+
+use crate::guest_warn;
 
 use crate::bus::BusDevice;
 
@@ -166,7 +168,10 @@ impl CpuHotplugController {
             Some(value)
         } else {
             self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-            warn!("cpu-hotplug: guest wrote out-of-range vCPU id {value} to {what} (max {}), ignored", self.max_vcpus);
+            guest_warn!(
+                "cpu-hotplug: guest wrote out-of-range vCPU id {value} to {what} (max {}), ignored",
+                self.max_vcpus
+            );
             None
         }
     }
@@ -186,7 +191,7 @@ impl BusDevice for CpuHotplugController {
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
             self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-            warn!("cpu-hotplug: ignoring {}-byte read at offset {offset:#x}", data.len());
+            guest_warn!("cpu-hotplug: ignoring {}-byte read at offset {offset:#x}", data.len());
             return;
         }
         let value = match offset {
@@ -206,12 +211,12 @@ impl BusDevice for CpuHotplugController {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-            warn!("cpu-hotplug: ignoring {}-byte write at offset {offset:#x}", data.len());
+            guest_warn!("cpu-hotplug: ignoring {}-byte write at offset {offset:#x}", data.len());
             return;
         };
         if !offset.is_multiple_of(4) {
             self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-            warn!("cpu-hotplug: ignoring unaligned write at offset {offset:#x}");
+            guest_warn!("cpu-hotplug: ignoring unaligned write at offset {offset:#x}");
             return;
         }
         let value = u32::from_le_bytes(bytes);
@@ -242,7 +247,7 @@ impl BusDevice for CpuHotplugController {
             REG_OST_STATUS => {
                 let id = self.ost_select.swap(u32::MAX, Ordering::AcqRel);
                 if id == u32::MAX {
-                    warn!("cpu-hotplug: guest wrote OST_STATUS {value:#x} without selecting a vCPU, ignored");
+                    guest_warn!("cpu-hotplug: guest wrote OST_STATUS {value:#x} without selecting a vCPU, ignored");
                     return;
                 }
                 let event = self.ost_event.load(Ordering::Acquire);
@@ -252,7 +257,7 @@ impl BusDevice for CpuHotplugController {
             }
             _ => {
                 self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-                warn!("cpu-hotplug: ignoring write of {value:#x} to read-only or unknown offset {offset:#x}")
+                guest_warn!("cpu-hotplug: ignoring write of {value:#x} to read-only or unknown offset {offset:#x}")
             }
         }
     }

@@ -6,7 +6,9 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use log::{debug, warn};
+use log::debug;
+
+use crate::guest_warn;
 
 use crate::bus::BusDevice;
 use crate::interrupt::InterruptTrigger;
@@ -48,7 +50,7 @@ impl<T: InterruptTrigger> Ged<T> {
 impl<T: InterruptTrigger> BusDevice for Ged<T> {
     fn read(&self, offset: u64, data: &mut [u8]) {
         if offset != 0 || data.len() != 4 {
-            warn!("ged: ignoring {}-byte read at offset {offset:#x}", data.len());
+            guest_warn!("ged: ignoring {}-byte read at offset {offset:#x}", data.len());
             data.fill(0);
             return;
         }
@@ -59,7 +61,7 @@ impl<T: InterruptTrigger> BusDevice for Ged<T> {
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
-        warn!("ged: ignoring {}-byte guest write at offset {offset:#x} (register is read-only)", data.len());
+        guest_warn!("ged: ignoring {}-byte guest write at offset {offset:#x} (register is read-only)", data.len());
     }
 }
 

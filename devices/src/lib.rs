@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod cpu_hotplug;
 pub mod ged;
+pub mod guest_log;
 pub mod interrupt;
 pub mod power;
 pub mod serial;

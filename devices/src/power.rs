@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use log::{info, warn};
+use log::info;
+
+use crate::guest_warn;
 
 use crate::bus::BusDevice;
 
@@ -57,7 +59,7 @@ impl BusDevice for AcpiPowerDevice {
 
     fn write(&self, offset: u64, data: &[u8]) {
         let [value] = data else {
-            warn!("acpi-power: ignoring {}-byte write at offset {offset}", data.len());
+            guest_warn!("acpi-power: ignoring {}-byte write at offset {offset}", data.len());
             return;
         };
         match offset {
@@ -67,14 +69,14 @@ impl BusDevice for AcpiPowerDevice {
                     info!("guest requested ACPI S5 (power off)");
                     (self.handler)(PowerEvent::Shutdown);
                 } else if value & SLP_EN != 0 {
-                    warn!("acpi-power: guest asked for unsupported sleep type {sleep_type}, ignored");
+                    guest_warn!("acpi-power: guest asked for unsupported sleep type {sleep_type}, ignored");
                 }
             }
             RESET_OFFSET if *value == RESET_VALUE => {
                 info!("guest requested reset through the ACPI reset register");
                 (self.handler)(PowerEvent::Reboot);
             }
-            _ => warn!("acpi-power: ignoring write of {value:#x} at offset {offset}"),
+            _ => guest_warn!("acpi-power: ignoring write of {value:#x} at offset {offset}"),
         }
     }
 }

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use log::warn;
+
+use crate::guest_warn;
 use vm_superio::Serial;
 
 use crate::bus::BusDevice;
@@ -52,6 +54,14 @@ impl SerialDevice {
         }
     }
 
+    /// Name and value of each counter, for `vm.counters`.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("lost_bytes", self.lost.load(Ordering::Relaxed)),
+            ("output_failing", u64::from(self.failing.load(Ordering::Relaxed))),
+        ]
+    }
+
     /// Queues host input (stdin) for the guest; returns how many bytes fit in the FIFO.
     pub fn enqueue_input(&self, bytes: &[u8]) -> io::Result<usize> {
         let mut uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
@@ -66,7 +76,7 @@ impl SerialDevice {
 impl BusDevice for SerialDevice {
     fn read(&self, offset: u64, data: &mut [u8]) {
         if data.len() != 1 || offset >= COM1_PORT_LEN {
-            warn!("serial: ignoring {}-byte read at offset {offset}", data.len());
+            guest_warn!("serial: ignoring {}-byte read at offset {offset}", data.len());
             data.fill(0xff);
             return;
         }
@@ -75,7 +85,7 @@ impl BusDevice for SerialDevice {
 
     fn write(&self, offset: u64, data: &[u8]) {
         if data.len() != 1 || offset >= COM1_PORT_LEN {
-            warn!("serial: ignoring {}-byte write at offset {offset}", data.len());
+            guest_warn!("serial: ignoring {}-byte write at offset {offset}", data.len());
             return;
         }
         let mut uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
@@ -88,7 +98,7 @@ impl BusDevice for SerialDevice {
             drop(uart);
             self.output_result(r);
         } else if let Err(e) = r {
-            warn!("serial: register write at offset {offset} failed: {e}");
+            guest_warn!("serial: register write at offset {offset} failed: {e}");
         }
     }
 }

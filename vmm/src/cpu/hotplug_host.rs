@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
+
+use devices::guest_warn;
 use vmm_sys_util::eventfd::EventFd;
 
 use devices::cpu_hotplug::CpuHotplugHost;
@@ -106,7 +108,7 @@ impl CpuHotplugHost for HotplugHost {
 
     fn eject(&self, id: u32) {
         if id == 0 {
-            warn!("vCPU 0: guest wrote an eject for the boot vCPU, which is never removable; ignored");
+            guest_warn!("vCPU 0: guest wrote an eject for the boot vCPU, which is never removable; ignored");
             return;
         }
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
@@ -114,7 +116,7 @@ impl CpuHotplugHost for HotplugHost {
             slot.store(now + 1, Ordering::Release);
         }
         if self.guest_event(id, Event::Ejected).is_none() {
-            warn!("vCPU {id}: guest called _EJ0 while the vCPU is {:?}; ignored", self.table.state(id));
+            guest_warn!("vCPU {id}: guest called _EJ0 while the vCPU is {:?}; ignored", self.table.state(id));
         }
     }
 
@@ -123,7 +125,7 @@ impl CpuHotplugHost for HotplugHost {
         crate::events::ost(id, event, status);
         let Some(e) = ost_event(event, status) else { return };
         if self.guest_event(id, e).is_none() && self.table.state(id).phase != Phase::Running {
-            warn!(
+            guest_warn!(
                 "vCPU {id}: guest _OST({event:#x}, {status:#x}) does not apply in state {:?}; ignored",
                 self.table.state(id)
             );
