@@ -336,6 +336,54 @@ mod tests {
         assert_eq!(s(i64::MIN), i64::MIN.to_string());
     }
 
+    /// The main thread's rules, applied to a thread of this test with
+    /// "fail with EPERM" instead of a trap: what it may and may not do.
+    #[test]
+    fn the_main_filter_builds_vms_but_starts_no_process_and_opens_no_network_socket() {
+        std::thread::spawn(|| {
+            let pid = std::process::id() as libc::pid_t;
+            compile_with(
+                "main (clone3)",
+                allow_all(&[&[libc::SYS_clone3]]),
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::ENOSYS as u32),
+            )
+            .unwrap()
+            .apply()
+            .unwrap();
+            compile("main", main_rules(pid), SeccompAction::Errno(libc::EPERM as u32)).unwrap().apply().unwrap();
+            let errno = || std::io::Error::last_os_error().raw_os_error();
+            // Threads still start (clone3 refused, clone with CLONE_THREAD allowed).
+            assert_eq!(std::thread::spawn(|| 7).join().unwrap(), 7);
+            // Files open and read; a terminal ioctl is refused (only KVM's pass).
+            let f = std::fs::File::open("/proc/thread-self/status").unwrap();
+            assert!(std::io::read_to_string(f).unwrap().contains("Seccomp:\t2"));
+            // SAFETY: plain syscalls on fds and values owned by this test.
+            unsafe {
+                use std::os::fd::AsRawFd;
+                let kvm = std::fs::File::open("/dev/kvm").expect("/dev/kvm (lithe's tests need KVM)");
+                assert_eq!(libc::ioctl(kvm.as_raw_fd(), 0xae00, 0), 12, "KVM_GET_API_VERSION passes: {:?}", errno());
+                let mut ws = std::mem::zeroed::<libc::winsize>();
+                assert_eq!(libc::ioctl(1, libc::TIOCGWINSZ, &mut ws), -1);
+                assert_eq!(errno(), Some(libc::EPERM));
+                let unix = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                assert!(unix >= 0, "Unix sockets are allowed");
+                libc::close(unix);
+                assert_eq!(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0), -1);
+                assert_eq!(errno(), Some(libc::EPERM));
+                assert_eq!(libc::fork(), -1, "no new processes");
+                let sh = c"/bin/sh".as_ptr();
+                assert_eq!(libc::execv(sh, [sh, std::ptr::null()].as_ptr()), -1);
+                assert_eq!(errno(), Some(libc::EPERM));
+                // Signals to this process's threads only (pid 1 is not ours).
+                assert_eq!(libc::syscall(libc::SYS_tgkill, 1, 1, 0), -1);
+                assert_eq!(errno(), Some(libc::EPERM));
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn kvm_run_matches_kvm_bindings() {
         assert_eq!(u64::from(kvm_bindings::KVMIO) << 8 | 0x80, 0xae80);
