@@ -151,6 +151,9 @@ impl Vm {
         vm_fd.set_tss_address(memory::KVM_TSS_ADDR as usize).map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
         vm_fd.set_identity_map_address(memory::KVM_IDENTITY_MAP_ADDR).map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
         vm_fd.create_irq_chip().map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
+        vm_fd
+            .set_gsi_routing(&crate::arch::irq_routing::table(&[crate::acpi::GED_IRQ]))
+            .map_err(kvm_call("KVM_SET_GSI_ROUTING"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         vm_fd.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))?;
 
@@ -229,8 +232,12 @@ impl Vm {
             on_started: Some(on_started),
         };
         let latencies = Arc::new(Latencies::default());
-        let counters =
-            CounterSources { controller: controller.clone(), ged: ged.clone(), latencies: latencies.clone() };
+        let counters = CounterSources {
+            controller: controller.clone(),
+            ged: ged.clone(),
+            serial: serial.clone(),
+            latencies: latencies.clone(),
+        };
         let mut manager = VcpuManager::new(ManagerParts {
             vm: vm_fd.clone(),
             table: table.clone(),

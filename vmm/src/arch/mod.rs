@@ -4,4 +4,5 @@
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
+pub mod irq_routing;
 pub mod regs;

@@ -92,7 +92,6 @@ const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
@@ -100,6 +99,12 @@ const MTRR_ENABLE: u64 = 1 << 11;
 const MTRR_MEM_TYPE_WB: u64 = 6;
 
 /// The MSRs every vCPU starts with.
+///
+/// Not `IA32_TSC`: KVM starts each vCPU's TSC in step with the VM's, and a
+/// hot-added vCPU must join the running clock, not restart it. Recent KVMs
+/// (`kvm->arch.user_set_tsc`) stop reading a write of 0 as "synchronize"
+/// once userspace has written a TSC, so a 0 written to a vCPU added later
+/// would leave its TSC behind the others'.
 pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     let e = |index, data| kvm_msr_entry { index, data, ..Default::default() };
     vec![
@@ -111,7 +116,6 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         e(MSR_KERNEL_GS_BASE, 0),
         e(MSR_SYSCALL_MASK, 0),
         e(MSR_LSTAR, 0),
-        e(MSR_IA32_TSC, 0),
         e(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         e(MSR_MTRR_DEF_TYPE, MTRR_ENABLE | MTRR_MEM_TYPE_WB),
     ]
