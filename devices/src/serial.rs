@@ -2,11 +2,12 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use log::warn;
 
 use crate::guest_warn;
+use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
 
 use crate::bus::BusDevice;
@@ -17,49 +18,68 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_PORT_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 
-type Uart = Serial<EventFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
+type Uart = Serial<EventFdTrigger, Arc<OutputHealth>, Box<dyn Write + Send>>;
 
-/// COM1 on the port I/O bus.
-pub struct SerialDevice {
-    uart: Mutex<Uart>,
+/// Whether the console output works, from vm-superio's own per-byte events:
+/// only a transmitted byte counts, not a divisor-latch or other register
+/// write at the same offset.
+#[derive(Debug, Default)]
+pub struct OutputHealth {
     /// Output is failing (a full disk, a closed pipe): logged once when it
     /// starts and once when it recovers, not once per byte.
     failing: AtomicBool,
     /// Output bytes lost to such failures.
-    pub lost: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl SerialEvents for OutputHealth {
+    fn buffer_read(&self) {}
+
+    fn out_byte(&self) {
+        if self.failing.swap(false, Ordering::AcqRel) {
+            warn!("serial: output works again ({} bytes were lost)", self.lost.load(Ordering::Relaxed));
+        }
+    }
+
+    fn tx_lost_byte(&self) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn in_buffer_empty(&self) {}
+}
+
+impl OutputHealth {
+    /// After a lost byte: true the first time in a row of failures.
+    fn newly_failing(&self) -> bool {
+        !self.failing.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// COM1 on the port I/O bus.
+pub struct SerialDevice {
+    uart: Mutex<Uart>,
+    health: Arc<OutputHealth>,
 }
 
 impl SerialDevice {
     pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
-        SerialDevice {
-            uart: Mutex::new(Serial::new(irq, out)),
-            failing: AtomicBool::new(false),
-            lost: AtomicU64::new(0),
-        }
+        let health = Arc::new(OutputHealth::default());
+        SerialDevice { uart: Mutex::new(Serial::with_events(irq, health.clone(), out)), health }
     }
 
-    fn output_result(&self, r: Result<(), String>) {
-        match r {
-            Err(e) => {
-                self.lost.fetch_add(1, Ordering::Relaxed);
-                if !self.failing.swap(true, Ordering::AcqRel) {
-                    warn!("serial: output failing ({e}); the guest runs on, its console output is dropped until a write succeeds");
-                }
-            }
-            Ok(()) => {
-                if self.failing.swap(false, Ordering::AcqRel) {
-                    warn!("serial: output works again ({} bytes were lost)", self.lost.load(Ordering::Relaxed));
-                }
-            }
-        }
+    /// Bytes of guest output lost so far.
+    pub fn lost_bytes(&self) -> u64 {
+        self.health.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether output is failing now.
+    pub fn output_failing(&self) -> bool {
+        self.health.failing.load(Ordering::Relaxed)
     }
 
     /// Name and value of each counter, for `vm.counters`.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("lost_bytes", self.lost.load(Ordering::Relaxed)),
-            ("output_failing", u64::from(self.failing.load(Ordering::Relaxed))),
-        ]
+        vec![("lost_bytes", self.lost_bytes()), ("output_failing", u64::from(self.output_failing()))]
     }
 
     /// Queues host input (stdin) for the guest; returns how many bytes fit in the FIFO.
@@ -88,17 +108,16 @@ impl BusDevice for SerialDevice {
             guest_warn!("serial: ignoring {}-byte write at offset {offset}", data.len());
             return;
         }
-        let mut uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
-        let mut r = uart.write(offset as u8, data[0]).map_err(|e| format!("{e:?}"));
-        if offset == 0 && r.is_ok() {
-            // Console output should show up promptly even when stdout is a pipe.
-            r = uart.writer_mut().flush().map_err(|e| e.to_string());
-        }
-        if offset == 0 {
-            drop(uart);
-            self.output_result(r);
-        } else if let Err(e) = r {
-            guest_warn!("serial: register write at offset {offset} failed: {e}");
+        // vm-superio writes and flushes each transmitted byte itself.
+        let r = self.uart.lock().unwrap_or_else(|e| e.into_inner()).write(offset as u8, data[0]);
+        match r {
+            Ok(()) => {}
+            Err(vm_superio::serial::Error::IOError(e)) => {
+                if self.health.newly_failing() {
+                    warn!("serial: output failing ({e}); the guest runs on, its console output is dropped until a write succeeds");
+                }
+            }
+            Err(e) => guest_warn!("serial: register write at offset {offset} failed: {e:?}"),
         }
     }
 }
@@ -106,7 +125,6 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use vmm_sys_util::eventfd::EventFd;
 
     #[derive(Clone, Default)]
@@ -146,12 +164,17 @@ mod tests {
         for _ in 0..1000 {
             dev.write(0, b"x");
         }
-        assert_eq!(dev.lost.load(Ordering::Relaxed), 1000);
-        assert!(dev.failing.load(Ordering::Relaxed));
+        assert_eq!(dev.lost_bytes(), 1000);
+        assert!(dev.output_failing());
+        // Register writes, the divisor latch's at offset 0 included, are not output.
+        dev.write(3, &[0x80]);
+        dev.write(0, &[1]);
+        dev.write(3, &[0x03]);
+        assert!(dev.output_failing(), "still failing: no byte went out");
         out.0.store(false, Ordering::Relaxed);
         dev.write(0, b"y");
-        assert!(!dev.failing.load(Ordering::Relaxed), "recovers on the first good write");
-        assert_eq!(dev.lost.load(Ordering::Relaxed), 1000);
+        assert!(!dev.output_failing(), "recovers on the first good write");
+        assert_eq!(dev.lost_bytes(), 1000);
     }
 
     #[test]

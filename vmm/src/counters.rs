@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use api::action::VmCounters;
 use devices::cpu_hotplug::CpuHotplugController;
 use devices::ged::Ged;
+use devices::serial::SerialDevice;
 use devices::EventFdTrigger;
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
@@ -90,6 +91,7 @@ impl Latencies {
 pub struct CounterSources {
     pub controller: Arc<CpuHotplugController>,
     pub ged: Arc<Ged<EventFdTrigger>>,
+    pub serial: Arc<SerialDevice>,
     pub latencies: Arc<Latencies>,
 }
 
@@ -105,6 +107,7 @@ impl CounterSources {
         hotplug.insert("mmio_exits_per_scan".into(), accesses.checked_div(scans).unwrap_or(0));
         out.insert("cpu-hotplug".into(), hotplug);
         out.insert("ged".into(), to_map(self.ged.counters()));
+        out.insert("serial".into(), to_map(self.serial.counters()));
         out.insert("vmm".into(), to_map(self.latencies.snapshot()));
         out
     }
