@@ -2,9 +2,9 @@
 # Builds the lithe guest image from Debian packages only:
 #   out/vmlinux         Linux 6.1 from linux-source-6.1, tinyconfig + kernel.config + patches/
 #   out/bzImage         the same kernel as a bzImage (LZ4: its decompressor runs emulated on PVM)
-#   out/initramfs.cpio  uncompressed cpio: busybox-static, ./init and cpu-event (from cpu-event.c)
+#   out/initramfs.cpio  uncompressed cpio: busybox-static, ./init, cpu-event and attack (from their .c files)
 # Rebuilds only what changed: the kernel when kernel.config, patches/ or this
-# script change; the initramfs when init or cpu-event.c change. Prints the output folder.
+# script change; the initramfs when init, cpu-event.c or attack.c change. Prints the output folder.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -83,7 +83,7 @@ else
 fi
 
 # ---- initramfs ---------------------------------------------------------------
-istamp=$(stamp_of "$here/init" "$here/cpu-event.c" "$here/build.sh" /bin/busybox)
+istamp=$(stamp_of "$here/init" "$here/cpu-event.c" "$here/attack.c" "$here/build.sh" /bin/busybox)
 if [ -f "$out/initramfs.cpio" ] && [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" = "$istamp" ]; then
 	log "initramfs up to date ($out/initramfs.cpio)"
 else
@@ -98,9 +98,12 @@ else
 	done
 	cp "$here/init" "$root/init"
 	# The uevent helper: C without libc (cpu-event.c says why).
-	gcc -Os -static -nostdlib -ffreestanding -fno-builtin -fno-stack-protector -fno-pie -no-pie \
-		-Wall -Wextra -Werror -o "$root/bin/cpu-event" "$here/cpu-event.c"
-	chmod 755 "$root/init" "$root/bin/cpu-event"
+	# The attacker of the VMM's registers, for the hostile-guest test: the same way.
+	for prog in cpu-event attack; do
+		gcc -Os -static -nostdlib -ffreestanding -fno-builtin -fno-stack-protector -fno-pie -no-pie \
+			-Wall -Wextra -Werror -o "$root/bin/$prog" "$here/$prog.c"
+	done
+	chmod 755 "$root/init" "$root/bin/cpu-event" "$root/bin/attack"
 	(cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) > "$out/initramfs.cpio.tmp"
 	mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
 	echo "$istamp" > "$out/initramfs.stamp"
