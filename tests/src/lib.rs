@@ -5,7 +5,8 @@
 //! apic=<ids>` whenever either set changes (`apic` lists the online CPUs'
 //! APIC ids, which are lithe's vCPU ids), and obeys commands typed on the
 //! console (`poweroff`, `reboot`, `refuse-eject`, `allow-eject`,
-//! `ignore-hotplug`, `allow-hotplug`, `eject-cpu N`, `ping`).
+//! `ignore-hotplug`, `allow-hotplug`, `eject-cpu N`, `ping`, `attack SEED COUNT
+//! [PROTECTED_ID...]`: random accesses to lithe's device registers).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -216,6 +217,11 @@ impl Guest {
         self.wait_for(&self.log, needle, timeout)
     }
 
+    /// lithe's log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().lines.clone()
+    }
+
     pub fn log_contains(&self, needle: &str) -> bool {
         self.log.0.lock().unwrap().lines.iter().any(|l| l.contains(needle))
     }
@@ -321,6 +327,25 @@ impl Guest {
             .collect();
         names.sort();
         names
+    }
+
+    /// Closes lithe's stdin, as a controlling terminal or parent going away would.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// CPU time (user + system) lithe's main thread has used so far.
+    pub fn main_thread_cpu(&self) -> Duration {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).expect("lithe is running");
+        // Fields after the `(comm)`, which may hold spaces: state is field 3,
+        // utime and stime are fields 14 and 15, in clock ticks.
+        let rest = stat.rsplit_once(')').expect("stat has (comm)").1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a system constant.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_sec)
     }
 
     /// Each of lithe's threads, by name, with its seccomp mode from

@@ -93,3 +93,62 @@ fn a_restart_after_kill_9_replaces_the_stale_socket() {
     assert_eq!(second.wait().unwrap().code(), Some(0));
     assert!(!socket.exists());
 }
+
+/// Started with stdin closed (not /dev/null: no fd 0 at all), lithe has fd
+/// 0 on /dev/null (Rust's runtime reopens closed standard fds before
+/// `main`), so no file of its own (the log, /dev/kvm, an event fd) becomes
+/// "stdin" for the console to read, and the main loop does not spin on it.
+#[test]
+fn a_closed_stdin_is_reopened_as_dev_null_and_costs_no_cpu() {
+    use std::os::unix::process::CommandExt;
+
+    /// Kills lithe if an assertion fails first.
+    struct Reaper(std::process::Child);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let dir = std::env::temp_dir().join(format!("lithe-closed-stdin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("api.sock");
+    let mut cmd = Command::new(lithe_bin());
+    cmd.arg("--api-socket").arg(&socket).arg("--log-file").arg(dir.join("lithe.log"));
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    // SAFETY: close(2) is async-signal-safe; the child closes its own fd 0
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(0);
+            Ok(())
+        });
+    }
+    let mut lithe = Reaper(cmd.spawn().unwrap());
+    let pid = lithe.0.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while api::client::request(&socket, "GET", "vmm.ping", None, Duration::from_secs(5)).map(|r| r.status).ok()
+        != Some(200)
+    {
+        assert!(std::time::Instant::now() < deadline, "lithe does not serve");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
+    assert_eq!(stdin, std::path::Path::new("/dev/null"));
+
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<u64> =
+            stat.rsplit_once(')').unwrap().1.split_whitespace().skip(11).take(2).map(|v| v.parse().unwrap()).collect();
+        f[0] + f[1]
+    };
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(2));
+    // In clock ticks (100 a second): a spinning loop would use ~200.
+    assert!(cpu() - before < 40, "lithe used {} ticks in 2 s with stdin closed", cpu() - before);
+
+    let _ = api::client::request(&socket, "PUT", "vmm.shutdown", None, Duration::from_secs(10));
+    assert_eq!(lithe.0.wait().unwrap().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
