@@ -9,6 +9,7 @@ use log::warn;
 use crate::guest_warn;
 use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
 use crate::interrupt::EventFdTrigger;
@@ -18,21 +19,24 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_PORT_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 
-type Uart = Serial<EventFdTrigger, Arc<OutputHealth>, Box<dyn Write + Send>>;
+type Uart = Serial<EventFdTrigger, Arc<UartEvents>, Box<dyn Write + Send>>;
 
-/// Whether the console output works, from vm-superio's own per-byte events:
-/// only a transmitted byte counts, not a divisor-latch or other register
-/// write at the same offset.
+/// What the UART reports through vm-superio's events: whether console output
+/// works (only a transmitted byte counts, not a divisor-latch or other
+/// register write at the same offset), and when the guest has read all
+/// queued input, so the VMM can queue more instead of dropping it.
 #[derive(Debug, Default)]
-pub struct OutputHealth {
+pub struct UartEvents {
     /// Output is failing (a full disk, a closed pipe): logged once when it
     /// starts and once when it recovers, not once per byte.
     failing: AtomicBool,
     /// Output bytes lost to such failures.
     lost: AtomicU64,
+    /// Written when the guest empties the input FIFO.
+    input_room: Option<EventFd>,
 }
 
-impl SerialEvents for OutputHealth {
+impl SerialEvents for UartEvents {
     fn buffer_read(&self) {}
 
     fn out_byte(&self) {
@@ -45,10 +49,16 @@ impl SerialEvents for OutputHealth {
         self.lost.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn in_buffer_empty(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Some(room) = &self.input_room {
+            if let Err(e) = room.write(1) {
+                warn!("serial: cannot signal room for console input: {e}");
+            }
+        }
+    }
 }
 
-impl OutputHealth {
+impl UartEvents {
     /// After a lost byte: true the first time in a row of failures.
     fn newly_failing(&self) -> bool {
         !self.failing.swap(true, Ordering::AcqRel)
@@ -58,12 +68,22 @@ impl OutputHealth {
 /// COM1 on the port I/O bus.
 pub struct SerialDevice {
     uart: Mutex<Uart>,
-    health: Arc<OutputHealth>,
+    health: Arc<UartEvents>,
 }
 
 impl SerialDevice {
     pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
-        let health = Arc::new(OutputHealth::default());
+        Self::build(irq, out, None)
+    }
+
+    /// A UART that writes `input_room` whenever the guest has read all the
+    /// input queued with [`SerialDevice::enqueue_input`].
+    pub fn with_input_room(irq: EventFdTrigger, out: Box<dyn Write + Send>, input_room: EventFd) -> Self {
+        Self::build(irq, out, Some(input_room))
+    }
+
+    fn build(irq: EventFdTrigger, out: Box<dyn Write + Send>, input_room: Option<EventFd>) -> Self {
+        let health = Arc::new(UartEvents { input_room, ..UartEvents::default() });
         SerialDevice { uart: Mutex::new(Serial::with_events(irq, health.clone(), out)), health }
     }
 
@@ -198,5 +218,18 @@ mod tests {
         dev.read(0, &mut b);
         assert_eq!(&b, b"o");
         assert!(irq.event_fd().read().unwrap() >= 1);
+    }
+
+    #[test]
+    fn reading_the_last_queued_byte_signals_room_for_more_input() {
+        let irq = EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let room = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let dev = SerialDevice::with_input_room(irq, Box::new(Shared::default()), room.try_clone().unwrap());
+        assert_eq!(dev.enqueue_input(b"ab").unwrap(), 2);
+        let mut b = [0u8];
+        dev.read(0, &mut b);
+        assert!(room.read().is_err(), "one byte still queued: no signal yet");
+        dev.read(0, &mut b);
+        assert_eq!(room.read().unwrap(), 1, "the FIFO is empty: room signalled");
     }
 }

@@ -138,6 +138,7 @@ impl Vm {
         config: &VmConfig,
         exit_evt: &EventFd,
         hotplug_evt: &EventFd,
+        input_room: &EventFd,
         seccomp: Option<&Filters>,
     ) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
@@ -191,7 +192,8 @@ impl Vm {
                     .map_err(|source| VmError::SerialFile { path: file.display().to_string(), source })?,
             ),
         };
-        let serial = Arc::new(SerialDevice::new(irqfd(COM1_IRQ)?, out));
+        let room = input_room.try_clone().map_err(VmError::EventFd)?;
+        let serial = Arc::new(SerialDevice::with_input_room(irqfd(COM1_IRQ)?, out, room));
         let mut pio = Bus::new();
         pio.insert(u64::from(COM1_PORT), COM1_PORT_LEN, serial.clone())?;
         let i8042 = Arc::new(I8042Device::new(power.clone()));

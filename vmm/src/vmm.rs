@@ -34,11 +34,27 @@ pub struct Vmm {
     exit_evt: EventFd,
     hotplug_evt: EventFd,
     term_evt: EventFd,
+    /// The guest read all queued console input: queue more.
+    input_room: EventFd,
+    /// Console input read from stdin that the UART's FIFO had no room for
+    /// yet. While it is not empty, stdin is not read (the terminal or pipe
+    /// holds the rest), so nothing typed is dropped.
+    stdin_pending: Vec<u8>,
+    /// stdin is removed from the loop: `Paused` while input waits for room,
+    /// `Closed` for good (end of file or an error).
+    stdin_state: StdinState,
     api: Option<(Receiver<MainLoopRequest>, EventFd)>,
     timer: TimerFd,
     shared: Arc<VmmShared>,
     exit_code: Option<i32>,
     seccomp: Option<Filters>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StdinState {
+    Watched,
+    Paused,
+    Closed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +79,9 @@ impl Vmm {
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             hotplug_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             term_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            input_room: EventFd::new(libc::EFD_NONBLOCK)?,
+            stdin_pending: Vec::new(),
+            stdin_state: StdinState::Watched,
             api,
             timer,
             shared,
@@ -93,7 +112,7 @@ impl Vmm {
             return Err(VmError::NotConfigured);
         };
         emit("vm", "booting", &[]);
-        let vm = Vm::create(config, &self.exit_evt, &self.hotplug_evt, self.seccomp.as_ref())?;
+        let vm = Vm::create(config, &self.exit_evt, &self.hotplug_evt, &self.input_room, self.seccomp.as_ref())?;
         self.shared.view.store(Some(vm.view().clone()));
         self.shared.set_state(VmState::Running);
         self.vm = Some(vm);
@@ -162,20 +181,45 @@ impl Vmm {
         match std::io::stdin().lock().read(&mut buf) {
             Ok(0) | Err(_) => {
                 let _ = ops.remove(Events::empty_raw(STDIN));
+                self.stdin_state = StdinState::Closed;
             }
+            // No VM, no console: what is typed has nowhere to go.
+            Ok(_) if self.vm.is_none() => {}
             Ok(n) => {
-                if let Some(vm) = &self.vm {
-                    let mut rest = &buf[..n];
-                    // The UART FIFO is small: hand over what fits, drop the rest loudly.
-                    match vm.serial().enqueue_input(rest) {
-                        Ok(taken) => rest = &rest[taken..],
-                        Err(e) => warn!("serial input: {e}"),
-                    }
-                    if !rest.is_empty() {
-                        warn!("serial input FIFO full; dropped {} bytes", rest.len());
-                    }
+                self.stdin_pending.extend_from_slice(&buf[..n]);
+                self.feed_console(ops);
+            }
+        }
+    }
+
+    /// Hands pending console input to the UART, as much as its FIFO takes,
+    /// and reads stdin again only once all of it went in.
+    fn feed_console(&mut self, ops: &mut EventOps) {
+        match (&self.vm, self.stdin_pending.is_empty()) {
+            (_, true) => {}
+            // The VM is gone (shut down or deleted): so is its console.
+            (None, false) => self.stdin_pending.clear(),
+            (Some(vm), false) => match vm.serial().enqueue_input(&self.stdin_pending) {
+                Ok(taken) => drop(self.stdin_pending.drain(..taken)),
+                Err(e) => {
+                    warn!("serial input: {e}; {} bytes dropped", self.stdin_pending.len());
+                    self.stdin_pending.clear();
+                }
+            },
+        }
+        match (self.stdin_state, self.stdin_pending.is_empty()) {
+            (StdinState::Watched, false) => {
+                let _ = ops.remove(Events::empty_raw(STDIN));
+                self.stdin_state = StdinState::Paused;
+            }
+            (StdinState::Paused, true) => {
+                if ops.add(Events::new_raw(STDIN, EventSet::IN)).is_ok() {
+                    self.stdin_state = StdinState::Watched;
+                } else {
+                    self.stdin_state = StdinState::Closed;
                 }
             }
+            _ => {}
         }
     }
 
@@ -354,11 +398,15 @@ impl MutEventSubscriber for Vmm {
         if let Some((_, evt)) = &self.api {
             add(evt.as_raw_fd(), "API requests");
         }
+        add(self.input_room.as_raw_fd(), "console input room");
         if self.wants_stdin() {
             // stdin may be a file or closed; then there is no console input.
             if ops.add(Events::new_raw(STDIN, EventSet::IN)).is_err() {
                 info!("stdin cannot be polled; the guest console takes no input");
+                self.stdin_state = StdinState::Closed;
             }
+        } else {
+            self.stdin_state = StdinState::Closed;
         }
         if let Err(e) = self.timer.reset(TICK, Some(TICK)) {
             warn!("cannot arm the tick timer: {e}");
@@ -384,11 +432,17 @@ impl MutEventSubscriber for Vmm {
             if let Some(vm) = self.vm.as_mut() {
                 vm.manager().tick();
             }
+            // Input held across a reboot has a fresh, empty FIFO to go to.
+            self.feed_console(ops);
+        } else if fd == self.input_room.as_raw_fd() {
+            let _ = self.input_room.read();
+            self.feed_console(ops);
         } else if fd == STDIN {
             if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR)
                 && !events.event_set().contains(EventSet::IN)
             {
                 let _ = ops.remove(events);
+                self.stdin_state = StdinState::Closed;
             } else {
                 self.on_stdin(ops);
             }
