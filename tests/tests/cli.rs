@@ -58,42 +58,6 @@ fn seccomp_off_leaves_the_api_threads_unfiltered_and_says_so() {
     assert!(modes.iter().all(|(_, mode)| *mode == 0), "{modes:?}");
 }
 
-/// `kill -9` leaves the socket file behind; a new lithe on the same path
-/// replaces it (and says so) and serves. (Killed without a VM: the stale
-/// file is the same whatever the dead lithe was doing.)
-#[test]
-fn a_restart_after_kill_9_replaces_the_stale_socket() {
-    let mut g = Guest::launch(Launch { cpus: "", with_kernel: false, ..Launch::default() });
-    let socket = g.socket.clone();
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(g.child.id() as i32, libc::SIGKILL) }, 0);
-    g.wait_exit(Duration::from_secs(30));
-    assert!(socket.exists(), "kill -9 leaves the socket file behind");
-
-    let log = socket.with_file_name("second.log");
-    let mut second = std::process::Command::new(lithe_bin())
-        .arg("--api-socket")
-        .arg(&socket)
-        .arg("--log-file")
-        .arg(&log)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let pong = loop {
-        match api::client::request(&socket, "GET", "vmm.ping", None, Duration::from_secs(5)) {
-            Ok(r) if r.status == 200 => break r.body,
-            _ if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            other => panic!("the second lithe does not serve: {other:?}"),
-        }
-    };
-    assert_eq!(pong["pid"].as_u64(), Some(u64::from(second.id())), "{pong}");
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("replacing stale API socket"), "--log-file: {text}");
-    let _ = api::client::request(&socket, "PUT", "vmm.shutdown", None, Duration::from_secs(10));
-    assert_eq!(second.wait().unwrap().code(), Some(0));
-    assert!(!socket.exists());
-}
-
 /// Started with stdin closed (not /dev/null: no fd 0 at all), lithe has fd
 /// 0 on /dev/null (Rust's runtime reopens closed standard fds before
 /// `main`), so no file of its own (the log, /dev/kvm, an event fd) becomes

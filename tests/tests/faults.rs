@@ -97,7 +97,8 @@ fn a_full_disk_under_the_serial_file_costs_output_not_the_guest() {
 
 /// lithe's stdin closes while the guest runs (`--serial tty`, the default):
 /// no busy loop on the dead fd. Then lithe is killed with SIGKILL in the
-/// middle of a resize, and a new lithe takes over the socket path.
+/// middle of a resize: the socket file stays behind, and a new lithe on the
+/// same path replaces it (and says so) and serves.
 #[test]
 fn closed_stdin_then_kill_9_mid_resize_then_restart_on_the_same_socket() {
     let mut g = Guest::launch(Launch { cpus: "boot=1,max=4", with_kernel: true, ..Launch::default() });
