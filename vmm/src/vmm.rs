@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use api::{ActionError, VmmAction, VmmData};
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -209,16 +209,22 @@ impl Vmm {
         }
         match (self.stdin_state, self.stdin_pending.is_empty()) {
             (StdinState::Watched, false) => {
-                let _ = ops.remove(Events::empty_raw(STDIN));
+                if let Err(e) = ops.remove(Events::empty_raw(STDIN)) {
+                    warn!("console input: cannot pause stdin: {e:?}");
+                }
+                debug!("console input: {} bytes wait for room in the UART; stdin paused", self.stdin_pending.len());
                 self.stdin_state = StdinState::Paused;
             }
-            (StdinState::Paused, true) => {
-                if ops.add(Events::new_raw(STDIN, EventSet::IN)).is_ok() {
+            (StdinState::Paused, true) => match ops.add(Events::new_raw(STDIN, EventSet::IN)) {
+                Ok(()) => {
+                    debug!("console input: all handed over; reading stdin again");
                     self.stdin_state = StdinState::Watched;
-                } else {
+                }
+                Err(e) => {
+                    warn!("console input: cannot watch stdin again ({e:?}); the console takes no more input");
                     self.stdin_state = StdinState::Closed;
                 }
-            }
+            },
             _ => {}
         }
     }
