@@ -5,8 +5,9 @@
 //! apic=<ids>` whenever either set changes (`apic` lists the online CPUs'
 //! APIC ids, which are lithe's vCPU ids), and obeys commands typed on the
 //! console (`poweroff`, `reboot`, `refuse-eject`, `allow-eject`,
-//! `ignore-hotplug`, `allow-hotplug`, `eject-cpu N`, `ping`, `attack SEED COUNT
-//! [PROTECTED_ID...]`: random accesses to lithe's device registers).
+//! `ignore-hotplug`, `allow-hotplug`, `eject-cpu N`, `ping`, `topology`: where
+//! Linux placed each online CPU, `attack SEED COUNT [PROTECTED_ID...]`: random
+//! accesses to lithe's device registers).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

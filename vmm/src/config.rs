@@ -10,6 +10,8 @@ pub use api::vm_config::CpuTopology;
 /// Most vCPUs lithe supports: APIC ids 0..=253 fit xAPIC (255 is broadcast)
 /// and the CPU hotplug controller's bitmaps.
 pub const MAX_SUPPORTED_VCPUS: u32 = 254;
+/// Highest APIC id a vCPU may have (xAPIC; 0xFF is the broadcast id).
+pub const MAX_XAPIC_ID: u32 = 254;
 /// Smallest and largest guest memory sizes accepted.
 pub const MIN_MEMORY: u64 = 32 << 20;
 pub const MAX_MEMORY: u64 = 1 << 40;
@@ -41,9 +43,9 @@ pub struct CpusConfig {
     /// How long the guest gets to eject a vCPU before the removal is rolled back.
     #[serde(default = "default_eject_timeout_ms")]
     pub eject_timeout_ms: u64,
-    /// Validated and stored (Cloud Hypervisor's `cpus.topology`). The CPUID
-    /// leaves and MADT still describe one package of `max` cores: honouring
-    /// it is the topology and x2APIC issue's work.
+    /// Cloud Hypervisor's `cpus.topology`: where each vCPU sits, hence its
+    /// APIC id, CPUID and MADT entry (arch/topology.rs). None: one package
+    /// of `max` single-thread cores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<CpuTopology>,
     /// Expose the host's virtualization extensions (VMX/SVM) to the guest.
@@ -210,6 +212,14 @@ pub fn validate_cpus(c: &CpusConfig, kvm_max_vcpus: u32) -> Result<(), ConfigErr
                 c.max_vcpus
             )));
         }
+        // Odd counts leave gaps in the APIC ids (arch/topology.rs).
+        let highest = crate::arch::topology::Topology::from_config(c).apic_id(c.max_vcpus - 1);
+        if highest > MAX_XAPIC_ID {
+            return Err(ConfigError::Cpus(format!(
+                "topology {} needs APIC ids up to {highest}; lithe's xAPIC ids stop at {MAX_XAPIC_ID}",
+                topology_text(t)
+            )));
+        }
     }
     if c.eject_timeout_ms == 0 || c.eject_timeout_ms > MAX_EJECT_TIMEOUT_MS {
         return Err(ConfigError::Cpus(format!(
@@ -357,6 +367,10 @@ mod tests {
         let e = validate_cpus(&parse_cpus("boot=1,max=6,topology=2:2:1:2").unwrap(), 64).unwrap_err();
         assert!(e.to_string().contains("makes 8 vCPUs, but max=6"), "{e}");
         assert!(validate_cpus(&parse_cpus("boot=1,max=1,topology=1:1:1:0").unwrap(), 64).is_err());
+        // 5 cores take 3 bits: 50 packages of them need APIC id 49 << 3 | 4.
+        let e = validate_cpus(&parse_cpus("boot=1,max=250,topology=1:5:1:50").unwrap(), 1024).unwrap_err();
+        assert!(e.to_string().contains("needs APIC ids up to 396"), "{e}");
+        assert!(validate_cpus(&parse_cpus("boot=1,max=192,topology=1:3:1:64").unwrap(), 1024).is_ok());
         for bad in ["boot=1,topology=1:1:1", "boot=1,topology=a:1:1:1", "boot=1,topology=1:1:1:1:1"] {
             assert!(parse_cpus(bad).is_err(), "{bad}");
         }

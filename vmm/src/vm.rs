@@ -20,6 +20,7 @@ use devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use devices::{Bus, BusError, EventFdTrigger};
 
 use crate::acpi::{self, GED_IRQ};
+use crate::arch::topology::Topology;
 use crate::arch::{boot, regs};
 use crate::config::{SerialConfig, VmConfig};
 use crate::counters::{CounterSources, Latencies};
@@ -152,9 +153,7 @@ impl Vm {
         vm_fd.set_tss_address(memory::KVM_TSS_ADDR as usize).map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
         vm_fd.set_identity_map_address(memory::KVM_IDENTITY_MAP_ADDR).map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
         vm_fd.create_irq_chip().map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
-        vm_fd
-            .set_gsi_routing(&crate::arch::irq_routing::table(&[crate::acpi::GED_IRQ]))
-            .map_err(kvm_call("KVM_SET_GSI_ROUTING"))?;
+        vm_fd.set_gsi_routing(&crate::arch::irq_routing::table(&[GED_IRQ])).map_err(kvm_call("KVM_SET_GSI_ROUTING"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         vm_fd.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))?;
 
@@ -215,7 +214,8 @@ impl Vm {
         let p = &config.payload;
         let entry = boot::load_payload(&mem, &p.kernel, p.initramfs.as_deref(), &p.cmdline, config.memory.size)?;
         regs::write_boot_tables(&mem)?;
-        acpi::build(cpus.boot_vcpus, cpus.max_vcpus)?.write(&mem)?;
+        let topology = Topology::from_config(&cpus);
+        acpi::build(cpus.boot_vcpus, &topology)?.write(&mem)?;
 
         let mut supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
@@ -248,6 +248,7 @@ impl Vm {
             ged: ged.clone(),
             ctx,
             supported_cpuid,
+            topology,
             hotplug_timeout: Duration::from_millis(cpus.eject_timeout_ms),
             clock: Arc::new(SystemClock),
             stop_limit: crate::cpu::manager::STOP_LIMIT,

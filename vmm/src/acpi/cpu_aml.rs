@@ -22,6 +22,7 @@ use acpi_tables::aml::{
 };
 use acpi_tables::{Aml, AmlSink};
 
+use crate::arch::topology::Topology;
 use devices::cpu_hotplug::{MAX_WORDS, MMIO_LEN, REG_EJECT, REG_INSERT, REG_PRESENT, REG_REMOVE};
 
 /// Pre-serialised AML, so generated pieces can be composed without lifetimes.
@@ -58,10 +59,10 @@ fn word_name(prefix: &str, w: usize) -> [u8; 4] {
     [b[0], b[1], b[2], b[3]]
 }
 
-/// The MADT Local APIC structure `_MAT` returns for vCPU `id` (always enabled:
-/// `_MAT` is only read for a present device).
-pub fn madt_entry(id: u32) -> Vec<u8> {
-    vec![0, 8, id as u8, id as u8, 1, 0, 0, 0]
+/// The MADT Local APIC structure `_MAT` returns for vCPU `id` at `apic_id`
+/// (always enabled: `_MAT` is only read for a present device).
+pub fn madt_entry(id: u32, apic_id: u32) -> Vec<u8> {
+    vec![0, 8, id as u8, apic_id as u8, 1, 0, 0, 0]
 }
 
 /// `Return (Zero)`, closing a method whose last statement is an `If`: the
@@ -192,7 +193,7 @@ fn cost() -> Raw {
     bytes(&Method::new("COST".into(), 3, true, vec![&sel, &ev, &st]))
 }
 
-fn cpu_device(id: u32) -> Raw {
+fn cpu_device(id: u32, apic_id: u32) -> Raw {
     let name = cpu_device_name(id);
     let hid = bytes(&Name::new("_HID".into(), &"ACPI0007"));
     let uid = bytes(&Name::new("_UID".into(), &(id as usize)));
@@ -201,7 +202,7 @@ fn cpu_device(id: u32) -> Raw {
     let sta_call = bytes(&MethodCall::new("CSTA".into(), vec![&word, &mask]));
     let sta_ret = bytes(&Return::new(&sta_call));
     let sta = Method::new("_STA".into(), 0, false, vec![&sta_ret]);
-    let mat_buf = BufferData::new(madt_entry(id));
+    let mat_buf = BufferData::new(madt_entry(id, apic_id));
     let mat = bytes(&Name::new("_MAT".into(), &mat_buf));
     let ost_call = bytes(&MethodCall::new("COST".into(), vec![&(id as usize), &Arg(0), &Arg(1)]));
     let ost = Method::new("_OST".into(), 3, false, vec![&ost_call]);
@@ -215,8 +216,9 @@ fn cpu_device(id: u32) -> Raw {
     bytes(&Device::new(Path::new(&name), children))
 }
 
-/// `\_SB_.CPUS` for `max` possible vCPUs.
-pub fn cpus_container(max: u32, mmio_base: u64) -> Raw {
+/// `\_SB_.CPUS` for the possible vCPUs of `topology`.
+pub fn cpus_container(topology: &Topology, mmio_base: u64) -> Raw {
+    let max = topology.per_package() * topology.packages;
     let words = max.div_ceil(32) as usize;
     let hid = bytes(&Name::new("_HID".into(), &"ACPI0010"));
     let cid = bytes(&Name::new("_CID".into(), &aml::EISAName::new("PNP0A05")));
@@ -224,7 +226,7 @@ pub fn cpus_container(max: u32, mmio_base: u64) -> Raw {
         bytes(&OpRegion::new("CPHR".into(), OpRegionSpace::SystemMemory, &(mmio_base as usize), &(MMIO_LEN as usize)));
     let fields = register_fields(words);
     let methods = [csta(), ctfy(max), cscn(words), cej0(), cost()];
-    let devices: Vec<Raw> = (0..max).map(cpu_device).collect();
+    let devices: Vec<Raw> = (0..max).map(|id| cpu_device(id, topology.apic_id(id))).collect();
     let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &region, &fields];
     children.extend(methods.iter().map(|m| m as &dyn Aml));
     children.extend(devices.iter().map(|d| d as &dyn Aml));

@@ -17,6 +17,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::arch::topology::Topology;
 use crate::memory::{GuestMemory, ACPI_END, ACPI_START, CPU_HOTPLUG_MMIO_BASE, GED_MMIO_BASE, IOAPIC_BASE, LAPIC_BASE};
 use cpu_aml::{bytes, cpus_container, Raw};
 use devices::ged::{GED_EVENT_CPU_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_MMIO_LEN};
@@ -116,8 +117,8 @@ fn power_button() -> Raw {
 }
 
 /// The DSDT's AML body.
-pub fn dsdt_body(max_vcpus: u32) -> Vec<u8> {
-    let cpus = cpus_container(max_vcpus, CPU_HOTPLUG_MMIO_BASE);
+pub fn dsdt_body(topology: &Topology) -> Vec<u8> {
+    let cpus = cpus_container(topology, CPU_HOTPLUG_MMIO_BASE);
     let serial = serial_device();
     let ged = ged_device();
     let pwrb = power_button();
@@ -133,9 +134,9 @@ pub fn dsdt_body(max_vcpus: u32) -> Vec<u8> {
     out
 }
 
-fn dsdt(max_vcpus: u32) -> Vec<u8> {
+fn dsdt(topology: &Topology) -> Vec<u8> {
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    sdt.append_slice(&dsdt_body(max_vcpus));
+    sdt.append_slice(&dsdt_body(topology));
     sdt.update_checksum();
     sdt.as_slice().to_vec()
 }
@@ -166,12 +167,13 @@ fn fix_checksum(table: &mut [u8]) {
     table[9] = 0u8.wrapping_sub(sum);
 }
 
-/// Every possible vCPU: boot ones enabled, the rest online-capable (hot-pluggable).
-fn madt(boot_vcpus: u32, max_vcpus: u32) -> Vec<u8> {
+/// Every possible vCPU, by `_UID` (its vCPU id) and APIC id: boot ones
+/// enabled, the rest online-capable (hot-pluggable).
+fn madt(boot_vcpus: u32, topology: &Topology) -> Vec<u8> {
     let mut m = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_BASE as u32));
-    for id in 0..max_vcpus {
+    for id in 0..topology.per_package() * topology.packages {
         let status = if id < boot_vcpus { EnabledStatus::Enabled } else { EnabledStatus::DisabledOnlineCapable };
-        m.add_structure(ProcessorLocalApic::new(id as u8, id as u8, status));
+        m.add_structure(ProcessorLocalApic::new(id as u8, topology.apic_id(id) as u8, status));
     }
     m.add_structure(IoApic::new(0, IOAPIC_BASE as u32, 0));
     let mut out = Vec::new();
@@ -188,16 +190,16 @@ fn align8(v: u64) -> u64 {
     (v + 7) & !7
 }
 
-/// Builds all tables for a VM with `boot_vcpus` of `max_vcpus` present.
-pub fn build(boot_vcpus: u32, max_vcpus: u32) -> Result<AcpiTables, AcpiError> {
+/// Builds all tables for a VM with `boot_vcpus` of `topology`'s vCPUs present.
+pub fn build(boot_vcpus: u32, topology: &Topology) -> Result<AcpiTables, AcpiError> {
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align8(rsdp_addr + Rsdp::len() as u64);
     // XSDT with two entries: header (36) + 2 * 8.
     let fadt_addr = align8(xsdt_addr + 36 + 16);
     let dsdt_addr = align8(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
-    let dsdt = dsdt(max_vcpus);
+    let dsdt = dsdt(topology);
     let madt_addr = align8(dsdt_addr + dsdt.len() as u64);
-    let madt = madt(boot_vcpus, max_vcpus);
+    let madt = madt(boot_vcpus, topology);
     let end = madt_addr + madt.len() as u64;
     if end > ACPI_END {
         return Err(AcpiError::TooLarge { needed: end - ACPI_START, available: ACPI_END - ACPI_START });
@@ -234,7 +236,7 @@ mod tests {
     #[test]
     fn tables_fit_and_checksum() {
         for (boot, max) in [(1, 1), (2, 4), (1, 254)] {
-            let t = build(boot, max).unwrap();
+            let t = build(boot, &Topology::flat(max)).unwrap();
             for (name, addr, data) in &t.tables {
                 assert!(*addr >= ACPI_START && addr + data.len() as u64 <= ACPI_END, "{name}");
                 if *name != "RSDP" {
@@ -252,7 +254,7 @@ mod tests {
 
     #[test]
     fn madt_lists_every_possible_vcpu() {
-        let t = build(2, 4).unwrap();
+        let t = build(2, &Topology::flat(4)).unwrap();
         let madt = t.get("APIC").unwrap();
         assert_eq!(madt[8], MADT_REVISION);
         let mut lapics = Vec::new();
@@ -273,7 +275,7 @@ mod tests {
 
     #[test]
     fn dsdt_has_a_device_per_possible_vcpu_and_the_ged() {
-        let body = dsdt_body(20);
+        let body = dsdt_body(&Topology::flat(20));
         let has = |s: &[u8]| body.windows(s.len()).any(|w| w == s);
         assert!(has(b"C000") && has(b"C013") && !has(b"C014"));
         assert!(has(b"ACPI0013") && has(b"ACPI0010") && has(b"_S5_") && has(b"CSCN") && has(b"PWRB"));
@@ -285,9 +287,11 @@ mod tests {
     fn tables_pass_acpica() {
         let iasl = Command::new("iasl").arg("-v").output();
         assert!(iasl.is_ok(), "iasl not found: install acpica-tools (the CI script does)");
-        for (boot, max) in [(2, 4), (1, 254)] {
+        let sparse = Topology { threads: 2, cores: 3, dies: 1, packages: 2 };
+        for (boot, topology) in [(2, Topology::flat(4)), (1, Topology::flat(254)), (3, sparse)] {
+            let max = topology.per_package() * topology.packages;
             let dir = tempfile::tempdir().unwrap();
-            let t = build(boot, max).unwrap();
+            let t = build(boot, &topology).unwrap();
             for (name, _, data) in &t.tables {
                 if *name == "RSDP" {
                     continue;

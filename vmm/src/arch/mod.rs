@@ -6,3 +6,4 @@ pub mod cpuid;
 pub mod gdt;
 pub mod irq_routing;
 pub mod regs;
+pub mod topology;

@@ -31,6 +31,7 @@ use super::lifecycle::{self, Event, Phase, Reason, State, Transition};
 use super::reconciler;
 use super::table::{Reader, TableError, VcpuTable};
 use super::vcpu::{StopFailed, VcpuContext, VcpuError, VcpuHandle};
+use crate::arch::topology::Topology;
 use crate::arch::{cpuid, regs};
 use crate::counters::Latencies;
 
@@ -137,6 +138,8 @@ pub struct ManagerParts {
     pub ged: Arc<Ged<EventFdTrigger>>,
     pub ctx: VcpuContext,
     pub supported_cpuid: CpuId,
+    /// Where each vCPU id sits, hence its APIC id (its KVM vCPU id).
+    pub topology: Topology,
     /// How long the guest gets to take or answer a hot-add, or to eject.
     pub hotplug_timeout: Duration,
     pub clock: Arc<dyn Clock>,
@@ -155,6 +158,7 @@ pub struct VcpuManager {
     ged: Arc<Ged<EventFdTrigger>>,
     ctx: VcpuContext,
     supported_cpuid: CpuId,
+    topology: Topology,
     max_vcpus: u32,
     target: Arc<Target>,
     /// KVM vCPU fds of retired vCPUs, by id: KVM cannot destroy them.
@@ -184,6 +188,7 @@ impl VcpuManager {
             ged: p.ged,
             ctx: p.ctx,
             supported_cpuid: p.supported_cpuid,
+            topology: p.topology,
             max_vcpus: max,
             target: Arc::new(Target::new(0)),
             parked: (0..max).map(|_| None).collect(),
@@ -230,8 +235,10 @@ impl VcpuManager {
     }
 
     fn create_vcpu(&self, id: u32) -> Result<VcpuFd, ManagerError> {
-        let fd = self.vm.create_vcpu(u64::from(id)).map_err(|source| ManagerError::CreateVcpu { id, source })?;
-        let cpuid = cpuid::vcpu_cpuid(&self.supported_cpuid, id, self.max_vcpus);
+        // KVM's vCPU id is the APIC id: its in-kernel LAPIC takes it as its own.
+        let kvm_id = self.topology.apic_id(id);
+        let fd = self.vm.create_vcpu(u64::from(kvm_id)).map_err(|source| ManagerError::CreateVcpu { id, source })?;
+        let cpuid = cpuid::vcpu_cpuid(&self.supported_cpuid, id, &self.topology);
         fd.set_cpuid2(&cpuid).map_err(|source| ManagerError::Cpuid { id, source })?;
         self.configure(id, &fd)?;
         Ok(fd)

@@ -36,6 +36,7 @@ use devices::ged::{Ged, GED_MMIO_LEN};
 use devices::{Bus, EventFdTrigger};
 use vmm::acpi;
 use vmm::arch::regs;
+use vmm::arch::topology::Topology;
 use vmm::cpu::clock::ManualClock;
 use vmm::cpu::hotplug_host::HotplugHost;
 use vmm::cpu::manager::{ManagerParts, VcpuManager};
@@ -402,6 +403,7 @@ impl Bed {
             ged,
             ctx,
             supported_cpuid: kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap(),
+            topology: Topology::flat(max),
             hotplug_timeout: TIMEOUT,
             clock: clock.clone(),
             stop_limit: Duration::from_millis(300),
@@ -411,7 +413,7 @@ impl Bed {
 
         let accesses = Arc::new(AtomicU64::new(0));
         let mut aml = AmlContext::new(Box::new(BusHandler(mmio, accesses.clone())), DebugVerbosity::None);
-        aml.parse_table(&acpi::dsdt_body(max)).expect("the interpreter loads lithe's DSDT");
+        aml.parse_table(&acpi::dsdt_body(&Topology::flat(max))).expect("the interpreter loads lithe's DSDT");
         let notes = Arc::new(Mutex::new(Vec::new()));
         aml.namespace.add_value(name("\\NTID"), int(0)).unwrap();
         aml.namespace.add_value(name("\\NTEV"), int(0)).unwrap();
@@ -515,7 +517,7 @@ impl Bed {
         }
         let mat = self.call(cpu_path(id, "_MAT"), vec![]);
         let mat = mat.as_buffer(&self.aml).unwrap().lock().clone();
-        assert_eq!(mat, acpi::cpu_aml::madt_entry(id), "vCPU {id}: _MAT");
+        assert_eq!(mat, acpi::cpu_aml::madt_entry(id, id), "vCPU {id}: _MAT");
         match self.guest.on_add {
             OnAdd::Online | OnAdd::AckOnly => {
                 self.guest.cpus.insert(id);
