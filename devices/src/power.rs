@@ -25,9 +25,12 @@ const SLP_EN: u8 = 1 << 5;
 const SLP_TYP_SHIFT: u8 = 2;
 const SLP_TYP_MASK: u8 = 0x7;
 
-/// i8042 ports: data and command/status.
+/// i8042 ports: data and command/status, mapped as one range so the device
+/// knows which port a byte went to.
 pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_COMMAND_PORT: u16 = 0x64;
+pub const I8042_LEN: u64 = (I8042_COMMAND_PORT - I8042_DATA_PORT + 1) as u64;
+const I8042_COMMAND_OFFSET: u64 = (I8042_COMMAND_PORT - I8042_DATA_PORT) as u64;
 const I8042_CMD_RESET_CPU: u8 = 0xfe;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +102,10 @@ impl BusDevice for I8042Device {
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
-        // Both ports are mapped one byte wide at their own base: offset is always 0.
-        if offset == 0 && data == [I8042_CMD_RESET_CPU] {
+        // Only the command port resets; 0xFE on the data port is a byte for
+        // the keyboard. (Found by the hostile-guest test: random bytes to 0x60
+        // reset the guest.)
+        if offset == I8042_COMMAND_OFFSET && data == [I8042_CMD_RESET_CPU] {
             info!("guest requested reset through the i8042");
             (self.handler)(PowerEvent::Reboot);
         }
@@ -137,9 +142,11 @@ mod tests {
         dev.write(RESET_OFFSET, &[1, 0]);
         dev.write(SLEEP_STATUS_OFFSET, &[0xff]);
         let i8042 = I8042Device::new(seen_handler(&seen));
-        i8042.write(0, &[0xaa]);
+        i8042.write(I8042_COMMAND_OFFSET, &[0xaa]);
+        i8042.write(0, &[0xfe]); // the data port: a keyboard byte, not a reset
+        i8042.write(1, &[0xfe]);
         assert!(seen.lock().unwrap().is_empty());
-        i8042.write(0, &[0xfe]);
+        i8042.write(I8042_COMMAND_OFFSET, &[0xfe]);
         assert_eq!(seen.lock().unwrap().as_slice(), &[PowerEvent::Reboot]);
     }
 

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use devices::cpu_hotplug::{self, CpuHotplugController};
 use devices::ged::{Ged, GED_MMIO_LEN};
 use devices::power::{AcpiPowerDevice, I8042Device, PowerEvent, PowerHandler, ACPI_POWER_LEN, ACPI_POWER_PORT};
-use devices::power::{I8042_COMMAND_PORT, I8042_DATA_PORT};
+use devices::power::{I8042_DATA_PORT, I8042_LEN};
 use devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use devices::{Bus, BusError, EventFdTrigger};
 
@@ -196,8 +196,7 @@ impl Vm {
         let mut pio = Bus::new();
         pio.insert(u64::from(COM1_PORT), COM1_PORT_LEN, serial.clone())?;
         let i8042 = Arc::new(I8042Device::new(power.clone()));
-        pio.insert(u64::from(I8042_DATA_PORT), 1, i8042.clone())?;
-        pio.insert(u64::from(I8042_COMMAND_PORT), 1, i8042)?;
+        pio.insert(u64::from(I8042_DATA_PORT), I8042_LEN, i8042)?;
         pio.insert(u64::from(ACPI_POWER_PORT), ACPI_POWER_LEN, Arc::new(AcpiPowerDevice::new(power)))?;
 
         let cpus = config.cpus;
