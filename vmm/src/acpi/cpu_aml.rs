@@ -218,7 +218,7 @@ fn cpu_device(id: u32, apic_id: u32) -> Raw {
 
 /// `\_SB_.CPUS` for the possible vCPUs of `topology`.
 pub fn cpus_container(topology: &Topology, mmio_base: u64) -> Raw {
-    let max = topology.per_package() * topology.packages;
+    let max = topology.vcpus();
     let words = max.div_ceil(32) as usize;
     let hid = bytes(&Name::new("_HID".into(), &"ACPI0010"));
     let cid = bytes(&Name::new("_CID".into(), &aml::EISAName::new("PNP0A05")));

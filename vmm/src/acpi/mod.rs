@@ -171,7 +171,7 @@ fn fix_checksum(table: &mut [u8]) {
 /// enabled, the rest online-capable (hot-pluggable).
 fn madt(boot_vcpus: u32, topology: &Topology) -> Vec<u8> {
     let mut m = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_BASE as u32));
-    for id in 0..topology.per_package() * topology.packages {
+    for id in 0..topology.vcpus() {
         let status = if id < boot_vcpus { EnabledStatus::Enabled } else { EnabledStatus::DisabledOnlineCapable };
         m.add_structure(ProcessorLocalApic::new(id as u8, topology.apic_id(id) as u8, status));
     }
@@ -289,7 +289,7 @@ mod tests {
         assert!(iasl.is_ok(), "iasl not found: install acpica-tools (the CI script does)");
         let sparse = Topology { threads: 2, cores: 3, dies: 1, packages: 2 };
         for (boot, topology) in [(2, Topology::flat(4)), (1, Topology::flat(254)), (3, sparse)] {
-            let max = topology.per_package() * topology.packages;
+            let max = topology.vcpus();
             let dir = tempfile::tempdir().unwrap();
             let t = build(boot, &topology).unwrap();
             for (name, _, data) in &t.tables {

@@ -79,6 +79,11 @@ impl Topology {
         self.threads * self.cores * self.dies
     }
 
+    /// Every possible vCPU: the product of the four counts (`max_vcpus`).
+    pub fn vcpus(&self) -> u32 {
+        self.per_package() * self.packages
+    }
+
     /// vCPU `id`'s place: threads of a core first, then cores of a die, and so on.
     pub fn place(&self, id: u32) -> Place {
         Place {
@@ -108,7 +113,7 @@ mod tests {
     #[test]
     fn flat_and_power_of_two_topologies_keep_apic_ids_equal_to_vcpu_ids() {
         for topo in [Topology::flat(7), t(2, 2, 1, 2), t(2, 4, 2, 2), t(1, 1, 1, 8)] {
-            let max = topo.per_package() * topo.packages;
+            let max = topo.vcpus();
             for id in 0..max {
                 assert_eq!(topo.apic_id(id), id, "{topo:?} vCPU {id}");
             }
