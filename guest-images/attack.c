@@ -7,7 +7,7 @@
  * replayed) to lithe's device registers from inside the guest:
  *   - the CPU hotplug controller (MMIO 0xfeb01000) and the GED (0xfeb00000),
  *     through /dev/mem: random offsets across both pages, widths 1/2/4/8,
- *     random values; ejects (EJECT, 0x60) of vCPU 0, absent and out-of-range
+ *     random values; ejects (EJECT, 0x600) of vCPU 0, absent and out-of-range
  *     ids; _OST storms (OST_SELECT/EVENT/STATUS) for any id;
  *   - the ACPI power block (ports 0x600..0x603) and the i8042 (0x60, 0x64),
  *     through /dev/port (one byte per port): random bytes, except the two
@@ -41,10 +41,11 @@
 #define GED_BASE 0xfeb00000UL
 #define HOTPLUG_BASE 0xfeb01000UL
 #define WINDOW 0x2000UL /* the GED page and the controller's page */
-#define REG_EJECT 0x60
-#define REG_OST_SELECT 0x64
-#define REG_OST_EVENT 0x68
-#define REG_OST_STATUS 0x6c
+#define REG_EJECT 0x600
+#define REG_OST_SELECT 0x604
+#define REG_OST_EVENT 0x608
+#define REG_OST_STATUS 0x60c
+#define REG_BLOCK 0x200 /* PRESENT, INSERT, REMOVE, then the control block */
 #define MAX_PROTECTED 64
 
 static long sys6(long n, long a, long b, long c, long d, long e, long f)
@@ -238,8 +239,9 @@ __attribute__((used, noreturn)) void attack(long *sp)
 			mmio_read(ged, (next() % WINDOW) & ~(unsigned long)(width - 1), width);
 			mmio++;
 			break;
-		case 4: { /* the controller's registers, at their own offsets, any width */
-			unsigned long off = (next() % 0x80) & ~3UL;
+		case 4: { /* the controller's registers, at their own offsets, any width:
+			   the first words of a bitmap block, or the control block */
+			unsigned long off = ((next() % 4) * REG_BLOCK + next() % 0x20) & ~3UL;
 			if (hits_eject(off, width))
 				break;
 			mmio_write(hp, off, width, next());

@@ -301,6 +301,12 @@ mod tests {
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", "{"))), 400);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":"4"}"#))), 400);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":-1}"#))), 400);
+        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":[0,-3]}"#))), 400);
+        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":3}"#))), 400);
+        assert_eq!(
+            route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":[0,287]}"#)),
+            Ok(VmmAction::Resize(ResizeRequest { desired_vcpu_ids: Some(vec![0, 287]), ..Default::default() }))
+        );
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":2,"extra":1}"#))), 400);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize?wait=maybe", r#"{"desired_vcpus":2}"#))), 400);
         // Percent-encoded query parameters are decoded.

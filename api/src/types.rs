@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 pub struct ResizeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_vcpus: Option<u32>,
+    /// lithe: a targeted resize, naming the vCPUs the guest should run
+    /// (vCPU 0 among them); the others present are removed. With
+    /// `desired_vcpus` too, the two must agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_vcpu_ids: Option<Vec<u32>>,
     /// Memory hotplug: lithe has none, so only null is accepted (by the VMM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_ram: Option<u64>,

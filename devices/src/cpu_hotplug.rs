@@ -7,16 +7,19 @@
 //!
 //! | offset          | name            | access | meaning                                                 |
 //! |-----------------|-----------------|--------|---------------------------------------------------------|
-//! | `0x00 + 4*w`    | `PRESENT[w]`    | R      | bit b: vCPU `32*w+b` is present (as the guest should see it) |
-//! | `0x20 + 4*w`    | `INSERT[w]`     | R/W1C  | bit b: vCPU `32*w+b` was added; notify the guest (Notify 1) |
-//! | `0x40 + 4*w`    | `REMOVE[w]`     | R/W1C  | bit b: the VMM asks the guest to eject vCPU `32*w+b` (Notify 3) |
-//! | `0x60`          | `EJECT`         | W      | vCPU id: the guest ran `_EJ0` for it                   |
-//! | `0x64`          | `OST_SELECT`    | W      | vCPU id the next `_OST` report is about                 |
-//! | `0x68`          | `OST_EVENT`     | W      | `_OST` source event (Arg0)                              |
-//! | `0x6c`          | `OST_STATUS`    | W      | `_OST` status (Arg1); writing it delivers the report    |
+//! | `0x000 + 4*w`   | `PRESENT[w]`    | R      | bit b: vCPU `32*w+b` is present (as the guest should see it) |
+//! | `0x200 + 4*w`   | `INSERT[w]`     | R/W1C  | bit b: vCPU `32*w+b` was added; notify the guest (Notify 1) |
+//! | `0x400 + 4*w`   | `REMOVE[w]`     | R/W1C  | bit b: the VMM asks the guest to eject vCPU `32*w+b` (Notify 3) |
+//! | `0x600`         | `EJECT`         | W      | vCPU id: the guest ran `_EJ0` for it                   |
+//! | `0x604`         | `OST_SELECT`    | W      | vCPU id the next `_OST` report is about                 |
+//! | `0x608`         | `OST_EVENT`     | W      | `_OST` source event (Arg0)                              |
+//! | `0x60c`         | `OST_STATUS`    | W      | `_OST` status (Arg1); writing it delivers the report    |
 //!
-//! `w` ranges over `0..8` (256 vCPUs). Reads of write-only registers return 0;
-//! unknown offsets, other access sizes and out-of-range ids are logged and ignored.
+//! `w` ranges over `0..max.div_ceil(32)`, at most `0..128` (4096 vCPUs, what
+//! x86 KVM's largest `KVM_CAP_MAX_VCPUS` allows). The offsets are fixed
+//! whatever `max` is, so the layout never depends on the VM; words past `max`
+//! read as 0. Reads of write-only registers return 0; unknown offsets, other
+//! access sizes and out-of-range ids are logged and ignored.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,18 +30,26 @@ use crate::guest_warn;
 
 use crate::bus::BusDevice;
 
-pub const MAX_WORDS: usize = 8;
+pub const MAX_WORDS: usize = 128;
 /// Most vCPUs the controller can describe.
 pub const MAX_CPUS: u32 = (MAX_WORDS * 32) as u32;
-pub const MMIO_LEN: u64 = 0x100;
+/// One page.
+pub const MMIO_LEN: u64 = 0x1000;
 
-pub const REG_PRESENT: u64 = 0x00;
-pub const REG_INSERT: u64 = 0x20;
-pub const REG_REMOVE: u64 = 0x40;
-pub const REG_EJECT: u64 = 0x60;
-pub const REG_OST_SELECT: u64 = 0x64;
-pub const REG_OST_EVENT: u64 = 0x68;
-pub const REG_OST_STATUS: u64 = 0x6c;
+pub const REG_PRESENT: u64 = 0x000;
+pub const REG_INSERT: u64 = 0x200;
+pub const REG_REMOVE: u64 = 0x400;
+pub const REG_EJECT: u64 = 0x600;
+pub const REG_OST_SELECT: u64 = 0x604;
+pub const REG_OST_EVENT: u64 = 0x608;
+pub const REG_OST_STATUS: u64 = 0x60c;
+
+const _: () = {
+    assert!(REG_INSERT - REG_PRESENT == 4 * MAX_WORDS as u64);
+    assert!(REG_REMOVE - REG_INSERT == 4 * MAX_WORDS as u64);
+    assert!(REG_EJECT - REG_REMOVE == 4 * MAX_WORDS as u64);
+    assert!(REG_OST_STATUS + 4 <= MMIO_LEN);
+};
 
 /// What the controller needs from the VMM: the guest-visible presence of
 /// vCPUs and somewhere to deliver the guest's `_EJ0` and `_OST` calls.
@@ -84,8 +95,9 @@ impl Counters {
 pub struct CpuHotplugController {
     max_vcpus: u32,
     pub counters: Counters,
-    insert: [AtomicU32; MAX_WORDS],
-    remove: [AtomicU32; MAX_WORDS],
+    /// `max.div_ceil(32)` words each: a VM's own size, not [`MAX_WORDS`].
+    insert: Box<[AtomicU32]>,
+    remove: Box<[AtomicU32]>,
     ost_select: AtomicU32,
     ost_event: AtomicU32,
     host: Arc<dyn CpuHotplugHost>,
@@ -98,10 +110,12 @@ fn split(id: u32) -> (usize, u32) {
 impl CpuHotplugController {
     /// `max_vcpus` must not exceed [`MAX_CPUS`]; larger values are clamped.
     pub fn new(max_vcpus: u32, host: Arc<dyn CpuHotplugHost>) -> Self {
+        let max_vcpus = max_vcpus.min(MAX_CPUS);
+        let words = || (0..max_vcpus.div_ceil(32)).map(|_| AtomicU32::new(0)).collect();
         CpuHotplugController {
-            max_vcpus: max_vcpus.min(MAX_CPUS),
-            insert: Default::default(),
-            remove: Default::default(),
+            max_vcpus,
+            insert: words(),
+            remove: words(),
             ost_select: AtomicU32::new(u32::MAX),
             ost_event: AtomicU32::new(0),
             host,
@@ -146,7 +160,7 @@ impl CpuHotplugController {
         self.withdraw(&self.remove, id)
     }
 
-    fn withdraw(&self, bitmap: &[AtomicU32; MAX_WORDS], id: u32) -> bool {
+    fn withdraw(&self, bitmap: &[AtomicU32], id: u32) -> bool {
         if id >= self.max_vcpus {
             return false;
         }
@@ -270,12 +284,12 @@ mod tests {
 
     #[derive(Default)]
     struct Host {
-        present: [u32; MAX_WORDS],
+        present: Vec<u32>,
         calls: Mutex<Vec<String>>,
     }
     impl CpuHotplugHost for Host {
         fn present_word(&self, word: usize) -> u32 {
-            self.present[word]
+            self.present.get(word).copied().unwrap_or(0)
         }
         fn eject(&self, id: u32) {
             self.calls.lock().unwrap().push(format!("eject {id}"));
@@ -295,7 +309,7 @@ mod tests {
     }
 
     fn controller(max: u32) -> (Arc<Host>, CpuHotplugController) {
-        let mut host = Host::default();
+        let mut host = Host { present: vec![0; MAX_WORDS], ..Default::default() };
         host.present[0] = 0b1011;
         host.present[1] = 1;
         let host = Arc::new(host);
@@ -362,7 +376,7 @@ mod tests {
         c.write(REG_EJECT, &[1, 0, 0, 0, 0, 0, 0, 0]);
         c.write(REG_EJECT + 1, &[1, 0, 0, 0]); // unaligned
         wr(&c, REG_PRESENT, u32::MAX); // read-only
-        wr(&c, 0xfc, 1); // unknown
+        wr(&c, 0xffc, 1); // unknown
         wr(&c, 0x1000, 1); // past the block
         let mut odd = [0xaau8; 2];
         c.read(REG_PRESENT, &mut odd);
@@ -383,5 +397,21 @@ mod tests {
     fn max_is_clamped_to_what_the_registers_hold() {
         let (_, c) = controller(10_000);
         assert_eq!(c.words(), MAX_WORDS);
+    }
+
+    #[test]
+    fn the_last_word_of_a_big_controller_works() {
+        let (host, c) = controller(1024);
+        assert_eq!(c.words(), 32);
+        c.request_insert(1023);
+        c.request_remove(992);
+        assert_eq!(rd(&c, REG_INSERT + 31 * 4), 1 << 31);
+        assert_eq!(rd(&c, REG_REMOVE + 31 * 4), 1);
+        assert_eq!(rd(&c, REG_INSERT + 32 * 4), 0, "past max");
+        wr(&c, REG_INSERT + 31 * 4, 1 << 31);
+        assert!(!c.is_pending(1023));
+        wr(&c, REG_EJECT, 1023);
+        wr(&c, REG_EJECT, 1024);
+        assert_eq!(host.calls.lock().unwrap().as_slice(), &["eject 1023"]);
     }
 }

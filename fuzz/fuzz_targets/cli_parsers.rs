@@ -8,7 +8,7 @@ use vmm::config::{parse_cpus, parse_memory, parse_serial, parse_size, validate_c
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };
     if let Ok(c) = parse_cpus(s) {
-        if validate_cpus(&c, 1024).is_ok() {
+        if validate_cpus(&c, vmm::config::KvmLimits::new(1024, 4096)).is_ok() {
             assert!(c.boot_vcpus >= 1 && c.boot_vcpus <= c.max_vcpus);
             if let Some(t) = c.topology {
                 let total = u64::from(t.threads_per_core)

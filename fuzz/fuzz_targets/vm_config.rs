@@ -21,5 +21,5 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn config_validate(w: &api::vm_config::VmConfig) -> bool {
-    from_wire(w).map(|c| c.validate(1024).is_ok()).unwrap_or(false)
+    from_wire(w).map(|c| c.validate(vmm::config::KvmLimits::new(1024, 4096)).is_ok()).unwrap_or(false)
 }

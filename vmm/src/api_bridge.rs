@@ -174,7 +174,12 @@ fn wait_outcome(view: &VmView, seq: u64) -> Option<Result<(), Option<String>>> {
             Cause::VmmError { vcpu, error } => format!("vCPU {vcpu}: {error}; the target is now {}", st.desired),
         })));
     }
-    reconciler::converged(st.desired, &view.table.states()).then_some(Ok(()))
+    let states = view.table.states();
+    match &st.vcpu_ids {
+        Some(ids) => reconciler::converged_ids(ids, &states),
+        None => reconciler::converged(st.desired, &states),
+    }
+    .then_some(Ok(()))
 }
 
 fn reason_text(r: Reason) -> &'static str {

@@ -7,11 +7,10 @@ use serde::{Deserialize, Serialize};
 
 pub use api::vm_config::CpuTopology;
 
-/// Most vCPUs lithe supports: APIC ids 0..=253 fit xAPIC (255 is broadcast)
-/// and the CPU hotplug controller's bitmaps.
-pub const MAX_SUPPORTED_VCPUS: u32 = 254;
-/// Highest APIC id a vCPU may have (xAPIC; 0xFF is the broadcast id).
-pub const MAX_XAPIC_ID: u32 = 254;
+/// Most vCPUs lithe supports, when KVM allows as many: what the DSDT (about
+/// 123 bytes per possible vCPU) fits below the BIOS area (acpi/mod.rs tests
+/// it). APIC ids past 254 use x2APIC (arch/x2apic.rs).
+pub const MAX_SUPPORTED_VCPUS: u32 = 2048;
 /// Smallest and largest guest memory sizes accepted.
 pub const MIN_MEMORY: u64 = 32 << 20;
 pub const MAX_MEMORY: u64 = 1 << 40;
@@ -147,9 +146,9 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    /// Checks values and that the files exist; `kvm_max_vcpus` is what the host's KVM allows.
-    pub fn validate(&self, kvm_max_vcpus: u32) -> Result<(), ConfigError> {
-        validate_cpus(&self.cpus, kvm_max_vcpus)?;
+    /// Checks values and that the files exist; `kvm` is what the host's KVM allows.
+    pub fn validate(&self, kvm: KvmLimits) -> Result<(), ConfigError> {
+        validate_cpus(&self.cpus, kvm)?;
         validate_memory(self.memory.size)?;
         let check = |p: &PathBuf| -> Result<(), String> {
             let meta = std::fs::metadata(p).map_err(|e| e.to_string())?;
@@ -182,14 +181,34 @@ impl VmConfig {
     }
 }
 
-/// What the host's KVM allows (`KVM_CAP_MAX_VCPUS`); without /dev/kvm,
-/// no limit here (creating the VM reports that error).
-pub fn kvm_max_vcpus() -> u32 {
-    kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u32).unwrap_or(u32::MAX)
+/// What the host's KVM allows: how many vCPUs (`KVM_CAP_MAX_VCPUS`) and
+/// the ids they may have (`KVM_CAP_MAX_VCPU_ID`: lithe's KVM vCPU id is the
+/// APIC id, so this bounds the topology's highest APIC id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvmLimits {
+    pub max_vcpus: u32,
+    /// Exclusive: ids go up to `max_vcpu_id - 1`.
+    pub max_vcpu_id: u32,
 }
 
-pub fn validate_cpus(c: &CpusConfig, kvm_max_vcpus: u32) -> Result<(), ConfigError> {
-    let limit = MAX_SUPPORTED_VCPUS.min(kvm_max_vcpus);
+impl KvmLimits {
+    pub const fn new(max_vcpus: u32, max_vcpu_id: u32) -> Self {
+        KvmLimits { max_vcpus, max_vcpu_id }
+    }
+
+    pub fn of(kvm: &kvm_ioctls::Kvm) -> Self {
+        let to_u32 = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        KvmLimits::new(to_u32(kvm.get_max_vcpus()), to_u32(kvm.get_max_vcpu_id()))
+    }
+
+    /// This host's; without /dev/kvm, no limit here (creating the VM reports that error).
+    pub fn probe() -> Self {
+        kvm_ioctls::Kvm::new().map(|k| KvmLimits::of(&k)).unwrap_or(KvmLimits::new(u32::MAX, u32::MAX))
+    }
+}
+
+pub fn validate_cpus(c: &CpusConfig, kvm: KvmLimits) -> Result<(), ConfigError> {
+    let limit = MAX_SUPPORTED_VCPUS.min(kvm.max_vcpus);
     if c.boot_vcpus == 0 {
         return Err(ConfigError::Cpus("boot must be at least 1".into()));
     }
@@ -212,14 +231,16 @@ pub fn validate_cpus(c: &CpusConfig, kvm_max_vcpus: u32) -> Result<(), ConfigErr
                 c.max_vcpus
             )));
         }
-        // Odd counts leave gaps in the APIC ids (arch/topology.rs).
-        let highest = crate::arch::topology::Topology::from_config(c).apic_id(c.max_vcpus - 1);
-        if highest > MAX_XAPIC_ID {
-            return Err(ConfigError::Cpus(format!(
-                "topology {} needs APIC ids up to {highest}; lithe's xAPIC ids stop at {MAX_XAPIC_ID}",
-                topology_text(t)
-            )));
-        }
+    }
+    // Odd topology counts leave gaps in the APIC ids (arch/topology.rs).
+    let highest = crate::arch::topology::Topology::from_config(c).apic_id(c.max_vcpus - 1);
+    if highest >= kvm.max_vcpu_id {
+        let how =
+            c.topology.map_or_else(|| format!("max={}", c.max_vcpus), |t| format!("topology {}", topology_text(t)));
+        return Err(ConfigError::Cpus(format!(
+            "{how} needs APIC ids up to {highest}, but this host's KVM takes vCPU ids below {}",
+            kvm.max_vcpu_id
+        )));
     }
     if c.eject_timeout_ms == 0 || c.eject_timeout_ms > MAX_EJECT_TIMEOUT_MS {
         return Err(ConfigError::Cpus(format!(
@@ -340,6 +361,9 @@ pub fn parse_serial(s: &str) -> Result<SerialConfig, ConfigError> {
 mod tests {
     use super::*;
 
+    /// This machine's KVM.
+    const HOST: KvmLimits = KvmLimits::new(1024, 4096);
+
     #[test]
     fn cpus() {
         assert_eq!(parse_cpus("boot=2,max=4"), Ok(CpusConfig::new(2, 4)));
@@ -349,28 +373,41 @@ mod tests {
         for bad in ["", "boot=", "boot=x", "max=4", "boot=1,boot=2", "boot=1,min=2", "boot=-1", "boot"] {
             assert!(matches!(parse_cpus(bad), Err(ConfigError::Cpus(_))), "{bad:?}");
         }
-        let v = |b, m| validate_cpus(&CpusConfig::new(b, m), 1024);
+        let v = |b, m| validate_cpus(&CpusConfig::new(b, m), HOST);
         assert!(v(1, 254).is_ok());
+        assert!(v(1, 1024).is_ok(), "x2APIC ids");
         assert_eq!(v(0, 4), Err(ConfigError::Cpus("boot must be at least 1".into())));
         assert_eq!(v(5, 4), Err(ConfigError::Cpus("boot=5 is larger than max=4".into())));
-        assert_eq!(v(1, 255), Err(ConfigError::Cpus("max=255 exceeds the supported limit of 254".into())));
-        assert!(validate_cpus(&CpusConfig::new(1, 20), 16).is_err());
+        assert_eq!(v(1, 1025), Err(ConfigError::Cpus("max=1025 exceeds the supported limit of 1024".into())));
+        let big = KvmLimits::new(8192, 8192);
+        assert!(validate_cpus(&CpusConfig::new(1, MAX_SUPPORTED_VCPUS), big).is_ok());
+        let e = validate_cpus(&CpusConfig::new(1, MAX_SUPPORTED_VCPUS + 1), big).unwrap_err();
+        assert!(e.to_string().contains("supported limit of 2048"), "{e}");
+        assert!(validate_cpus(&CpusConfig::new(1, 20), KvmLimits::new(16, 16)).is_err());
+        let e = validate_cpus(&CpusConfig::new(1, 300), KvmLimits::new(1024, 256)).unwrap_err();
+        assert!(
+            e.to_string().contains("max=300 needs APIC ids up to 299, but this host's KVM takes vCPU ids below 256"),
+            "{e}"
+        );
         let t = parse_cpus("boot=1,max=2,eject_timeout_ms=3000").unwrap();
         assert_eq!(t.eject_timeout_ms, 3000);
-        assert!(validate_cpus(&CpusConfig { eject_timeout_ms: 0, ..t }, 64).is_err());
-        assert!(validate_cpus(&CpusConfig { eject_timeout_ms: u64::MAX, ..t }, 64).is_err());
+        assert!(validate_cpus(&CpusConfig { eject_timeout_ms: 0, ..t }, HOST).is_err());
+        assert!(validate_cpus(&CpusConfig { eject_timeout_ms: u64::MAX, ..t }, HOST).is_err());
         assert!(parse_cpus("boot=1,eject_timeout_ms=soon").is_err());
         // Cloud Hypervisor's topology=threads:cores:dies:packages, which must make max.
         let t = parse_cpus("boot=2,max=8,topology=2:2:1:2").unwrap();
         assert_eq!(t.topology.map(topology_text).as_deref(), Some("2:2:1:2"));
-        assert!(validate_cpus(&t, 64).is_ok());
-        let e = validate_cpus(&parse_cpus("boot=1,max=6,topology=2:2:1:2").unwrap(), 64).unwrap_err();
+        assert!(validate_cpus(&t, HOST).is_ok());
+        let e = validate_cpus(&parse_cpus("boot=1,max=6,topology=2:2:1:2").unwrap(), HOST).unwrap_err();
         assert!(e.to_string().contains("makes 8 vCPUs, but max=6"), "{e}");
-        assert!(validate_cpus(&parse_cpus("boot=1,max=1,topology=1:1:1:0").unwrap(), 64).is_err());
-        // 5 cores take 3 bits: 50 packages of them need APIC id 49 << 3 | 4.
-        let e = validate_cpus(&parse_cpus("boot=1,max=250,topology=1:5:1:50").unwrap(), 1024).unwrap_err();
-        assert!(e.to_string().contains("needs APIC ids up to 396"), "{e}");
-        assert!(validate_cpus(&parse_cpus("boot=1,max=192,topology=1:3:1:64").unwrap(), 1024).is_ok());
+        assert!(validate_cpus(&parse_cpus("boot=1,max=1,topology=1:1:1:0").unwrap(), HOST).is_err());
+        // 5 cores take 3 bits: 50 packages of them need APIC id 49 << 3 | 4,
+        // which x2APIC takes, and a KVM with ids below 256 does not.
+        let sparse = parse_cpus("boot=1,max=250,topology=1:5:1:50").unwrap();
+        assert!(validate_cpus(&sparse, HOST).is_ok());
+        let e = validate_cpus(&sparse, KvmLimits::new(1024, 256)).unwrap_err();
+        assert!(e.to_string().contains("topology 1:5:1:50 needs APIC ids up to 396"), "{e}");
+        assert!(validate_cpus(&parse_cpus("boot=1,max=192,topology=1:3:1:64").unwrap(), HOST).is_ok());
         for bad in ["boot=1,topology=1:1:1", "boot=1,topology=a:1:1:1", "boot=1,topology=1:1:1:1:1"] {
             assert!(parse_cpus(bad).is_err(), "{bad}");
         }
@@ -417,16 +454,16 @@ mod tests {
         let c: VmConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(c.payload.cmdline, DEFAULT_CMDLINE);
         assert_eq!(c.serial, SerialConfig::Off);
-        c.validate(64).unwrap();
+        c.validate(HOST).unwrap();
         let mut missing = c.clone();
         missing.payload.kernel = dir.path().join("nope");
-        assert!(matches!(missing.validate(64), Err(ConfigError::Kernel { .. })));
+        assert!(matches!(missing.validate(HOST), Err(ConfigError::Kernel { .. })));
         let mut dir_initrd = c.clone();
         dir_initrd.payload.initramfs = Some(dir.path().to_path_buf());
-        assert!(matches!(dir_initrd.validate(64), Err(ConfigError::Initramfs { .. })));
+        assert!(matches!(dir_initrd.validate(HOST), Err(ConfigError::Initramfs { .. })));
         let mut long = c.clone();
         long.payload.cmdline = "x".repeat(5000);
-        assert!(matches!(long.validate(64), Err(ConfigError::Cmdline(_))));
+        assert!(matches!(long.validate(HOST), Err(ConfigError::Cmdline(_))));
         assert!(serde_json::from_str::<VmConfig>(r#"{"cpus":{"boot_vcpus":1,"max_vcpus":1}}"#).is_err());
         let unknown = json.replace(r#""memory""#, r#""bogus":1,"memory""#);
         assert!(serde_json::from_str::<VmConfig>(&unknown).is_err());

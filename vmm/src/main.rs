@@ -79,8 +79,7 @@ mod app {
             return Err(usage("give --kernel to boot a VM, or --api-socket to configure one over the API"));
         }
         if let Some(c) = &config {
-            let max = vmm::config::kvm_max_vcpus();
-            c.validate(max).map_err(usage)?;
+            c.validate(vmm::config::KvmLimits::probe()).map_err(usage)?;
         }
         let monitor = cli.vm.event_monitor.as_deref().map(vmm::events::open).transpose().map_err(usage)?;
 

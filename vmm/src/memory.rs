@@ -4,7 +4,8 @@
 //! 0x0000_0500  GDT                    0x0000_9000  PML4 / PDPT / PD (identity map, 1 GiB)
 //! 0x0000_0520  IDT (empty)            0x0002_0000  kernel command line
 //! 0x0000_7000  zero page (boot_params)
-//! 0x0000_8ff0  boot stack top         0x0009_fc00  EBDA .. 0x000f_ffff reserved (ACPI tables at 0xe_0000)
+//! 0x0000_8ff0  boot stack top         0x0009_fc00  EBDA .. 0x000f_ffff reserved:
+//!                                     DSDT at 0xa_0000, RSDP and the other ACPI tables at 0xe_0000
 //! 0x0010_0000  RAM (kernel, initramfs at the top of low RAM)
 //! 0xc000_0000  MMIO hole: GED, CPU hotplug controller, IOAPIC, LAPIC, KVM's TSS
 //! 0x1_0000_0000  RAM above 4 GiB, when the guest has more than 3 GiB
@@ -27,8 +28,13 @@ pub const CMDLINE_START: u64 = 0x20000;
 /// Linux x86's COMMAND_LINE_SIZE, including the terminating NUL.
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
+/// The BIOS area: the RSDP (where a legacy scan finds it), XSDT, FADT, MADT.
 pub const ACPI_START: u64 = 0xe0000;
 pub const ACPI_END: u64 = 0x100000;
+/// The DSDT, below the BIOS area: with a device per possible vCPU it is
+/// the one table that grows past 128 KiB (about 130 bytes per vCPU).
+pub const ACPI_DSDT_START: u64 = 0xa0000;
+pub const ACPI_DSDT_END: u64 = ACPI_START;
 pub const HIMEM_START: u64 = 0x100000;
 
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
@@ -51,7 +57,8 @@ const _: () = {
     assert!(PDE_START + 0x1000 <= CMDLINE_START);
     assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER + 0x10);
     assert!(GED_MMIO_BASE >= MMIO_HOLE_START && GED_MMIO_BASE + 4 <= CPU_HOTPLUG_MMIO_BASE);
-    assert!(CPU_HOTPLUG_MMIO_BASE + 0x100 <= IOAPIC_BASE);
+    assert!(CPU_HOTPLUG_MMIO_BASE + 0x1000 <= IOAPIC_BASE);
+    assert!(EBDA_START <= ACPI_DSDT_START && ACPI_DSDT_END <= ACPI_START);
     assert!(IOAPIC_BASE < LAPIC_BASE && LAPIC_BASE < KVM_IDENTITY_MAP_ADDR);
     assert!(KVM_TSS_ADDR + 3 * 0x1000 <= FOUR_GIB);
 };

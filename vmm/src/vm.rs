@@ -143,7 +143,7 @@ impl Vm {
         seccomp: Option<&Filters>,
     ) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
-        config.validate(kvm.get_max_vcpus() as u32)?;
+        config.validate(crate::config::KvmLimits::of(&kvm))?;
         if kvm_is_pvm() {
             info!("KVM is kvm_pvm (software-nested): guest kernel code is emulated; expect slow boots");
         }

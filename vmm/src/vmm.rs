@@ -273,7 +273,7 @@ impl Vmm {
                 emit("vm", "power-button", &[]);
                 Ok(VmmData::Empty)
             })),
-            VmmAction::Resize(req) => self.resize(req.desired_vcpus.unwrap_or_default(), received),
+            VmmAction::Resize(req) => self.resize(req.desired_vcpus, req.desired_vcpu_ids, received),
             VmmAction::ShutdownVmm => {
                 info!("VMM shutdown requested over the API");
                 self.teardown(Ended::ShutDown);
@@ -307,8 +307,7 @@ impl Vmm {
             WireError::Unsupported(fields) => ActionError::Unsupported(fields),
             WireError::Invalid(m) => ActionError::Invalid(m),
         })?;
-        let max = crate::config::kvm_max_vcpus();
-        config.validate(max).map_err(|e| ActionError::Invalid(e.to_string()))?;
+        config.validate(crate::config::KvmLimits::probe()).map_err(|e| ActionError::Invalid(e.to_string()))?;
         info!("VM configured over the API");
         self.set_config(config);
         Ok(VmmData::Empty)
@@ -353,17 +352,39 @@ impl Vmm {
     }
 
     /// A resize of the running VM, or (as Cloud Hypervisor does) of the
-    /// configured one before it boots: then it sets `boot_vcpus`.
-    fn resize(&mut self, desired: u32, received: std::time::Instant) -> MainLoopReply {
+    /// configured one before it boots: then it sets `boot_vcpus`. With
+    /// `ids`, a targeted resize (running VM only: boot vCPUs are always
+    /// `0..boot_vcpus`).
+    fn resize(&mut self, desired: Option<u32>, ids: Option<Vec<u32>>, received: std::time::Instant) -> MainLoopReply {
         use MainLoopReply::Done;
+        if let (Some(n), Some(ids)) = (desired, ids.as_ref()) {
+            let mut distinct = ids.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if distinct.len() != n as usize {
+                return Done(Err(ActionError::Invalid(format!(
+                    "desired_vcpus is {n} but desired_vcpu_ids names {} vCPUs",
+                    distinct.len()
+                ))));
+            }
+        }
+        if let Some(ids) = ids {
+            let Some(vm) = self.vm.as_mut() else {
+                return Done(Err(ActionError::Invalid(
+                    "desired_vcpu_ids needs a running VM; before boot, set desired_vcpus".into(),
+                )));
+            };
+            emit("vm", "resizing", &[("desired_vcpu_ids", format!("{ids:?}"))]);
+            return Self::resize_reply(vm.manager().resize_ids_received(&ids, received), vm.view().clone());
+        }
+        let desired = desired.unwrap_or_default();
         let Some(vm) = self.vm.as_mut() else {
             let Some(config) = self.config.as_mut() else {
                 return Done(Err(ActionError::NotCreated));
             };
             let mut cpus = config.cpus;
             cpus.boot_vcpus = desired;
-            let max = crate::config::kvm_max_vcpus();
-            if let Err(e) = crate::config::validate_cpus(&cpus, max) {
+            if let Err(e) = crate::config::validate_cpus(&cpus, crate::config::KvmLimits::probe()) {
                 return Done(Err(ActionError::Invalid(e.to_string())));
             }
             config.cpus = cpus;
@@ -372,10 +393,17 @@ impl Vmm {
             return Done(Ok(VmmData::Empty));
         };
         emit("vm", "resizing", &[("desired_vcpus", desired.to_string())]);
-        match vm.manager().resize_received(desired, received) {
+        Self::resize_reply(vm.manager().resize_received(desired, received), vm.view().clone())
+    }
+
+    fn resize_reply(result: Result<ResizePlan, ManagerError>, view: Arc<crate::vm::VmView>) -> MainLoopReply {
+        use MainLoopReply::Done;
+        match result {
             Ok(ResizePlan { error: Some(e), .. }) => Done(Err(ActionError::Internal(e))),
-            Ok(plan) => MainLoopReply::Resized(plan, vm.view().clone()),
-            Err(e @ ManagerError::InvalidCount { .. }) => Done(Err(ActionError::Invalid(e.to_string()))),
+            Ok(plan) => MainLoopReply::Resized(plan, view),
+            Err(e @ (ManagerError::InvalidCount { .. } | ManagerError::InvalidIds(_))) => {
+                Done(Err(ActionError::Invalid(e.to_string())))
+            }
             Err(ManagerError::Paused) => Done(Err(ActionError::Paused)),
             Err(e) => {
                 error!("resize failed: {e}");

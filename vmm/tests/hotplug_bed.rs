@@ -385,9 +385,49 @@ fn a_scan_costs_words_not_possible_vcpus() {
     }
 }
 
+/// A targeted resize adds and removes exactly the named vCPUs through the
+/// DSDT, leaves the others alone, and a count-only resize after it keeps
+/// the ids the guest has.
+#[test]
+fn a_targeted_resize_adds_and_removes_the_named_vcpus() {
+    let mut b = Bed::new(2, 40);
+    let now = std::time::Instant::now;
+    let plan = b.manager.resize_ids_received(&[0, 1, 33, 39], now()).unwrap();
+    assert_eq!(plan.added, vec![33, 39]);
+    b.settle();
+    b.check_settled();
+    assert_eq!(b.guest.cpus, [0, 1, 33, 39].into());
+    assert_eq!(b.manager.target().status().vcpu_ids, Some(vec![0, 1, 33, 39]));
+    // Empty one "socket" (1 and 33) and keep 39.
+    let plan = b.manager.resize_ids_received(&[39, 0], now()).unwrap();
+    assert_eq!(plan.removing, vec![33, 1]);
+    b.settle();
+    b.check_settled();
+    assert_eq!(b.guest.cpus, [0, 39].into());
+    // Without ids again: the count is kept, the ids too; more means the lowest free.
+    b.manager.resize(3).unwrap();
+    b.settle();
+    b.check_settled();
+    assert_eq!(b.guest.cpus, [0, 1, 39].into());
+    assert_eq!(b.manager.target().status().vcpu_ids, None);
+    // Bad sets are refused and change nothing.
+    for bad in [&[1u32, 2][..], &[0, 40], &[]] {
+        assert!(b.manager.resize_ids_received(bad, now()).is_err(), "{bad:?}");
+    }
+    assert_eq!(b.manager.target().desired(), 3);
+    // A guest that refuses an eject: the target follows, as the ids it has.
+    b.guest.on_eject = OnEject::Refuse;
+    b.manager.resize_ids_received(&[0, 1], now()).unwrap();
+    b.settle();
+    b.check_settled();
+    assert_eq!(b.manager.target().status().vcpu_ids, Some(vec![0, 1, 39]));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Resize(u32),
+    /// A targeted resize: bit i of the mask names vCPU i (vCPU 0 always in).
+    ResizeIds(u32),
     OnAdd(OnAdd),
     OnEject(OnEject),
     IgnoreInterrupts(bool),
@@ -401,6 +441,7 @@ enum Op {
 fn op(max: u32) -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (1..=max).prop_map(Op::Resize),
+        2 => (0..1u32 << max).prop_map(Op::ResizeIds),
         1 => prop_oneof![Just(OnAdd::Online), Just(OnAdd::AckOnly), Just(OnAdd::Fail), Just(OnAdd::Ignore)].prop_map(Op::OnAdd),
         1 => prop_oneof![Just(OnEject::Eject), Just(OnEject::Refuse), Just(OnEject::Ignore), Just(OnEject::Defer)]
             .prop_map(Op::OnEject),
@@ -419,6 +460,10 @@ fn run(max: u32, ops: &[Op]) {
         match op {
             Op::Resize(n) => {
                 b.manager.resize(*n).unwrap();
+            }
+            Op::ResizeIds(mask) => {
+                let ids: Vec<u32> = (0..max).filter(|&i| i == 0 || mask & (1 << i) != 0).collect();
+                b.manager.resize_ids_received(&ids, std::time::Instant::now()).unwrap();
             }
             Op::OnAdd(x) => b.guest.on_add = *x,
             Op::OnEject(x) => b.guest.on_eject = *x,

@@ -3,7 +3,7 @@
 //!
 //! Designed for guests whose AML interpreter runs slowly (every kernel-mode
 //! instruction is emulated under a software-nested KVM):
-//! * `_STA` reads the VMM's presence word for its vCPU (`PRSn`, one MMIO read
+//! * `_STA` reads the VMM's presence word for its vCPU (`PRxx`, one MMIO read
 //!   for 32 vCPUs' worth of state): the VMM is the one source of truth, so a
 //!   guest can never see a vCPU the VMM has retired or miss one it added.
 //!   (An earlier version cached presence in the namespace to save the exits
@@ -23,7 +23,7 @@ use acpi_tables::aml::{
 use acpi_tables::{Aml, AmlSink};
 
 use crate::arch::topology::Topology;
-use devices::cpu_hotplug::{MAX_WORDS, MMIO_LEN, REG_EJECT, REG_INSERT, REG_PRESENT, REG_REMOVE};
+use devices::cpu_hotplug::{REG_EJECT, REG_INSERT, REG_OST_STATUS, REG_PRESENT, REG_REMOVE};
 
 /// Pre-serialised AML, so generated pieces can be composed without lifetimes.
 pub struct Raw(pub Vec<u8>);
@@ -48,21 +48,48 @@ fn seq(items: &[&dyn Aml]) -> Raw {
     Raw(v)
 }
 
-/// `Cxxx`: the device name of vCPU `id` (hex, so 254 vCPUs fit).
+/// `Cxxx`: the device name of vCPU `id` (three hex digits: the controller's
+/// 4096 vCPUs fit).
 pub fn cpu_device_name(id: u32) -> String {
     format!("C{id:03X}")
 }
 
+/// `PRxx`, `INxx`, `RMxx`: the register field of bitmap word `w` (two hex
+/// digits: 128 words).
 fn word_name(prefix: &str, w: usize) -> [u8; 4] {
-    let s = format!("{prefix}{w}");
+    let s = format!("{prefix}{w:02X}");
     let b = s.as_bytes();
     [b[0], b[1], b[2], b[3]]
 }
 
-/// The MADT Local APIC structure `_MAT` returns for vCPU `id` at `apic_id`
-/// (always enabled: `_MAT` is only read for a present device).
+/// MADT processor structure types (ACPI 6.5, 5.2.12).
+const MADT_LOCAL_APIC: u8 = 0;
+const MADT_LOCAL_X2APIC: u8 = 9;
+/// The highest APIC id a Local APIC structure (type 0) may carry: 0xFF is
+/// the xAPIC broadcast id, so ACPI says 255 and up take an x2APIC structure.
+pub const MAX_XAPIC_STRUCTURE_ID: u32 = 254;
+
+/// The MADT structure of vCPU `id` (its `_UID`) at `apic_id` with `flags`
+/// (bit 0 enabled, bit 1 online-capable): a Local APIC structure where the
+/// APIC id fits one, a Local x2APIC structure otherwise. `_MAT` returns the
+/// same structure, enabled (it is only read for a present device).
+pub fn madt_entry_with_flags(id: u32, apic_id: u32, flags: u32) -> Vec<u8> {
+    if apic_id <= MAX_XAPIC_STRUCTURE_ID {
+        // APIC ids never fall below vCPU ids (topology.rs only leaves gaps),
+        // so `id` fits the structure's one-byte processor id too.
+        vec![MADT_LOCAL_APIC, 8, id as u8, apic_id as u8, flags as u8, 0, 0, 0]
+    } else {
+        let mut v = vec![MADT_LOCAL_X2APIC, 16, 0, 0];
+        v.extend_from_slice(&apic_id.to_le_bytes());
+        v.extend_from_slice(&flags.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+        v
+    }
+}
+
+/// `_MAT` of vCPU `id` at `apic_id`.
 pub fn madt_entry(id: u32, apic_id: u32) -> Vec<u8> {
-    vec![0, 8, id as u8, apic_id as u8, 1, 0, 0, 0]
+    madt_entry_with_flags(id, apic_id, 1)
 }
 
 /// `Return (Zero)`, closing a method whose last statement is an `If`: the
@@ -81,32 +108,36 @@ pub fn read_register(field: &dyn Aml) -> Raw {
     bytes(&Store::new(&Local(0), &And::new(&aml::ZERO, field, &0xffff_ffffusize)))
 }
 
-/// Register block fields: PRSn, INSn, RMVn for the words in use, then EJCT/OSEL/OEVT/OSTS.
-fn register_fields(words: usize) -> Field {
-    let mut fields = Vec::new();
-    for (base, prefix) in [(REG_PRESENT, "PRS"), (REG_INSERT, "INS"), (REG_REMOVE, "RMV")] {
-        debug_assert_eq!(base as usize, fields_bits(&fields) / 8);
-        for w in 0..words {
-            fields.push(FieldEntry::Named(word_name(prefix, w), 32));
-        }
-        if words < MAX_WORDS {
-            fields.push(FieldEntry::Reserved((MAX_WORDS - words) * 32));
-        }
+/// The register block as four operation regions, each with its fields:
+/// `CPRS` (`PRxx`), `CINS` (`INxx`), `CRMV` (`RMxx`) for the bitmap words
+/// in use, and `CCTL` (`EJCT`, `OSEL`, `OEVT`, `OSTS`). Separate regions
+/// rather than one field list with reserved gaps: the gaps past a small
+/// VM's words would be thousands of bits, which the test bed's interpreter
+/// (`aml` 0.16) misreads as a byte length (InvalidPkgLength).
+fn register_regions(mmio_base: u64, words: usize) -> Vec<Raw> {
+    let field = |region: &str, names: Vec<[u8; 4]>| {
+        let entries = names.into_iter().map(|n| FieldEntry::Named(n, 32)).collect();
+        bytes(&Field::new(
+            region.into(),
+            FieldAccessType::DWord,
+            FieldLockRule::NoLock,
+            FieldUpdateRule::WriteAsZeroes,
+            entries,
+        ))
+    };
+    let region = |name: &str, offset: u64, len: usize| {
+        bytes(&OpRegion::new(name.into(), OpRegionSpace::SystemMemory, &((mmio_base + offset) as usize), &len))
+    };
+    let mut out = Vec::new();
+    for (name, offset, prefix) in [("CPRS", REG_PRESENT, "PR"), ("CINS", REG_INSERT, "IN"), ("CRMV", REG_REMOVE, "RM")]
+    {
+        out.push(region(name, offset, words * 4));
+        out.push(field(name, (0..words).map(|w| word_name(prefix, w)).collect()));
     }
-    debug_assert_eq!(REG_EJECT as usize, fields_bits(&fields) / 8);
-    for name in [b"EJCT", b"OSEL", b"OEVT", b"OSTS"] {
-        fields.push(FieldEntry::Named(*name, 32));
-    }
-    Field::new("CPHR".into(), FieldAccessType::DWord, FieldLockRule::NoLock, FieldUpdateRule::WriteAsZeroes, fields)
-}
-
-fn fields_bits(fields: &[FieldEntry]) -> usize {
-    fields
-        .iter()
-        .map(|f| match f {
-            FieldEntry::Named(_, n) | FieldEntry::Reserved(n) => *n,
-        })
-        .sum()
+    out.push(region("CCTL", REG_EJECT, 16));
+    out.push(field("CCTL", vec![*b"EJCT", *b"OSEL", *b"OEVT", *b"OSTS"]));
+    debug_assert_eq!(REG_OST_STATUS, REG_EJECT + 12);
+    out
 }
 
 /// `CSTA(word, mask)`: 0xF if `word & mask`, else 0 (`_STA` of one vCPU,
@@ -167,10 +198,10 @@ fn scan_word(w: usize, reg: [u8; 4], insert: bool) -> Raw {
 fn cscn(words: usize) -> Raw {
     let mut parts = Vec::new();
     for w in 0..words {
-        parts.push(scan_word(w, word_name("INS", w), true));
+        parts.push(scan_word(w, word_name("IN", w), true));
     }
     for w in 0..words {
-        parts.push(scan_word(w, word_name("RMV", w), false));
+        parts.push(scan_word(w, word_name("RM", w), false));
     }
     let done = end_of_method();
     let mut refs: Vec<&dyn Aml> = parts.iter().map(|p| p as &dyn Aml).collect();
@@ -197,7 +228,7 @@ fn cpu_device(id: u32, apic_id: u32) -> Raw {
     let name = cpu_device_name(id);
     let hid = bytes(&Name::new("_HID".into(), &"ACPI0007"));
     let uid = bytes(&Name::new("_UID".into(), &(id as usize)));
-    let word = bytes(&Path::new(std::str::from_utf8(&word_name("PRS", (id / 32) as usize)).expect("ascii")));
+    let word = bytes(&Path::new(std::str::from_utf8(&word_name("PR", (id / 32) as usize)).expect("ascii")));
     let mask = 1usize << (id % 32);
     let sta_call = bytes(&MethodCall::new("CSTA".into(), vec![&word, &mask]));
     let sta_ret = bytes(&Return::new(&sta_call));
@@ -222,12 +253,11 @@ pub fn cpus_container(topology: &Topology, mmio_base: u64) -> Raw {
     let words = max.div_ceil(32) as usize;
     let hid = bytes(&Name::new("_HID".into(), &"ACPI0010"));
     let cid = bytes(&Name::new("_CID".into(), &aml::EISAName::new("PNP0A05")));
-    let region =
-        bytes(&OpRegion::new("CPHR".into(), OpRegionSpace::SystemMemory, &(mmio_base as usize), &(MMIO_LEN as usize)));
-    let fields = register_fields(words);
+    let regions = register_regions(mmio_base, words);
     let methods = [csta(), ctfy(max), cscn(words), cej0(), cost()];
     let devices: Vec<Raw> = (0..max).map(|id| cpu_device(id, topology.apic_id(id))).collect();
-    let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &region, &fields];
+    let mut children: Vec<&dyn Aml> = vec![&hid, &cid];
+    children.extend(regions.iter().map(|r| r as &dyn Aml));
     children.extend(methods.iter().map(|m| m as &dyn Aml));
     children.extend(devices.iter().map(|d| d as &dyn Aml));
     bytes(&Device::new("\\_SB_.CPUS".into(), children))

@@ -1,5 +1,6 @@
-//! ACPI tables: RSDP → XSDT → {FADT → DSDT, MADT}, placed in the BIOS area
-//! at [`ACPI_START`]. Hardware-reduced ACPI: no PM blocks or GPEs; events come
+//! ACPI tables: RSDP → XSDT → {FADT → DSDT, MADT}. The RSDP, XSDT, FADT and
+//! MADT sit in the BIOS area at [`ACPI_START`]; the DSDT, which grows with
+//! `max_vcpus`, below it at [`ACPI_DSDT_START`]. Hardware-reduced ACPI: no PM blocks or GPEs; events come
 //! through the Generic Event Device, power through the FADT's sleep and reset
 //! registers.
 
@@ -10,7 +11,7 @@ use acpi_tables::aml::{And, Device, EISAName, Interrupt, Local, MethodCall, Name
 use acpi_tables::aml::{ResourceTemplate, IO};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{IoApic, LocalInterruptController, MADT};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -18,7 +19,8 @@ use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::topology::Topology;
-use crate::memory::{GuestMemory, ACPI_END, ACPI_START, CPU_HOTPLUG_MMIO_BASE, GED_MMIO_BASE, IOAPIC_BASE, LAPIC_BASE};
+use crate::memory::{GuestMemory, ACPI_DSDT_END, ACPI_DSDT_START, ACPI_END, ACPI_START};
+use crate::memory::{CPU_HOTPLUG_MMIO_BASE, GED_MMIO_BASE, IOAPIC_BASE, LAPIC_BASE};
 use cpu_aml::{bytes, cpus_container, Raw};
 use devices::ged::{GED_EVENT_CPU_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_MMIO_LEN};
 use devices::power::{
@@ -38,8 +40,8 @@ const MADT_REVISION: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
-    #[error("ACPI tables need {needed} bytes but only {available} fit in the BIOS area")]
-    TooLarge { needed: u64, available: u64 },
+    #[error("the {table} needs {needed} bytes but only {available} fit where it goes; use fewer possible vCPUs")]
+    TooLarge { table: &'static str, needed: u64, available: u64 },
     #[error("writing ACPI tables to guest memory: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
@@ -167,17 +169,30 @@ fn fix_checksum(table: &mut [u8]) {
     table[9] = 0u8.wrapping_sub(sum);
 }
 
+/// MADT processor flags.
+const MADT_ENABLED: u32 = 1;
+const MADT_ONLINE_CAPABLE: u32 = 2;
+/// Length of the MADT's header (the SDT header, the LAPIC address, flags).
+const MADT_HEADER_LEN: usize = 44;
+
 /// Every possible vCPU, by `_UID` (its vCPU id) and APIC id: boot ones
-/// enabled, the rest online-capable (hot-pluggable).
+/// enabled, the rest online-capable (hot-pluggable). APIC ids up to 254 get
+/// a Local APIC structure, higher ones a Local x2APIC structure.
 fn madt(boot_vcpus: u32, topology: &Topology) -> Vec<u8> {
     let mut m = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_BASE as u32));
-    for id in 0..topology.vcpus() {
-        let status = if id < boot_vcpus { EnabledStatus::Enabled } else { EnabledStatus::DisabledOnlineCapable };
-        m.add_structure(ProcessorLocalApic::new(id as u8, topology.apic_id(id) as u8, status));
-    }
     m.add_structure(IoApic::new(0, IOAPIC_BASE as u32, 0));
     let mut out = Vec::new();
     m.to_aml_bytes(&mut out);
+    // The processor structures are spliced in by hand: acpi_tables 0.2 has
+    // no Local x2APIC structure (type 9). They go before the I/O APIC.
+    let io_apic = out.split_off(MADT_HEADER_LEN);
+    for id in 0..topology.vcpus() {
+        let flags = if id < boot_vcpus { MADT_ENABLED } else { MADT_ONLINE_CAPABLE };
+        out.extend(cpu_aml::madt_entry_with_flags(id, topology.apic_id(id), flags));
+    }
+    out.extend(io_apic);
+    let len = out.len() as u32;
+    out[4..8].copy_from_slice(&len.to_le_bytes());
     // The crate writes revision 1 and no flags: Linux reads "online capable"
     // only from revision 5 on, and the PICs exist.
     out[8] = MADT_REVISION;
@@ -196,13 +211,20 @@ pub fn build(boot_vcpus: u32, topology: &Topology) -> Result<AcpiTables, AcpiErr
     let xsdt_addr = align8(rsdp_addr + Rsdp::len() as u64);
     // XSDT with two entries: header (36) + 2 * 8.
     let fadt_addr = align8(xsdt_addr + 36 + 16);
-    let dsdt_addr = align8(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
-    let dsdt = dsdt(topology);
-    let madt_addr = align8(dsdt_addr + dsdt.len() as u64);
+    let madt_addr = align8(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
     let madt = madt(boot_vcpus, topology);
     let end = madt_addr + madt.len() as u64;
     if end > ACPI_END {
-        return Err(AcpiError::TooLarge { needed: end - ACPI_START, available: ACPI_END - ACPI_START });
+        return Err(AcpiError::TooLarge { table: "MADT", needed: end - ACPI_START, available: ACPI_END - ACPI_START });
+    }
+    let dsdt_addr = ACPI_DSDT_START;
+    let dsdt = dsdt(topology);
+    if dsdt.len() as u64 > ACPI_DSDT_END - ACPI_DSDT_START {
+        return Err(AcpiError::TooLarge {
+            table: "DSDT",
+            needed: dsdt.len() as u64,
+            available: ACPI_DSDT_END - ACPI_DSDT_START,
+        });
     }
     let fadt = fadt(dsdt_addr);
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -235,10 +257,12 @@ mod tests {
 
     #[test]
     fn tables_fit_and_checksum() {
-        for (boot, max) in [(1, 1), (2, 4), (1, 254)] {
+        for (boot, max) in [(1, 1), (2, 4), (1, 254), (1, 288), (1, 1024)] {
             let t = build(boot, &Topology::flat(max)).unwrap();
             for (name, addr, data) in &t.tables {
-                assert!(*addr >= ACPI_START && addr + data.len() as u64 <= ACPI_END, "{name}");
+                let (start, end) =
+                    if *name == "DSDT" { (ACPI_DSDT_START, ACPI_DSDT_END) } else { (ACPI_START, ACPI_END) };
+                assert!(*addr >= start && addr + data.len() as u64 <= end, "{name}");
                 if *name != "RSDP" {
                     assert!(checksum_ok(data), "{name} checksum");
                     assert_eq!(
@@ -252,25 +276,64 @@ mod tests {
         }
     }
 
+    /// (type, uid, apic id, flags) of each processor structure.
+    fn madt_processors(madt: &[u8]) -> Vec<(u8, u32, u32, u32)> {
+        let u32_at = |o: usize| u32::from_le_bytes(madt[o..o + 4].try_into().unwrap());
+        let mut out = Vec::new();
+        let mut off = MADT_HEADER_LEN;
+        while off < madt.len() {
+            let (ty, len) = (madt[off], madt[off + 1] as usize);
+            match ty {
+                0 => out.push((0, u32::from(madt[off + 2]), u32::from(madt[off + 3]), u32_at(off + 4))),
+                9 => out.push((9, u32_at(off + 12), u32_at(off + 4), u32_at(off + 8))),
+                _ => {}
+            }
+            assert!(len > 0);
+            off += len;
+        }
+        out
+    }
+
     #[test]
     fn madt_lists_every_possible_vcpu() {
         let t = build(2, &Topology::flat(4)).unwrap();
         let madt = t.get("APIC").unwrap();
         assert_eq!(madt[8], MADT_REVISION);
-        let mut lapics = Vec::new();
-        let mut off = 44;
-        while off < madt.len() {
-            let (ty, len) = (madt[off], madt[off + 1] as usize);
-            if ty == 0 {
-                lapics.push((
-                    madt[off + 2],
-                    madt[off + 3],
-                    u32::from_le_bytes(madt[off + 4..off + 8].try_into().unwrap()),
-                ));
-            }
-            off += len;
+        assert_eq!(madt_processors(madt), vec![(0, 0, 0, 1), (0, 1, 1, 1), (0, 2, 2, 2), (0, 3, 3, 2)]);
+    }
+
+    #[test]
+    fn apic_ids_past_254_get_x2apic_structures() {
+        let t = build(1, &Topology::flat(300)).unwrap();
+        let madt = t.get("APIC").unwrap();
+        assert!(checksum_ok(madt));
+        let procs = madt_processors(madt);
+        assert_eq!(procs.len(), 300);
+        assert_eq!(procs[0], (0, 0, 0, MADT_ENABLED));
+        assert_eq!(procs[254], (0, 254, 254, MADT_ONLINE_CAPABLE));
+        assert_eq!(procs[255], (9, 255, 255, MADT_ONLINE_CAPABLE));
+        assert_eq!(procs[299], (9, 299, 299, MADT_ONLINE_CAPABLE));
+        // The I/O APIC is still there, after them.
+        assert_eq!(madt[madt.len() - 12], 1);
+        // A sparse topology reaches x2APIC ids with fewer vCPUs: 2 packages
+        // of 129 cores use 8 core bits, so package 1 starts at APIC id 256.
+        let sparse = Topology { threads: 1, cores: 129, dies: 1, packages: 2 };
+        let procs = madt_processors(build(1, &sparse).unwrap().get("APIC").unwrap());
+        assert_eq!(procs[128], (0, 128, 128, MADT_ONLINE_CAPABLE));
+        assert_eq!(procs[129], (9, 129, 256, MADT_ONLINE_CAPABLE));
+    }
+
+    #[test]
+    fn tables_that_do_not_fit_are_refused_with_the_table_named() {
+        // lithe's own limit fits, with the widest _MAT structures.
+        let limit = crate::config::MAX_SUPPORTED_VCPUS;
+        build(limit, &Topology::flat(limit)).unwrap();
+        build(1, &Topology { threads: 2, cores: limit / 4, dies: 1, packages: 2 }).unwrap();
+        // The controller's 4096 do not: about 500 KiB of DSDT.
+        match build(1, &Topology::flat(devices::cpu_hotplug::MAX_CPUS)) {
+            Err(AcpiError::TooLarge { table, needed, .. }) => assert_eq!((table, needed > 400_000), ("DSDT", true)),
+            other => panic!("expected the DSDT to be too large, got {:?}", other.map(|_| ())),
         }
-        assert_eq!(lapics, vec![(0, 0, 1), (1, 1, 1), (2, 2, 2), (3, 3, 2)]);
     }
 
     #[test]
@@ -288,7 +351,9 @@ mod tests {
         let iasl = Command::new("iasl").arg("-v").output();
         assert!(iasl.is_ok(), "iasl not found: install acpica-tools (the CI script does)");
         let sparse = Topology { threads: 2, cores: 3, dies: 1, packages: 2 };
-        for (boot, topology) in [(2, Topology::flat(4)), (1, Topology::flat(254)), (3, sparse)] {
+        for (boot, topology) in
+            [(2, Topology::flat(4)), (1, Topology::flat(288)), (1, Topology::flat(1024)), (3, sparse)]
+        {
             let max = topology.vcpus();
             let dir = tempfile::tempdir().unwrap();
             let t = build(boot, &topology).unwrap();

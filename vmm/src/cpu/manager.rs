@@ -44,6 +44,8 @@ pub const STOP_LIMIT: Duration = Duration::from_secs(5);
 pub enum ManagerError {
     #[error("desired_vcpus must be between 1 and {max}, got {desired}")]
     InvalidCount { desired: u32, max: u32 },
+    #[error("desired_vcpu_ids: {0}")]
+    InvalidIds(String),
     #[error("the VM is paused; resume it before resizing")]
     Paused,
     #[error("creating KVM vCPU {id}: {source}")]
@@ -80,6 +82,10 @@ pub struct TargetStatus {
     /// Bumped on every change of the target.
     pub seq: u64,
     pub desired: u32,
+    /// A targeted resize: exactly these vCPU ids (sorted), `desired` of them.
+    /// `None`: any `desired` ids (lowest free added, highest removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpu_ids: Option<Vec<u32>>,
     pub cause: Cause,
 }
 
@@ -93,7 +99,7 @@ pub struct Target {
 impl Target {
     pub(crate) fn new(desired: u32) -> Self {
         Target {
-            status: ArcSwap::from_pointee(TargetStatus { seq: 0, desired, cause: Cause::Boot }),
+            status: ArcSwap::from_pointee(TargetStatus { seq: 0, desired, vcpu_ids: None, cause: Cause::Boot }),
             seq: AtomicU64::new(0),
             desired: AtomicU32::new(desired),
         }
@@ -108,9 +114,18 @@ impl Target {
     }
 
     pub(crate) fn set(&self, desired: u32, cause: Cause) -> u64 {
+        self.store(desired, None, cause)
+    }
+
+    /// A targeted resize: exactly `ids` (sorted, deduplicated).
+    pub(crate) fn set_ids(&self, ids: Vec<u32>, cause: Cause) -> u64 {
+        self.store(ids.len() as u32, Some(ids), cause)
+    }
+
+    fn store(&self, desired: u32, vcpu_ids: Option<Vec<u32>>, cause: Cause) -> u64 {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         self.desired.store(desired, Ordering::Release);
-        self.status.store(Arc::new(TargetStatus { seq, desired, cause }));
+        self.status.store(Arc::new(TargetStatus { seq, desired, vcpu_ids, cause }));
         seq
     }
 }
@@ -303,13 +318,62 @@ impl VcpuManager {
         Ok(plan)
     }
 
+    /// A targeted resize: the guest should run exactly the vCPUs `ids`
+    /// (any order, with vCPU 0, each below max). Otherwise as [`resize`](Self::resize).
+    pub fn resize_ids_received(&mut self, ids: &[u32], received: Instant) -> Result<ResizePlan, ManagerError> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.first() != Some(&0) {
+            return Err(ManagerError::InvalidIds("must include vCPU 0, which is never removed".into()));
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id >= self.max_vcpus) {
+            return Err(ManagerError::InvalidIds(format!("vCPU {id} is beyond max_vcpus ({})", self.max_vcpus)));
+        }
+        if self.paused_at.is_some() {
+            return Err(ManagerError::Paused);
+        }
+        if self.target.status().vcpu_ids.as_ref() != Some(&ids) {
+            info!("resize: target {} -> vCPUs {ids:?}", self.target.desired());
+            self.target.set_ids(ids, Cause::Resize);
+        }
+        let plan = self.reconcile();
+        self.latencies.resize_notified(received, plan.added.len(), plan.removing.len());
+        Ok(plan)
+    }
+
+    fn plan(&self, target: &TargetStatus, reclaim: bool) -> reconciler::Plan {
+        match &target.vcpu_ids {
+            Some(ids) => reconciler::plan_ids(ids, &self.states(), reclaim),
+            None => reconciler::plan(target.desired, &self.states(), reclaim),
+        }
+    }
+
+    /// The ids the guest has or is being given (not being removed).
+    fn wanted_ids(&self) -> Vec<u32> {
+        let states = self.table.states();
+        (0..states.len() as u32).filter(|&id| states[id as usize].is_wanted()).collect()
+    }
+
+    /// The target becomes what the VM has: a count, or (after a targeted
+    /// resize) exactly the ids it has.
+    fn target_follows(&self, cause: Cause) {
+        let have = self.wanted_ids();
+        if self.target.status().vcpu_ids.is_some() {
+            self.target.set_ids(have, cause);
+        } else {
+            self.target.set(have.len() as u32, cause);
+        }
+    }
+
     /// One step towards the target: take back removals that are wanted
     /// again, add free ids, ask the guest to eject surplus ones.
     pub fn reconcile(&mut self) -> ResizePlan {
-        let desired = self.target.desired();
-        let mut plan = ResizePlan { seq: self.target.status().seq, ..ResizePlan::default() };
+        let target = self.target.status();
+        let desired = target.desired;
+        let mut plan = ResizePlan { seq: target.seq, ..ResizePlan::default() };
         let mut notify = false;
-        for id in reconciler::plan(desired, &self.states(), true).reclaim {
+        for id in self.plan(&target, true).reclaim {
             if !self.controller.withdraw_remove(id) {
                 continue;
             }
@@ -324,7 +388,7 @@ impl VcpuManager {
                 notify = true;
             }
         }
-        let step = reconciler::plan(desired, &self.states(), false);
+        let step = self.plan(&target, false);
         for &id in &step.add {
             match self.add(id) {
                 Ok(()) => {
@@ -333,9 +397,8 @@ impl VcpuManager {
                 }
                 Err(e) => {
                     error!("vCPU {id}: hot-add failed: {e}");
-                    let have = self.wanted();
-                    self.target.set(have, Cause::VmmError { vcpu: id, error: e.to_string() });
-                    plan.error = Some(format!("vCPU {id}: {e}; the target is now {have}"));
+                    self.target_follows(Cause::VmmError { vcpu: id, error: e.to_string() });
+                    plan.error = Some(format!("vCPU {id}: {e}; the target is now {}", self.target.desired()));
                     break;
                 }
             }
@@ -433,7 +496,7 @@ impl VcpuManager {
         if have != self.target.desired() {
             warn!("vCPU {vcpu}: {reason:?}; target follows the guest: {} -> {have} vCPUs", self.target.desired());
         }
-        self.target.set(have, Cause::Rollback { vcpu, reason });
+        self.target_follows(Cause::Rollback { vcpu, reason });
     }
 
     /// Bit cleared → grace period → thread stopped and joined → fd parked.

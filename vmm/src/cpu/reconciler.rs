@@ -1,5 +1,6 @@
-//! Declarative resize: from the desired vCPU count and every id's lifecycle
-//! state, decide what to do next. Pure, so it is tested exhaustively without
+//! Declarative resize: from the desired vCPU count (or the exact set of
+//! vCPU ids, for a targeted resize) and every id's lifecycle state, decide
+//! what to do next. Pure, so it is tested exhaustively without
 //! a VM; the manager carries the plan out and calls it again whenever
 //! anything changes (a resize, an eject, a rollback, a retired vCPU).
 
@@ -55,6 +56,43 @@ pub fn plan(desired: u32, states: &[State], reclaim: bool) -> Plan {
         p.remove = wanted.into_iter().rev().filter(|&id| id != 0).take(surplus).collect();
     }
     p
+}
+
+/// What to do about the exact set `ids` (sorted; the API checks it holds
+/// vCPU 0 and only ids below max): take back or add the ids in it, remove
+/// the wanted ones outside it. The same steps as [`plan`], with the ids
+/// chosen by the caller instead of by "lowest free" / "highest wanted".
+pub fn plan_ids(ids: &[u32], states: &[State], reclaim: bool) -> Plan {
+    let in_set = |id: u32| ids.binary_search(&id).is_ok();
+    let with = |f: fn(&State) -> bool, inside: bool| -> Vec<u32> {
+        states
+            .iter()
+            .enumerate()
+            .filter(|&(id, s)| f(s) && in_set(id as u32) == inside)
+            .map(|(id, _)| id as u32)
+            .collect()
+    };
+    let mut p = Plan::default();
+    let removing = with(|s| s.phase == Phase::Removing, true);
+    if reclaim {
+        p.reclaim = removing.clone();
+    }
+    p.add = with(|s| s.is_free(), true);
+    p.waiting_for = removing
+        .iter()
+        .filter(|id| !p.reclaim.contains(id))
+        .copied()
+        .chain(with(|s| matches!(s.phase, Phase::Ejected | Phase::Stuck), true))
+        .collect();
+    p.waiting_for.sort_unstable();
+    p.remove = with(|s| s.is_wanted(), false).into_iter().rev().filter(|&id| id != 0).collect();
+    p
+}
+
+/// The state has converged on exactly the ids in `ids`.
+pub fn converged_ids(ids: &[u32], states: &[State]) -> bool {
+    states.iter().enumerate().all(|(id, s)| s.is_wanted() == ids.binary_search(&(id as u32)).is_ok())
+        && states.iter().all(|s| !s.is_settling() && s.phase != Phase::Stuck)
 }
 
 /// The state has converged on `desired`: that many wanted vCPUs, each of
@@ -124,6 +162,23 @@ mod tests {
         let s = states(&[Running, Running, Parked, Absent]);
         assert!(converged(2, &s));
         assert!(!converged(2, &states(&[Running, Acknowledged])), "acknowledged is not running");
+    }
+
+    #[test]
+    fn a_targeted_plan_adds_and_removes_exactly_the_named_ids() {
+        let s = states(&[Running, Running, Absent, Parked, Absent, Running]);
+        let p = plan_ids(&[0, 4], &s, true);
+        assert_eq!(p, Plan { add: vec![4], remove: vec![5, 1], ..Plan::default() });
+        // ids being ejected are taken back, or waited for
+        let s = states(&[Running, Removing, Ejected, Absent]);
+        assert_eq!(plan_ids(&[0, 1, 2], &s, true), Plan { reclaim: vec![1], waiting_for: vec![2], ..Plan::default() });
+        assert_eq!(plan_ids(&[0, 1, 2], &s, false), Plan { waiting_for: vec![1, 2], ..Plan::default() });
+        // vCPU 0 is never removed, even if the set leaves it out
+        assert!(plan_ids(&[1], &states(&[Running, Absent]), true).remove.is_empty());
+        let s = states(&[Running, Absent, Running]);
+        assert!(plan_ids(&[0, 2], &s, true).is_empty());
+        assert!(converged_ids(&[0, 2], &s));
+        assert!(!converged_ids(&[0, 1], &s));
     }
 
     /// Carrying out any plan (reclaims failing or not) never overshoots:

@@ -82,7 +82,9 @@ pub struct VcpuTable<T> {
     // Read side: loaded by every section, written only by publish/retire.
     slots: Box<[Slot<T>]>,
     meta: Box<[Meta]>,
-    present: Box<CachePadded<[AtomicU64; PRESENT_WORDS]>>,
+    /// Presence bitmap, in cache lines of [`LINE_WORDS`] words: as many
+    /// as the capacity needs, none shared with other data.
+    present: Box<[CachePadded<[AtomicU64; LINE_WORDS]>]>,
     capacity: u32,
     rcu: Rcu,
     // Write side, on a line of its own so its churn does not hit readers.
@@ -94,9 +96,12 @@ struct Writer {
     count: AtomicU32,
 }
 
-/// Capacity limit: four bitmap words, one cache line.
-pub const MAX_CAPACITY: u32 = (PRESENT_WORDS * WORD_BITS) as u32;
-const PRESENT_WORDS: usize = 4;
+/// Capacity limit: the CPU hotplug controller's (4096 vCPUs, 64 bitmap
+/// words). Tables are sized by their own capacity, so this costs small VMs
+/// nothing.
+pub const MAX_CAPACITY: u32 = devices::cpu_hotplug::MAX_CPUS;
+/// Bitmap words per cache line (512 vCPUs).
+const LINE_WORDS: usize = 8;
 
 // SAFETY: values are written only by the (mutex-serialised) write side while
 // their bit is clear and no reader can reach them (publish before setting the
@@ -131,7 +136,9 @@ impl<T> VcpuTable<T> {
         VcpuTable {
             slots,
             meta,
-            present: Box::new(CachePadded(std::array::from_fn(|_| AtomicU64::new(0)))),
+            present: (0..(capacity as usize).div_ceil(WORD_BITS * LINE_WORDS).max(1))
+                .map(|_| CachePadded(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
             capacity,
             rcu: Rcu::new(mode),
             writer: CachePadded(Writer { lock: Mutex::new(()), count: AtomicU32::new(0) }),
@@ -142,10 +149,15 @@ impl<T> VcpuTable<T> {
         self.capacity
     }
 
-    /// The bitmap words that can hold a bit: a walk of a small table loads one word, not four.
+    /// The bitmap words that can hold a bit: a walk of a small table loads one word, not eight.
     #[inline]
-    fn words(&self) -> &[AtomicU64] {
-        &self.present[..(self.capacity as usize).div_ceil(WORD_BITS)]
+    fn words(&self) -> Words<'_> {
+        Words { lines: &self.present, len: (self.capacity as usize).div_ceil(WORD_BITS) }
+    }
+
+    #[inline]
+    fn word(&self, w: usize) -> &AtomicU64 {
+        &self.present[w / LINE_WORDS].0[w % LINE_WORDS]
     }
 
     pub fn fence_mode(&self) -> FenceMode {
@@ -199,7 +211,7 @@ impl<T> VcpuTable<T> {
         let slot = self.slot(id)?;
         let _w = self.writer.lock.lock().unwrap();
         let (word, bit) = split(id);
-        if self.present[word].load(Ordering::Relaxed) & bit != 0 {
+        if self.word(word).load(Ordering::Relaxed) & bit != 0 {
             return Err(TableError::AlreadyPresent { id });
         }
         // SAFETY: the bit is clear and the writer lock is held. A value can only
@@ -215,7 +227,7 @@ impl<T> VcpuTable<T> {
         slot.value.with_mut(|v| unsafe { *v = Some(value) });
         self.writer.count.fetch_add(1, Ordering::AcqRel);
         // Release: the slot's contents happen-before any Acquire load seeing the bit.
-        self.present[word].fetch_or(bit, Ordering::Release);
+        self.word(word).fetch_or(bit, Ordering::Release);
         Ok(())
     }
 
@@ -231,10 +243,10 @@ impl<T> VcpuTable<T> {
         if !occupied {
             return Err(TableError::NotPresent { id });
         }
-        if self.present[word].load(Ordering::Relaxed) & bit != 0 {
+        if self.word(word).load(Ordering::Relaxed) & bit != 0 {
             // SeqCst: this store must be ordered before synchronize()'s epoch
             // bump and fence, which readers' fences pair with.
-            self.present[word].fetch_and(!bit, Ordering::SeqCst);
+            self.word(word).fetch_and(!bit, Ordering::SeqCst);
             self.writer.count.fetch_sub(1, Ordering::AcqRel);
         }
         self.rcu.synchronize(limit).map_err(|StuckReaders { waited, readers }| TableError::GracePeriodTimeout {
@@ -307,7 +319,7 @@ impl<'r, T> ReadGuard<'r, T> {
         let table = self.table();
         let slot = table.slots.get(id as usize)?;
         let (word, bit) = split(id);
-        (table.present[word].load(Ordering::Acquire) & bit != 0).then_some(slot)
+        (table.word(word).load(Ordering::Acquire) & bit != 0).then_some(slot)
     }
 
     /// The value of vCPU `id` if its bit is set.
@@ -347,12 +359,30 @@ impl<T> Drop for ReadGuard<'_, T> {
     }
 }
 
+/// The presence bitmap's words in use, across its cache lines.
+#[derive(Clone, Copy)]
+struct Words<'g> {
+    lines: &'g [CachePadded<[AtomicU64; LINE_WORDS]>],
+    len: usize,
+}
+
+impl<'g> Words<'g> {
+    #[inline]
+    fn get(&self, w: usize) -> Option<&'g AtomicU64> {
+        if w < self.len {
+            Some(&self.lines[w / LINE_WORDS].0[w % LINE_WORDS])
+        } else {
+            None
+        }
+    }
+}
+
 /// Iterator over `(id, &value)` of present vCPUs.
 pub struct Iter<'g, T> {
     // The slices themselves, not the table: their pointers and lengths then
     // live in registers instead of being re-loaded for every element.
     slots: &'g [Slot<T>],
-    words: &'g [AtomicU64],
+    words: Words<'g>,
     /// Index of the next bitmap word to load.
     next_word: usize,
     /// First id of the word `bits` came from.

@@ -190,11 +190,13 @@ pub fn no_hardware() -> Box<dyn Handler> {
 
 /// `aml` 0.16 adds a field's offset in *bits* to its region's base address
 /// (`AmlContext::read_region`/`write_region` get `field.offset` unscaled).
-/// Undo that: lithe's two regions (GED, CPU hotplug) are page-aligned and a
-/// page apart, and their byte offsets stay below 0x200, so the region is the
-/// page and the byte offset is the bit offset / 8.
+/// Undo that: lithe's regions (the GED's, and the CPU hotplug controller's
+/// four) start on 0x200-byte boundaries, and in the bed (max ≤ 512, so at
+/// most 16 words, 512 bits per region) a field's bit offset stays below
+/// 0x200, so the region is the address rounded down to 0x200 and the byte
+/// offset is the bit offset / 8.
 fn unscale(address: usize) -> u64 {
-    let base = address as u64 & !0xfff;
+    let base = address as u64 & !0x1ff;
     let bits = address as u64 - base;
     assert_eq!(bits % 8, 0, "AML access at {address:#x}: not a whole byte offset");
     base + bits / 8
@@ -355,6 +357,7 @@ fn ctfy_stand_in() -> Vec<u8> {
 impl Bed {
     /// A VM with `boot` of `max` vCPUs running (vCPU 0 halted in a loop).
     pub fn new(boot: u32, max: u32) -> Bed {
+        assert!(max <= 512, "unscale() holds for up to 16 bitmap words");
         let one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
         install_kick_handler().unwrap();
         let kvm = Kvm::new().expect("/dev/kvm");
@@ -692,6 +695,12 @@ impl Bed {
             vmm::cpu::reconciler::converged(desired, &states) || unstarted > 0,
             "not converged on {desired}: {states:?}"
         );
+        if let Some(ids) = &self.manager.target().status().vcpu_ids {
+            assert!(
+                vmm::cpu::reconciler::converged_ids(ids, &states) || unstarted > 0,
+                "not converged on vCPUs {ids:?}: {states:?}"
+            );
+        }
         for id in &self.guest.started {
             assert_eq!(self.state(*id).phase, Phase::Running, "vCPU {id} runs in the guest");
         }
