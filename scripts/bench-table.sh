@@ -21,7 +21,7 @@ subjects = [
     ("mutex-vec", "Mutex<Vec>"),
     ("rwlock-vec", "RwLock<Vec>"),
 ]
-sizes = [1, 8, 64, 254]
+sizes = [1, 8, 64, 254, 1024]
 
 def median(group, subject, n):
     f = root / group / subject / str(n) / "new" / "estimates.json"

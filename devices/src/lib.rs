@@ -9,6 +9,7 @@ pub mod cpu_hotplug;
 pub mod ged;
 pub mod guest_log;
 pub mod interrupt;
+pub mod ioapic;
 pub mod power;
 pub mod serial;
 

@@ -1,5 +1,5 @@
 //! Sequences of guest accesses (any offset, any width, any value) to the
-//! CPU hotplug controller, the GED and the serial port, checked against the
+//! CPU hotplug controller, the GED, the serial port and the IOAPIC, checked against the
 //! controller's invariants: the VMM never hears of a vCPU id out of range,
 //! never of an eject it did not get from the EJECT register, and the
 //! devices keep answering.
@@ -12,6 +12,7 @@ use devices::bus::BusDevice;
 use devices::cpu_hotplug::{CpuHotplugController, CpuHotplugHost, MMIO_LEN, REG_EJECT};
 use devices::ged::{Ged, GED_MMIO_LEN};
 use devices::interrupt::InterruptTrigger;
+use devices::ioapic::{Ioapic, MsiMessage, MsiRoutes, IOAPIC_MMIO_LEN, IOAPIC_PINS};
 use devices::serial::{SerialDevice, COM1_PORT_LEN};
 use devices::EventFdTrigger;
 use libfuzzer_sys::fuzz_target;
@@ -48,7 +49,16 @@ impl InterruptTrigger for Count {
     }
 }
 
+struct Routes;
+impl MsiRoutes for Routes {
+    fn update(&self, routes: &[Option<MsiMessage>; IOAPIC_PINS]) {
+        // KVM refuses x2APIC-format routes with address_hi bits 0..=7 set.
+        assert!(routes.iter().flatten().all(|m| m.address_hi & 0xff == 0), "{routes:?}");
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    let ioapic = Ioapic::new(Arc::new(Routes));
     let host = Arc::new(Host::default());
     let ctl = CpuHotplugController::new(MAX, host.clone());
     let ged = Ged::new(Count);
@@ -57,8 +67,10 @@ fuzz_target!(|data: &[u8]| {
         Box::new(std::io::sink()),
     );
     let mut ejects_written = 0usize;
-    for op in data.chunks_exact(7) {
-        let (kind, off, width) = (op[0] % 8, u64::from(op[1]), [1usize, 2, 4, 8, 3][usize::from(op[2] % 5)]);
+    for op in data.chunks_exact(8) {
+        let kind = op[0] % 10;
+        let off = u64::from(u16::from_le_bytes([op[1], op[7]]));
+        let width = [1usize, 2, 4, 8, 3][usize::from(op[2] % 5)];
         let value = u32::from_le_bytes([op[3], op[4], op[5], op[6]]);
         let mut bytes = [0u8; 8];
         bytes[..4].copy_from_slice(&value.to_le_bytes());
@@ -79,6 +91,8 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => ged.read(off % (GED_MMIO_LEN + 4), &mut bytes[..width]),
             6 => ged.write(off % (GED_MMIO_LEN + 4), &bytes[..width]),
+            8 => ioapic.write(off % (IOAPIC_MMIO_LEN + 4), &bytes[..width]),
+            9 => ioapic.read(off % (IOAPIC_MMIO_LEN + 4), &mut bytes[..width]),
             _ => {
                 if op[1] & 1 == 0 {
                     serial.write(off % (COM1_PORT_LEN + 2), &bytes[..width.min(2)]);
@@ -94,6 +108,8 @@ fuzz_target!(|data: &[u8]| {
     for id in MAX..MAX + 8 {
         assert!(!ctl.is_pending(id));
     }
+    // The IOAPIC's read-only entry bits (delivery status, remote IRR) and reserved bits stay clear.
+    assert!(ioapic.entries().iter().all(|e| e & (1 << 12 | 1 << 14 | 0x7fff << 17 | 0xffff << 32) == 0));
     // Still answering: a scan reads every word.
     let mut w = [0u8; 4];
     for word in 0..ctl.words() as u64 {

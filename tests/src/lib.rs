@@ -138,6 +138,8 @@ pub struct Launch<'a> {
     pub bzimage: bool,
     /// More command-line arguments for lithe.
     pub args: &'a [&'a str],
+    /// Appended to the guest image's kernel command line.
+    pub extra_cmdline: &'a str,
 }
 
 impl Guest {
@@ -152,7 +154,8 @@ impl Guest {
         if opts.with_kernel {
             let kernel = if opts.bzimage { &image.bzimage } else { &image.kernel };
             cmd.arg("--kernel").arg(kernel).arg("--initramfs").arg(&image.initramfs);
-            cmd.arg("--cmdline").arg(&image.cmdline).arg("--cpus").arg(opts.cpus).arg("--memory").arg("size=256M");
+            let cmdline = format!("{} {}", image.cmdline.trim(), opts.extra_cmdline);
+            cmd.arg("--cmdline").arg(cmdline.trim()).arg("--cpus").arg(opts.cpus).arg("--memory").arg("size=256M");
         }
         cmd.args(opts.args);
         let mut child =
@@ -314,6 +317,18 @@ impl Guest {
             serde_json::json!({ "desired_vcpus": n, "wait_ms": HOTPLUG_TIMEOUT.as_millis() as u64 }),
         );
         assert_eq!(status, 200, "resize to {n}: {body}");
+        body
+    }
+
+    /// Targeted resize (lithe's `desired_vcpu_ids`) and wait for the guest;
+    /// returns the reply body.
+    pub fn resize_ids(&self, ids: &[u32]) -> serde_json::Value {
+        let (status, body) = self.api(
+            "PUT",
+            "vm.resize",
+            serde_json::json!({ "desired_vcpu_ids": ids, "wait_ms": HOTPLUG_TIMEOUT.as_millis() as u64 }),
+        );
+        assert_eq!(status, 200, "resize to vCPUs {ids:?}: {body}");
         body
     }
 

@@ -22,7 +22,7 @@ fn payload() -> Payload {
     Payload { exits: AtomicU64::new(1) }
 }
 
-const SIZES: [u32; 4] = [1, 8, 64, 254];
+const SIZES: [u32; 5] = [1, 8, 64, 254, 1024];
 
 /// The structures under test, each holding `n` present vCPUs plus one spare
 /// id (`n`) for the churning writer.

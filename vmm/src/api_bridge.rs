@@ -93,6 +93,8 @@ pub struct ApiBridge {
 #[derive(Debug, Serialize)]
 pub struct VcpuInfo {
     pub id: u32,
+    /// Where the topology puts it (arch/topology.rs); also its KVM vCPU id.
+    pub apic_id: u32,
     /// In the vCPU table: it has a thread.
     pub present: bool,
     pub state: Phase,
@@ -121,12 +123,14 @@ fn vcpu_info(view: &VmView, ids: &[u32]) -> Vec<VcpuInfo> {
         }
         let reader = cached.as_mut().expect("just set");
         let guard = reader.read();
+        let topology = crate::arch::topology::Topology::from_config(&view.config.cpus);
         ids.iter()
             .map(|&id| {
                 let handle = guard.get(id);
                 let s = view.table.state(id);
                 VcpuInfo {
                     id,
+                    apic_id: topology.apic_id(id),
                     present: handle.is_some(),
                     state: s.phase,
                     from: (s.phase == Phase::Removing).then_some(s.from),
@@ -289,7 +293,7 @@ impl ApiBridge {
         if !refused.is_empty() {
             return Err(ActionError::Unsupported(refused));
         }
-        if req.desired_vcpus.is_none() {
+        if req.desired_vcpus.is_none() && req.desired_vcpu_ids.is_none() {
             // Nothing asked: done, as Cloud Hypervisor answers it.
             return if self.shared.state() == VmState::NotCreated {
                 Err(ActionError::NotCreated)
@@ -320,7 +324,13 @@ impl ApiBridge {
         ids.sort_unstable();
         ids.dedup();
         let report = ResizeReply {
-            desired_vcpus: req.desired_vcpus.unwrap_or_default(),
+            // What was asked (the target may have moved on since: `target`).
+            desired_vcpus: req.desired_vcpus.unwrap_or_else(|| {
+                let mut ids = req.desired_vcpu_ids.clone().unwrap_or_default();
+                ids.sort_unstable();
+                ids.dedup();
+                ids.len() as u32
+            }),
             vcpus: vcpu_info(&view, &ids),
             added: plan.added,
             removing: plan.removing,

@@ -132,10 +132,13 @@ pub enum RemoteAction {
     Ping,
     /// VM state, config and per-vCPU hotplug state.
     Info,
-    /// Scale the running VM to N vCPUs.
+    /// Scale the running VM to N vCPUs, or to exactly the vCPU ids given.
     Resize {
-        #[arg(long, value_name = "N")]
-        cpus: u32,
+        #[arg(long, value_name = "N", required_unless_present = "vcpu_ids")]
+        cpus: Option<u32>,
+        /// A targeted resize: the vCPU ids to run, e.g. 0,1,287 (lithe's desired_vcpu_ids).
+        #[arg(long, value_name = "IDS", value_delimiter = ',')]
+        vcpu_ids: Option<Vec<u32>>,
         /// Wait until the guest has completed the change.
         #[arg(long)]
         wait: bool,
@@ -248,9 +251,20 @@ mod tests {
     fn remote_subcommands() {
         let cli = parse(&["remote", "--api-socket", "/s", "resize", "--cpus", "3", "--wait"]).unwrap();
         match cli.command {
-            Some(Command::Remote(RemoteArgs { action: RemoteAction::Resize { cpus: 3, wait: true, .. }, .. })) => {}
+            Some(Command::Remote(RemoteArgs {
+                action: RemoteAction::Resize { cpus: Some(3), wait: true, .. },
+                ..
+            })) => {}
             other => panic!("{other:?}"),
         }
         assert!(parse(&["remote", "--api-socket", "/s", "resize"]).is_err());
+        let cli = parse(&["remote", "--api-socket", "/s", "resize", "--vcpu-ids", "0,1,287"]).unwrap();
+        match cli.command {
+            Some(Command::Remote(RemoteArgs { action: RemoteAction::Resize { cpus: None, vcpu_ids, .. }, .. })) => {
+                assert_eq!(vcpu_ids, Some(vec![0, 1, 287]))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["remote", "--api-socket", "/s", "resize", "--vcpu-ids", "0,x"]).is_err());
     }
 }

@@ -156,9 +156,15 @@ mod app {
         let (method, endpoint, body, timeout) = match &args.action {
             RemoteAction::Ping => ("GET", "vmm.ping", None, 10),
             RemoteAction::Info => ("GET", "vm.info", None, 10),
-            RemoteAction::Resize { cpus, wait, wait_ms } => {
+            RemoteAction::Resize { cpus, vcpu_ids, wait, wait_ms } => {
                 let wait = wait_ms.or(wait.then_some(api::types::DEFAULT_RESIZE_WAIT_MS));
-                let mut b = json!({ "desired_vcpus": cpus });
+                let mut b = json!({});
+                if let Some(n) = cpus {
+                    b["desired_vcpus"] = json!(n);
+                }
+                if let Some(ids) = vcpu_ids {
+                    b["desired_vcpu_ids"] = json!(ids);
+                }
                 if let Some(w) = wait {
                     b["wait_ms"] = json!(w);
                 }

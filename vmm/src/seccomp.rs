@@ -60,8 +60,17 @@ pub struct Filter {
 impl Filter {
     /// Installs the filter on the calling thread (and threads it spawns later).
     pub fn apply(&self) -> Result<(), SeccompError> {
-        seccompiler::apply_filter(&self.program).map_err(|source| SeccompError::Apply { which: self.which, source })
+        seccompiler::apply_filter(&self.program).map_err(|source| SeccompError::Apply { which: self.which, source })?;
+        THREAD_FILTER.with(|f| f.set(self.which));
+        Ok(())
     }
+}
+
+thread_local! {
+    /// The last filter this thread installed, for the SIGSYS report. A
+    /// const-initialised `Cell`: reading it in the handler neither allocates
+    /// nor locks.
+    static THREAD_FILTER: std::cell::Cell<&'static str> = const { std::cell::Cell::new("none") };
 }
 
 /// The main thread's two filters: one turns `clone3` into `ENOSYS`, the
@@ -244,8 +253,10 @@ fn allow_all(syscalls: &[&[libc::c_long]]) -> BTreeMap<i64, Vec<SeccompRule>> {
 
 fn vcpu_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     let mut rules = allow_all(&[RUNTIME, &[libc::SYS_read]]);
-    // ioctl: KVM_RUN, and KVM_GET_MP_STATE (to see the guest start a
-    // hot-added vCPU), on any fd (the thread owns exactly one vCPU fd).
+    // ioctl: KVM_RUN, KVM_GET_MP_STATE (to see the guest start a hot-added
+    // vCPU), and KVM_SET_GSI_ROUTING on the VM fd (lithe's IOAPIC publishes
+    // its routes in the MMIO exit of the guest's write, so an interrupt right
+    // after an unmask is not lost).
     let ioctl = |request: u64| {
         SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
             .and_then(|c| SeccompRule::new(vec![c]))
@@ -254,7 +265,8 @@ fn vcpu_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     let kvmio = u64::from(kvm_bindings::KVMIO) << 8;
     let kvm_run = ioctl(kvmio | 0x80); // _IO(KVMIO, 0x80)
     let get_mp_state = ioctl(2 << 30 | 4 << 16 | kvmio | 0x98); // _IOR(KVMIO, 0x98, struct kvm_mp_state)
-    rules.insert(libc::SYS_ioctl, vec![kvm_run, get_mp_state]);
+    let set_gsi_routing = ioctl(1 << 30 | 8 << 16 | kvmio | 0x6a); // _IOW(KVMIO, 0x6a, struct kvm_irq_routing)
+    rules.insert(libc::SYS_ioctl, vec![kvm_run, get_mp_state, set_gsi_routing]);
     rules
 }
 
@@ -271,10 +283,19 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     let nr = unsafe { info.cast::<u8>().add(24).cast::<libc::c_int>().read() };
     // SAFETY: gettid takes no arguments and touches no memory.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-    let mut buf = [0u8; 128];
+    let filter = THREAD_FILTER.try_with(|f| f.get()).unwrap_or("unknown").as_bytes();
+    let mut buf = [0u8; 160];
     let mut len = 0;
-    for part in [&b"lithe: seccomp blocked syscall "[..], &decimal(i64::from(nr)), b" on thread ", &decimal(tid), b"\n"]
-    {
+    let parts: [&[u8]; 7] = [
+        b"lithe: seccomp blocked syscall ",
+        &decimal(i64::from(nr)),
+        b" on thread ",
+        &decimal(tid),
+        b" (filter: ",
+        filter,
+        b")\n",
+    ];
+    for part in parts {
         for &b in part.iter().take_while(|&&b| b != 0) {
             if len < buf.len() {
                 buf[len] = b;

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
-use log::info;
+use log::{info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use devices::cpu_hotplug::{self, CpuHotplugController};
 use devices::ged::{Ged, GED_MMIO_LEN};
+use devices::ioapic::{Ioapic, IOAPIC_MMIO_LEN};
 use devices::power::{AcpiPowerDevice, I8042Device, PowerEvent, PowerHandler, ACPI_POWER_LEN, ACPI_POWER_PORT};
 use devices::power::{I8042_DATA_PORT, I8042_LEN};
 use devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
@@ -21,7 +22,7 @@ use devices::{Bus, BusError, EventFdTrigger};
 
 use crate::acpi::{self, GED_IRQ};
 use crate::arch::topology::Topology;
-use crate::arch::{boot, regs};
+use crate::arch::{boot, irq_routing, regs, x2apic};
 use crate::config::{SerialConfig, VmConfig};
 use crate::counters::{CounterSources, Latencies};
 use crate::cpu::clock::SystemClock;
@@ -152,10 +153,18 @@ impl Vm {
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
         vm_fd.set_tss_address(memory::KVM_TSS_ADDR as usize).map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
         vm_fd.set_identity_map_address(memory::KVM_IDENTITY_MAP_ADDR).map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm_fd.create_irq_chip().map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
-        vm_fd.set_gsi_routing(&crate::arch::irq_routing::table(&[GED_IRQ])).map_err(kvm_call("KVM_SET_GSI_ROUTING"))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-        vm_fd.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))?;
+        // LAPICs in KVM, lithe's own IOAPIC, no PIC or PIT (arch/irq_routing.rs).
+        irq_routing::enable_split_irqchip(&vm_fd).map_err(kvm_call("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
+        let topology = Topology::from_config(&config.cpus);
+        let x2apic = x2apic::needed(&topology);
+        if x2apic {
+            x2apic::enable_32bit_ids(&vm_fd).map_err(kvm_call("KVM_ENABLE_CAP(KVM_CAP_X2APIC_API)"))?;
+            info!(
+                "x2APIC: APIC ids up to {}: vCPUs start in x2APIC mode with 32-bit ids and extended destination ids",
+                topology.apic_id(topology.vcpus() - 1)
+            );
+        }
+        let ioapic = Arc::new(Ioapic::new(Arc::new(irq_routing::KvmMsiRoutes(vm_fd.clone()))));
 
         let mem = memory::create_guest_memory(config.memory.size)?;
         if config.memory.thp {
@@ -208,18 +217,21 @@ impl Vm {
         let mut mmio = Bus::new();
         mmio.insert(memory::GED_MMIO_BASE, GED_MMIO_LEN, ged.clone())?;
         mmio.insert(memory::CPU_HOTPLUG_MMIO_BASE, cpu_hotplug::MMIO_LEN, controller.clone())?;
+        mmio.insert(memory::IOAPIC_BASE, IOAPIC_MMIO_LEN, ioapic.clone())?;
 
         // Payload and firmware tables.
         let p = &config.payload;
         let entry = boot::load_payload(&mem, &p.kernel, p.initramfs.as_deref(), &p.cmdline, config.memory.size)?;
         regs::write_boot_tables(&mem)?;
-        let topology = Topology::from_config(&cpus);
         acpi::build(cpus.boot_vcpus, &topology)?.write(&mem)?;
 
         let mut supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
         if !cpus.nested {
             crate::arch::cpuid::hide_virtualization(supported_cpuid.as_mut_slice());
+        }
+        if x2apic && !x2apic::offer_ext_dest_id(supported_cpuid.as_mut_slice()) {
+            warn!("x2APIC: KVM's CPUID has no paravirtual feature leaf; the guest will not use APIC ids past 255");
         }
         let on_started = {
             let host = host.clone();
@@ -231,6 +243,7 @@ impl Vm {
             exit: exit.clone(),
             seccomp: seccomp.map(|f| f.vcpu.clone()),
             on_started: Some(on_started),
+            ioapic: Some(ioapic),
         };
         let latencies = Arc::new(Latencies::default());
         let counters = CounterSources {

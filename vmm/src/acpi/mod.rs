@@ -33,8 +33,6 @@ const OEM_TABLE_ID: [u8; 8] = *b"LITHEVM ";
 const OEM_REVISION: u32 = 1;
 /// The GSI of the Generic Event Device.
 pub const GED_IRQ: u32 = 5;
-/// MADT flag: the platform also has dual 8259 PICs (KVM's in-kernel PIC).
-const MADT_PCAT_COMPAT: u32 = 1;
 /// MADT revision with the "online capable" processor flag (ACPI 6.3).
 const MADT_REVISION: u8 = 5;
 
@@ -193,10 +191,10 @@ fn madt(boot_vcpus: u32, topology: &Topology) -> Vec<u8> {
     out.extend(io_apic);
     let len = out.len() as u32;
     out[4..8].copy_from_slice(&len.to_le_bytes());
-    // The crate writes revision 1 and no flags: Linux reads "online capable"
-    // only from revision 5 on, and the PICs exist.
+    // The crate writes revision 1: Linux reads "online capable" only from
+    // revision 5 on. Flags stay 0: no PCAT_COMPAT, there are no 8259 PICs
+    // (arch/irq_routing.rs).
     out[8] = MADT_REVISION;
-    out[40..44].copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
     fix_checksum(&mut out);
     out
 }

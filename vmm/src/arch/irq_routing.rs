@@ -1,70 +1,87 @@
-//! The GSI routing of lithe's in-kernel irqchip: KVM's default table, except
-//! that the GSIs lithe raises on its own (the GED's) reach the IOAPIC only.
+//! lithe's interrupt controller setup: KVM's split irqchip. The LAPICs are
+//! in KVM; the IOAPIC is lithe's (devices/src/ioapic.rs), and there is no
+//! 8259 PIC or PIT: lithe's ACPI is hardware-reduced, so Linux uses neither
+//! (`acpi_reduced_hw_init`), as under Cloud Hypervisor.
 //!
-//! KVM routes GSIs 0–15 to both the 8259 PIC and the IOAPIC by default. Until
-//! the guest programs the PIC (Linux does so late in `start_kernel`), the
-//! PIC's vector base is 0, so an interrupt on its pin 5 arrives as vector 5:
-//! a #BR exception. A resize asked for while the kernel boots raised exactly
-//! that: the guest died with `bounds: 0000 [#1]` and reset. Through the
-//! IOAPIC the pin stays masked until the guest's driver unmasks it, and the
-//! pending hotplug work waits in the controller's registers. (Cloud
-//! Hypervisor has no PIC at all: its IOAPIC is in userspace.)
+//! Two reasons for it. KVM's in-kernel IOAPIC keeps 8 destination bits, so
+//! with x2APIC ids past 255 it could not reach those CPUs. And KVM's default
+//! routing sent GSIs 0-15 to the PIC too, whose vector base is 0 until the
+//! guest programs it: the GED's GSI 5 once arrived as vector 5, a #BR, when
+//! a resize came while the guest booted (the hostile-guest and boot tests
+//! resize that early). With no PIC that path is gone.
+//!
+//! The routing table: GSI n is IOAPIC pin n's MSI while the guest has the pin
+//! unmasked, no entry while it is masked (an irqfd on it then delivers
+//! nothing, as a masked edge-triggered pin drops its edges).
 
-use kvm_bindings::{kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQ_ROUTING_IRQCHIP};
-use kvm_bindings::{KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE};
+use std::sync::Arc;
 
-/// KVM's IOAPIC has 24 pins.
-const IOAPIC_PINS: u32 = 24;
+use kvm_bindings::KVM_IRQ_ROUTING_MSI;
+use kvm_bindings::{kvm_enable_cap, kvm_irq_routing_entry, KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP};
+use kvm_ioctls::VmFd;
+use log::error;
 
-fn irqchip_entry(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
-    let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_IRQCHIP, ..Default::default() };
-    e.u.irqchip.irqchip = chip;
-    e.u.irqchip.pin = pin;
-    e
+use devices::ioapic::{MsiMessage, MsiRoutes, IOAPIC_PINS};
+
+/// Turns on the split irqchip, reserving the IOAPIC's pins as GSIs 0..24
+/// (KVM computes which vectors need an EOI exit from the routes of those).
+pub fn enable_split_irqchip(vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
+    let mut cap = kvm_enable_cap { cap: KVM_CAP_SPLIT_IRQCHIP, ..Default::default() };
+    cap.args[0] = IOAPIC_PINS as u64;
+    vm.enable_cap(&cap)
 }
 
-/// KVM's default entries (`kvm_setup_default_irq_routing`), with the PIC
-/// route left out for each GSI in `ioapic_only`.
-pub fn entries(ioapic_only: &[u32]) -> Vec<kvm_irq_routing_entry> {
-    let mut out = Vec::new();
-    for gsi in 0..IOAPIC_PINS {
-        if gsi < 16 && !ioapic_only.contains(&gsi) {
-            let chip = if gsi < 8 { KVM_IRQCHIP_PIC_MASTER } else { KVM_IRQCHIP_PIC_SLAVE };
-            out.push(irqchip_entry(gsi, chip, gsi % 8));
+/// The routing table for `routes` (`routes[pin]`: pin's MSI, or masked).
+pub fn entries(routes: &[Option<MsiMessage>; IOAPIC_PINS]) -> Vec<kvm_irq_routing_entry> {
+    routes
+        .iter()
+        .enumerate()
+        .filter_map(|(pin, msi)| msi.map(|m| (pin, m)))
+        .map(|(pin, m)| {
+            // flags 0: no device id (lithe has no PCI devices).
+            let mut e = kvm_irq_routing_entry { gsi: pin as u32, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
+            e.u.msi.address_lo = m.address_lo;
+            e.u.msi.address_hi = m.address_hi;
+            e.u.msi.data = m.data;
+            e
+        })
+        .collect()
+}
+
+/// KVM's GSI routing, as the IOAPIC sees it.
+pub struct KvmMsiRoutes(pub Arc<VmFd>);
+
+impl MsiRoutes for KvmMsiRoutes {
+    fn update(&self, routes: &[Option<MsiMessage>; IOAPIC_PINS]) {
+        let e = entries(routes);
+        let table = match KvmIrqRouting::from_entries(&e) {
+            Ok(t) => t,
+            Err(err) => {
+                error!("ioapic: cannot build a routing table of {} entries: {err:?}", e.len());
+                return;
+            }
+        };
+        if let Err(err) = self.0.set_gsi_routing(&table) {
+            error!("ioapic: KVM_SET_GSI_ROUTING failed, the guest's interrupt routes did not change: {err}");
         }
-        out.push(irqchip_entry(gsi, KVM_IRQCHIP_IOAPIC, gsi));
     }
-    out
-}
-
-/// The same, as `KVM_SET_GSI_ROUTING` takes it.
-pub fn table(ioapic_only: &[u32]) -> KvmIrqRouting {
-    let e = entries(ioapic_only);
-    KvmIrqRouting::from_entries(&e).expect("24 pins' entries fit a routing table")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn routes(e: &[kvm_irq_routing_entry], gsi: u32) -> Vec<(u32, u32)> {
-        e.iter()
-            .filter(|r| r.gsi == gsi)
-            // SAFETY: every entry built here is of type IRQCHIP.
-            .map(|r| unsafe { (r.u.irqchip.irqchip, r.u.irqchip.pin) })
-            .collect()
-    }
-
     #[test]
-    fn the_ged_gsi_reaches_the_ioapic_only_and_the_rest_stays_as_kvm_has_it() {
-        let e = entries(&[5]);
-        assert_eq!(routes(&e, 5), vec![(KVM_IRQCHIP_IOAPIC, 5)]);
-        assert_eq!(routes(&e, 4), vec![(KVM_IRQCHIP_PIC_MASTER, 4), (KVM_IRQCHIP_IOAPIC, 4)]);
-        assert_eq!(routes(&e, 0), vec![(KVM_IRQCHIP_PIC_MASTER, 0), (KVM_IRQCHIP_IOAPIC, 0)]);
-        assert_eq!(routes(&e, 2), vec![(KVM_IRQCHIP_PIC_MASTER, 2), (KVM_IRQCHIP_IOAPIC, 2)]);
-        assert_eq!(routes(&e, 9), vec![(KVM_IRQCHIP_PIC_SLAVE, 1), (KVM_IRQCHIP_IOAPIC, 9)]);
-        assert_eq!(routes(&e, 23), vec![(KVM_IRQCHIP_IOAPIC, 23)]);
-        assert_eq!(e.len(), 24 + 15);
-        assert_eq!(table(&[5]).as_slice().len(), e.len());
+    fn unmasked_pins_become_msi_routes_on_their_gsi() {
+        let mut routes = [None; IOAPIC_PINS];
+        routes[4] = Some(MsiMessage { address_lo: 0xfee0_3000, address_hi: 0, data: 0x24 });
+        routes[5] = Some(MsiMessage { address_lo: 0xfee1_f000, address_hi: 0x100, data: 0x30 });
+        let e = entries(&routes);
+        assert_eq!(e.len(), 2);
+        assert_eq!((e[0].gsi, e[0].type_), (4, KVM_IRQ_ROUTING_MSI));
+        // SAFETY: every entry built here is of type MSI.
+        let (lo, hi, data) = unsafe { (e[1].u.msi.address_lo, e[1].u.msi.address_hi, e[1].u.msi.data) };
+        assert_eq!((e[1].gsi, lo, hi, data), (5, 0xfee1_f000, 0x100, 0x30));
+        assert!(entries(&[None; IOAPIC_PINS]).is_empty());
     }
 }

@@ -7,3 +7,4 @@ pub mod gdt;
 pub mod irq_routing;
 pub mod regs;
 pub mod topology;
+pub mod x2apic;

@@ -121,8 +121,13 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     ]
 }
 
-pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let entries = boot_msrs();
+/// The boot MSRs, and with `apic_base` an `IA32_APIC_BASE` to start from
+/// (x2APIC mode: arch/x2apic.rs).
+pub fn setup_msrs(vcpu: &VcpuFd, apic_base: Option<u64>) -> Result<(), RegsError> {
+    let mut entries = boot_msrs();
+    if let Some(data) = apic_base {
+        entries.push(kvm_msr_entry { index: super::x2apic::MSR_IA32_APICBASE, data, ..Default::default() });
+    }
     let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::PartialMsrs { set: 0, total: entries.len() })?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
     if set != entries.len() {

@@ -32,7 +32,7 @@ use super::reconciler;
 use super::table::{Reader, TableError, VcpuTable};
 use super::vcpu::{StopFailed, VcpuContext, VcpuError, VcpuHandle};
 use crate::arch::topology::Topology;
-use crate::arch::{cpuid, regs};
+use crate::arch::{cpuid, regs, x2apic};
 use crate::counters::Latencies;
 
 /// How long `retire` waits for readers to leave their sections.
@@ -243,7 +243,9 @@ impl VcpuManager {
     /// or reused.
     fn configure(&self, id: u32, fd: &VcpuFd) -> Result<(), ManagerError> {
         let configure = |r: Result<(), regs::RegsError>| r.map_err(|source| ManagerError::Configure { id, source });
-        configure(regs::setup_msrs(fd))?;
+        let apic_base = x2apic::needed(&self.topology)
+            .then(|| x2apic::apic_base(crate::memory::LAPIC_BASE, self.topology.apic_id(id) == 0));
+        configure(regs::setup_msrs(fd, apic_base))?;
         configure(regs::setup_fpu(fd))?;
         configure(regs::setup_lapic_lints(fd))?;
         Ok(())

@@ -42,6 +42,8 @@ pub struct VcpuContext {
     pub seccomp: Option<Arc<Filter>>,
     /// Told once when a hot-added vCPU leaves wait-for-SIPI.
     pub on_started: Option<Arc<dyn Fn(u32) + Send + Sync>>,
+    /// lithe's IOAPIC, for the EOIs of level-triggered interrupts KVM exits on.
+    pub ioapic: Option<Arc<devices::ioapic::Ioapic>>,
 }
 
 /// Flags and counters shared between a vCPU thread and everyone else.
@@ -249,8 +251,13 @@ fn handle_exit(id: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Step {
             }
         }
         VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
+        VcpuExit::IoapicEoi(vector) => {
+            if let Some(ioapic) = &ctx.ioapic {
+                ioapic.end_of_interrupt(vector);
+            }
+        }
         VcpuExit::Hlt => {
-            // With the in-kernel irqchip KVM handles HLT; userspace sees it only if
+            // With the LAPICs in KVM, KVM handles HLT; userspace sees it only if
             // the guest halted with interrupts off for good.
             info!("vCPU {id}: halted");
             return Step::Exit;

@@ -395,8 +395,14 @@ impl Bed {
             Arc::new(move |id| host.vcpu_started(id))
         };
         let exit = Arc::new(ExitNotifier::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let ctx =
-            VcpuContext { pio: Arc::new(pio), mmio: mmio.clone(), exit, seccomp: None, on_started: Some(on_started) };
+        let ctx = VcpuContext {
+            pio: Arc::new(pio),
+            mmio: mmio.clone(),
+            exit,
+            seccomp: None,
+            on_started: Some(on_started),
+            ioapic: None,
+        };
         let clock = Arc::new(ManualClock::default());
         let mut manager = VcpuManager::new(ManagerParts {
             vm: vm.clone(),

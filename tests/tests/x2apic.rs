@@ -1,0 +1,55 @@
+//! Past 254 vCPUs: x2APIC ids, and a targeted resize that puts one vCPU at
+//! an APIC id above 255 without the 256 below it.
+//!
+//! Boot cost: Linux allocates per-CPU areas for every *possible* CPU, which
+//! under this machine's emulating KVM costs about 0.6 s each
+//! (guest-images/README.md). The guest's `possible_cpus=3` keeps that to
+//! three; the 288 ACPI processor devices are still all in the namespace.
+//! lithe's side is the same as for a guest that takes all 288.
+
+use serde_json::json;
+use tests::{Guest, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
+
+#[test]
+fn a_vcpu_at_apic_id_287_comes_online_alone() {
+    let mut g = Guest::launch(Launch {
+        cpus: "boot=1,max=288",
+        with_kernel: true,
+        extra_cmdline: "possible_cpus=3",
+        ..Launch::default()
+    });
+    g.wait_apic(&[0], BOOT_TIMEOUT);
+    assert!(g.log_contains("x2APIC: APIC ids up to 287"), "lithe says it turned x2APIC on");
+    // The guest found the firmware's x2APIC mode, which is what lets it take
+    // the MADT's Local x2APIC entries.
+    g.wait_console("x2apic: enabled by BIOS", HOTPLUG_TIMEOUT);
+
+    // vCPU 287 alone: APIC id 287 needs all nine x2APIC id bits.
+    let r = g.resize_ids(&[0, 287]);
+    assert_eq!(r["complete"], json!(true), "{r}");
+    g.wait_apic(&[0, 287], HOTPLUG_TIMEOUT);
+    let (status, info) = g.api("GET", "vm.info", serde_json::Value::Null);
+    assert_eq!(status, 200);
+    let running: Vec<(u64, u64)> = info["vcpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["state"] == "running")
+        .map(|v| (v["id"].as_u64().unwrap(), v["apic_id"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(running, vec![(0, 0), (287, 287)], "vm.info agrees with the guest");
+    assert_eq!(info["target"]["vcpu_ids"], json!([0, 287]));
+
+    // 255: the first id that takes an x2APIC structure (0xFF is xAPIC's broadcast).
+    let r = g.resize_ids(&[0, 255, 287]);
+    assert_eq!(r["complete"], json!(true), "{r}");
+    g.wait_apic(&[0, 255, 287], HOTPLUG_TIMEOUT);
+
+    // And out again by name: 287 leaves, 255 stays.
+    let r = g.resize_ids(&[0, 255]);
+    assert_eq!(r["complete"], json!(true), "{r}");
+    g.wait_apic(&[0, 255], HOTPLUG_TIMEOUT);
+    assert!(!g.log_contains("in-kernel IOAPIC keeps only 8"), "no interrupt was steered past 255");
+    g.send("poweroff");
+    assert_eq!(g.wait_exit(std::time::Duration::from_secs(120)).code(), Some(0));
+}
