@@ -2,7 +2,8 @@
 //!
 //! * vCPU threads run guest exits: every MMIO/PIO access of the guest is
 //!   emulated there. After start-up they need `KVM_RUN`, eventfd and console
-//!   writes, futexes and memory management, nothing else.
+//!   writes, futexes and memory management, nothing else. Opening a file
+//!   fails with `EACCES` on them and on API threads ([`no_files`]).
 //! * API threads parse requests from the socket: they accept, read, write
 //!   and hand requests to the main thread.
 //!
@@ -55,15 +56,40 @@ pub struct Filters {
 pub struct Filter {
     which: &'static str,
     program: BpfProgram,
+    /// Installed first: `open`/`openat` fail with `EACCES` ([`no_files`]).
+    no_files: Option<BpfProgram>,
 }
 
 impl Filter {
     /// Installs the filter on the calling thread (and threads it spawns later).
     pub fn apply(&self) -> Result<(), SeccompError> {
-        seccompiler::apply_filter(&self.program).map_err(|source| SeccompError::Apply { which: self.which, source })?;
+        let apply = |p: &BpfProgram| {
+            seccompiler::apply_filter(p).map_err(|source| SeccompError::Apply { which: self.which, source })
+        };
+        if let Some(p) = &self.no_files {
+            apply(p)?;
+        }
+        apply(&self.program)?;
         THREAD_FILTER.with(|f| f.set(self.which));
         Ok(())
     }
+}
+
+/// For threads that open no files: `open` and `openat` fail with `EACCES`
+/// instead of ending lithe. glibc's malloc opens
+/// `/proc/sys/vm/overcommit_memory` by itself, once per process, the first
+/// time a thread's own arena shrinks (`check_may_shrink_heap`), and takes a
+/// failed open as "do not shrink". An API worker that had built a large
+/// `vm.info` (288 vCPUs) and freed it was killed for that open. The thread
+/// still cannot open anything; stacked with the thread's own filter (where
+/// `openat` is allowed), the kernel applies the stricter answer, the error.
+fn no_files() -> Result<BpfProgram, SeccompError> {
+    let rules = allow_all(&[&[libc::SYS_open, libc::SYS_openat]]);
+    let which = "no files";
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EACCES as u32), TargetArch::x86_64)
+            .map_err(|source| SeccompError::Build { which, source })?;
+    BpfProgram::try_from(filter).map_err(|source| SeccompError::Build { which, source })
 }
 
 thread_local! {
@@ -117,11 +143,27 @@ impl Filters {
         };
         Ok(Filters {
             main: Arc::new(main),
-            vcpu: Arc::new(compile("vCPU", vcpu_rules(), on_mismatch.clone())?),
-            api: Arc::new(compile("API", api_rules(), on_mismatch.clone())?),
-            monitor: Arc::new(compile("event monitor", allow_all(&[RUNTIME]), on_mismatch)?),
+            vcpu: Arc::new(without_files("vCPU", vcpu_rules(), on_mismatch.clone())?),
+            api: Arc::new(without_files("API", api_rules(), on_mismatch.clone())?),
+            monitor: Arc::new(without_files("event monitor", allow_all(&[RUNTIME]), on_mismatch)?),
         })
     }
+}
+
+/// A filter for a thread that opens no files: its own rules let `open` and
+/// `openat` through, and [`no_files`], stacked under them, makes both fail.
+/// (The kernel applies the strictest answer of all filters: an error beats
+/// "allow", but a trap would beat the error.)
+fn without_files(
+    which: &'static str,
+    mut rules: BTreeMap<i64, Vec<SeccompRule>>,
+    on_mismatch: SeccompAction,
+) -> Result<Filter, SeccompError> {
+    rules.insert(libc::SYS_open, Vec::new());
+    rules.insert(libc::SYS_openat, Vec::new());
+    let mut f = compile(which, rules, on_mismatch)?;
+    f.no_files = Some(no_files()?);
+    Ok(f)
 }
 
 fn compile(
@@ -142,7 +184,7 @@ fn compile_with(
     let filter = SeccompFilter::new(rules, on_mismatch, on_match, arch)
         .map_err(|source| SeccompError::Build { which, source })?;
     let program = BpfProgram::try_from(filter).map_err(|source| SeccompError::Build { which, source })?;
-    Ok(Filter { which, program })
+    Ok(Filter { which, program, no_files: None })
 }
 
 /// What any Rust thread of lithe needs once running: memory, futexes,
@@ -355,6 +397,26 @@ mod tests {
         assert_eq!(s(-38), "-38");
         assert_eq!(s(i64::MAX), i64::MAX.to_string());
         assert_eq!(s(i64::MIN), i64::MIN.to_string());
+    }
+
+    /// A vCPU thread's filter: opening a file fails with EACCES (what glibc's
+    /// malloc copes with), it does not end lithe; other calls outside its
+    /// list still hit the mismatch action (EPERM here, a trap in lithe).
+    #[test]
+    fn restricted_threads_get_eacces_for_files_not_a_trap() {
+        std::thread::spawn(|| {
+            without_files("vCPU", vcpu_rules(), SeccompAction::Errno(libc::EPERM as u32)).unwrap().apply().unwrap();
+            let err = std::fs::File::open("/proc/sys/vm/overcommit_memory").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+            // SAFETY: winsize is four integers; all zeroes is a valid value.
+            let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+            // SAFETY: TIOCGWINSZ writes a winsize into `ws`, which outlives the call.
+            assert_eq!(unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) }, -1);
+            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+            assert_eq!(THREAD_FILTER.with(|f| f.get()), "vCPU");
+        })
+        .join()
+        .unwrap();
     }
 
     /// The main thread's rules, applied to a thread of this test with
