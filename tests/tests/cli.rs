@@ -17,7 +17,7 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
     let cases: &[(&[&str], &str)] = &[
         (&["--kernel", k, "--cpus", "boot=0,max=2"], "--cpus"),
         (&["--kernel", k, "--cpus", "boot=3,max=2"], "--cpus"),
-        (&["--kernel", k, "--cpus", "boot=1,max=255"], "--cpus"),
+        (&["--kernel", k, "--cpus", "boot=1,max=5000"], "--cpus"),
         (&["--kernel", k, "--cpus", "boot=two"], "--cpus"),
         (&["--kernel", k, "--memory", "size=lots"], "--memory"),
         (&["--kernel", k, "--memory", "size=1M"], "--memory"),
