@@ -311,25 +311,21 @@ impl Guest {
 
     /// Resize and wait for the guest; returns the reply body.
     pub fn resize(&self, n: u32) -> serde_json::Value {
-        let (status, body) = self.api(
-            "PUT",
-            "vm.resize",
-            serde_json::json!({ "desired_vcpus": n, "wait_ms": HOTPLUG_TIMEOUT.as_millis() as u64 }),
-        );
-        assert_eq!(status, 200, "resize to {n}: {body}");
-        body
+        self.resize_waiting(serde_json::json!({ "desired_vcpus": n }))
     }
 
     /// Targeted resize (lithe's `desired_vcpu_ids`) and wait for the guest;
     /// returns the reply body.
     pub fn resize_ids(&self, ids: &[u32]) -> serde_json::Value {
-        let (status, body) = self.api(
-            "PUT",
-            "vm.resize",
-            serde_json::json!({ "desired_vcpu_ids": ids, "wait_ms": HOTPLUG_TIMEOUT.as_millis() as u64 }),
-        );
-        assert_eq!(status, 200, "resize to vCPUs {ids:?}: {body}");
-        body
+        self.resize_waiting(serde_json::json!({ "desired_vcpu_ids": ids }))
+    }
+
+    /// `vm.resize` with `body` plus a wait; asserts a 200.
+    fn resize_waiting(&self, mut body: serde_json::Value) -> serde_json::Value {
+        body["wait_ms"] = serde_json::json!(HOTPLUG_TIMEOUT.as_millis() as u64);
+        let (status, reply) = self.api("PUT", "vm.resize", body.clone());
+        assert_eq!(status, 200, "resize {body}: {reply}");
+        reply
     }
 
     /// Names of lithe's `vcpu<N>` threads, sorted.
