@@ -415,6 +415,15 @@ impl Drop for Guest {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // A failed assertion says what it compared, not what led there: the
+        // tails of both streams go with it (wait timeouts print them already).
+        if std::thread::panicking() {
+            eprintln!(
+                "--- guest console (tail) ---\n{}\n--- lithe log (tail) ---\n{}",
+                self.tail(&self.console, 60),
+                self.tail(&self.log, 60)
+            );
+        }
         let _ = std::fs::remove_dir_all(&self._dir);
     }
 }
