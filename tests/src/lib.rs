@@ -207,7 +207,7 @@ impl Guest {
     }
 
     fn tail(&self, which: &Shared, n: usize) -> String {
-        let out = which.0.lock().unwrap();
+        let out = which.0.lock().unwrap_or_else(|e| e.into_inner());
         out.lines[out.lines.len().saturating_sub(n)..].join("\n")
     }
 
