@@ -25,6 +25,23 @@ pub struct ResizeRequest {
     pub wait_ms: Option<u64>,
 }
 
+impl ResizeRequest {
+    /// `desired_vcpu_ids`, sorted, each id once (a set: duplicates count once).
+    pub fn distinct_vcpu_ids(&self) -> Option<Vec<u32>> {
+        self.desired_vcpu_ids.as_ref().map(|ids| {
+            let mut ids = ids.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        })
+    }
+
+    /// How many vCPUs the request asks for: `desired_vcpus`, else the number of distinct ids.
+    pub fn desired_count(&self) -> Option<u32> {
+        self.desired_vcpus.or_else(|| self.distinct_vcpu_ids().map(|ids| ids.len() as u32))
+    }
+}
+
 /// Longest wait a resize may ask for.
 pub const MAX_RESIZE_WAIT_MS: u64 = 10 * 60 * 1000;
 /// The wait `?wait=true` means.
@@ -59,5 +76,19 @@ impl ApiResponse {
             serde_json::Value::Array(a) => a.iter().filter_map(|m| m.as_str()).collect::<Vec<_>>().join(": "),
             other => other.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpu_ids_are_a_set_and_count_as_one() {
+        let r = ResizeRequest { desired_vcpu_ids: Some(vec![3, 0, 3, 1]), ..Default::default() };
+        assert_eq!(r.distinct_vcpu_ids(), Some(vec![0, 1, 3]));
+        assert_eq!(r.desired_count(), Some(3));
+        assert_eq!(ResizeRequest { desired_vcpus: Some(2), ..r }.desired_count(), Some(2));
+        assert_eq!(ResizeRequest::default().desired_count(), None);
     }
 }

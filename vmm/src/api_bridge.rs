@@ -325,12 +325,7 @@ impl ApiBridge {
         ids.dedup();
         let report = ResizeReply {
             // What was asked (the target may have moved on since: `target`).
-            desired_vcpus: req.desired_vcpus.unwrap_or_else(|| {
-                let mut ids = req.desired_vcpu_ids.clone().unwrap_or_default();
-                ids.sort_unstable();
-                ids.dedup();
-                ids.len() as u32
-            }),
+            desired_vcpus: req.desired_count().unwrap_or_default(),
             vcpus: vcpu_info(&view, &ids),
             added: plan.added,
             removing: plan.removing,

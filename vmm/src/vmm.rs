@@ -273,7 +273,7 @@ impl Vmm {
                 emit("vm", "power-button", &[]);
                 Ok(VmmData::Empty)
             })),
-            VmmAction::Resize(req) => self.resize(req.desired_vcpus, req.desired_vcpu_ids, received),
+            VmmAction::Resize(req) => self.resize(req.desired_vcpus, req.distinct_vcpu_ids(), received),
             VmmAction::ShutdownVmm => {
                 info!("VMM shutdown requested over the API");
                 self.teardown(Ended::ShutDown);
@@ -354,17 +354,14 @@ impl Vmm {
     /// A resize of the running VM, or (as Cloud Hypervisor does) of the
     /// configured one before it boots: then it sets `boot_vcpus`. With
     /// `ids`, a targeted resize (running VM only: boot vCPUs are always
-    /// `0..boot_vcpus`).
+    /// `0..boot_vcpus`; `ids` sorted and distinct).
     fn resize(&mut self, desired: Option<u32>, ids: Option<Vec<u32>>, received: std::time::Instant) -> MainLoopReply {
         use MainLoopReply::Done;
         if let (Some(n), Some(ids)) = (desired, ids.as_ref()) {
-            let mut distinct = ids.clone();
-            distinct.sort_unstable();
-            distinct.dedup();
-            if distinct.len() != n as usize {
+            if ids.len() != n as usize {
                 return Done(Err(ActionError::Invalid(format!(
                     "desired_vcpus is {n} but desired_vcpu_ids names {} vCPUs",
-                    distinct.len()
+                    ids.len()
                 ))));
             }
         }
