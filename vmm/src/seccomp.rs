@@ -61,6 +61,12 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// A filter from a compiled program, for a thread kind named `which`
+    /// (lithe's own come from [`Filters::new`]).
+    pub fn from_program(which: &'static str, program: BpfProgram) -> Filter {
+        Filter { which, program, no_files: None }
+    }
+
     /// Installs the filter on the calling thread (and threads it spawns later).
     pub fn apply(&self) -> Result<(), SeccompError> {
         let apply = |p: &BpfProgram| {
@@ -296,7 +302,7 @@ fn allow_all(syscalls: &[&[libc::c_long]]) -> BTreeMap<i64, Vec<SeccompRule>> {
 fn vcpu_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     let mut rules = allow_all(&[RUNTIME, &[libc::SYS_read]]);
     // ioctl: KVM_RUN, KVM_GET_MP_STATE (to see the guest start a hot-added
-    // vCPU), and KVM_SET_GSI_ROUTING on the VM fd (lithe's IOAPIC publishes
+    // vCPU), KVM_GET_REGS (where a guest that stopped answering is), and KVM_SET_GSI_ROUTING on the VM fd (lithe's IOAPIC publishes
     // its routes in the MMIO exit of the guest's write, so an interrupt right
     // after an unmask is not lost).
     let ioctl = |request: u64| {
@@ -308,7 +314,8 @@ fn vcpu_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     let kvm_run = ioctl(kvmio | 0x80); // _IO(KVMIO, 0x80)
     let get_mp_state = ioctl(2 << 30 | 4 << 16 | kvmio | 0x98); // _IOR(KVMIO, 0x98, struct kvm_mp_state)
     let set_gsi_routing = ioctl(1 << 30 | 8 << 16 | kvmio | 0x6a); // _IOW(KVMIO, 0x6a, struct kvm_irq_routing)
-    rules.insert(libc::SYS_ioctl, vec![kvm_run, get_mp_state, set_gsi_routing]);
+    let get_regs = ioctl(2 << 30 | 144 << 16 | kvmio | 0x81); // _IOR(KVMIO, 0x81, struct kvm_regs)
+    rules.insert(libc::SYS_ioctl, vec![kvm_run, get_mp_state, set_gsi_routing, get_regs]);
     rules
 }
 

@@ -6,6 +6,7 @@
 
 mod bed;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aml::{AmlContext, AmlName, AmlValue, DebugVerbosity};
@@ -57,6 +58,54 @@ fn parked_vcpus_are_reused() {
     assert_eq!(b.state(1).phase, Phase::Acknowledged, "a reused vCPU the guest has not started");
     b.guest_onlines_all();
     assert_eq!(b.state(1).phase, Phase::Running);
+}
+
+/// A guest that stops answering gets looked at: the probe behind the
+/// eject-timeout log line reads the vCPU's MP state and rip from its thread.
+/// The model guest's APs halt at offset 5 of their SIPI page (`AP_CODE`).
+#[test]
+fn a_probe_finds_a_started_ap_halted_where_its_code_halts() {
+    let mut b = Bed::new(1, 2);
+    b.manager.resize(2).unwrap();
+    b.settle();
+    b.check_settled();
+    let mut reader = vmm::cpu::table::Reader::new(&b.table, "probe test");
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = reader.read().with_value(1, |h| h.whereabouts(Duration::from_secs(1))).flatten();
+        if seen.is_some_and(|w| w.mp_state == kvm_bindings::KVM_MP_STATE_HALTED) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let w = seen.expect("vCPU 1 answers a probe");
+    assert_eq!(w.mp_state, kvm_bindings::KVM_MP_STATE_HALTED, "{w}");
+    assert_eq!(w.rip, 5, "{w}");
+    assert!(w.to_string().starts_with("halted (3) at rip 0x5"), "{w}");
+}
+
+/// A vCPU thread whose seccomp filter does not install never runs the
+/// guest, says so through `Ready`, and hands its KVM vCPU back on stop.
+#[test]
+fn a_vcpu_thread_whose_filter_fails_runs_nothing_and_returns_its_fd() {
+    let b = Bed::new(1, 2);
+    let fd = b.vm.create_vcpu(1).unwrap();
+    let exit = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let ctx = vmm::cpu::vcpu::VcpuContext {
+        pio: Arc::new(devices::Bus::new()),
+        mmio: Arc::new(devices::Bus::new()),
+        exit: Arc::new(vmm::exit::ExitNotifier::new(exit)),
+        // An empty program: seccompiler refuses to install it.
+        seccomp: Some(Arc::new(vmm::seccomp::Filter::from_program("broken", Vec::new()))),
+        on_started: None,
+        ioapic: None,
+    };
+    let (handle, ready) = vmm::cpu::vcpu::VcpuHandle::spawn(1, fd, ctx, false, false).unwrap();
+    let err = ready.wait().unwrap_err();
+    assert!(err.to_string().contains("vCPU 1") && err.to_string().contains("broken"), "{err}");
+    assert_eq!(handle.control.exits.load(std::sync::atomic::Ordering::Relaxed), 0, "it never ran");
+    let fd = handle.stop(Duration::from_secs(1)).map_err(|e| e.error).expect("the fd comes back");
+    drop(fd);
 }
 
 /// Case 1 and 2, the other way round: the guest takes the hot-add, never

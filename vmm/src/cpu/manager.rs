@@ -30,7 +30,7 @@ use super::hotplug_host::HotplugHost;
 use super::lifecycle::{self, Event, Phase, Reason, State, Transition};
 use super::reconciler;
 use super::table::{Reader, TableError, VcpuTable};
-use super::vcpu::{StopFailed, VcpuContext, VcpuError, VcpuHandle};
+use super::vcpu::{Ready, StopFailed, VcpuContext, VcpuError, VcpuHandle};
 use crate::arch::topology::Topology;
 use crate::arch::{cpuid, regs, x2apic};
 use crate::counters::Latencies;
@@ -39,6 +39,9 @@ use crate::counters::Latencies;
 const GRACE_PERIOD_LIMIT: Duration = Duration::from_secs(5);
 /// How long a vCPU thread gets to stop or pause after being kicked.
 pub const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// How long a probe of a vCPU's whereabouts may take (a read-side section
+/// of the vCPU table is open meanwhile, so keep it short).
+const PROBE_LIMIT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -189,6 +192,9 @@ pub struct VcpuManager {
     stop_limit: Duration,
     paused_at: Option<Instant>,
     latencies: Arc<Latencies>,
+    /// When the GED interrupt was last raised: the end of a resize's
+    /// VMM-side share (wall clock, unlike `clock`, which tests drive).
+    notified_at: std::cell::Cell<Option<Instant>>,
 }
 
 impl VcpuManager {
@@ -215,6 +221,7 @@ impl VcpuManager {
             stop_limit: p.stop_limit,
             paused_at: None,
             latencies: p.latencies,
+            notified_at: std::cell::Cell::new(None),
         }
     }
 
@@ -230,7 +237,8 @@ impl VcpuManager {
             if id == 0 {
                 regs::setup_boot_vcpu(&fd, entry).map_err(|source| ManagerError::Configure { id, source })?;
             }
-            let handle = VcpuHandle::spawn(id, fd, self.ctx.clone(), false, true)?;
+            let (handle, ready) = VcpuHandle::spawn(id, fd, self.ctx.clone(), false, true)?;
+            ready.wait()?;
             self.table.set_state(id, State::new(Phase::Running))?;
             self.table.publish(id, handle)?;
         }
@@ -287,6 +295,7 @@ impl VcpuManager {
         if let Err(e) = self.ged.notify(GED_EVENT_CPU_HOTPLUG) {
             error!("cannot raise the GED interrupt: {e}");
         }
+        self.notified_at.set(Some(Instant::now()));
     }
 
     fn apply(&self, id: u32, event: Event) -> Option<Transition> {
@@ -315,8 +324,15 @@ impl VcpuManager {
             info!("resize: target {} -> {desired} vCPUs", self.target.desired());
             self.target.set(desired, Cause::Resize);
         }
+        self.notified_at.set(None);
         let plan = self.reconcile();
-        self.latencies.resize_notified(received, plan.added.len(), plan.removing.len());
+        if let Some(at) = self.notified_at.get() {
+            self.latencies.resize_notified(
+                at.saturating_duration_since(received),
+                plan.added.len(),
+                plan.removing.len(),
+            );
+        }
         Ok(plan)
     }
 
@@ -339,8 +355,15 @@ impl VcpuManager {
             info!("resize: target {} -> vCPUs {ids:?}", self.target.desired());
             self.target.set_ids(ids, Cause::Resize);
         }
+        self.notified_at.set(None);
         let plan = self.reconcile();
-        self.latencies.resize_notified(received, plan.added.len(), plan.removing.len());
+        if let Some(at) = self.notified_at.get() {
+            self.latencies.resize_notified(
+                at.saturating_duration_since(received),
+                plan.added.len(),
+                plan.removing.len(),
+            );
+        }
         Ok(plan)
     }
 
@@ -391,10 +414,12 @@ impl VcpuManager {
             }
         }
         let step = self.plan(&target, false);
+        let mut spawned = Vec::new();
         for &id in &step.add {
             match self.add(id) {
-                Ok(()) => {
+                Ok(ready) => {
                     plan.added.push(id);
+                    spawned.push((id, ready));
                     notify = true;
                 }
                 Err(e) => {
@@ -415,6 +440,18 @@ impl VcpuManager {
             // went through before one failed.
             self.notify_guest();
         }
+        // The new threads' seccomp filters, checked only now (VcpuHandle::spawn).
+        for (id, ready) in spawned {
+            if let Err(e) = ready.wait() {
+                error!("vCPU {id}: hot-add failed: {e}; taking it back");
+                plan.added.retain(|&a| a != id);
+                if self.remove(id) {
+                    self.notify_guest();
+                }
+                self.target_follows(Cause::VmmError { vcpu: id, error: e.to_string() });
+                plan.error = Some(format!("vCPU {id}: {e}; the target is now {}", self.target.desired()));
+            }
+        }
         if !plan.added.is_empty() || !plan.removing.is_empty() {
             info!("reconcile towards {desired}: adding {:?}, removing {:?}", plan.added, plan.removing);
         }
@@ -425,8 +462,9 @@ impl VcpuManager {
     }
 
     /// Creates (or unparks) vCPU `id`, starts its thread, publishes it and
-    /// marks it for the guest to add.
-    fn add(&mut self, id: u32) -> Result<(), ManagerError> {
+    /// marks it for the guest to add. The thread's [`Ready`] is for the
+    /// caller to check once the guest has been told.
+    fn add(&mut self, id: u32) -> Result<Ready, ManagerError> {
         let fd = match self.parked[id as usize].take() {
             Some(fd) => {
                 if let Err(e) = self.reuse_parked(id, &fd) {
@@ -440,12 +478,12 @@ impl VcpuManager {
         };
         // On failure the fd goes down with the thread that failed to start;
         // the id stays free.
-        let handle = VcpuHandle::spawn(id, fd, self.ctx.clone(), self.paused_at.is_some(), false)?;
+        let (handle, ready) = VcpuHandle::spawn(id, fd, self.ctx.clone(), self.paused_at.is_some(), false)?;
         self.table.publish(id, handle)?;
         self.apply(id, Event::Add);
         self.deadlines[id as usize] = Some(self.clock.now() + self.timeout);
         self.controller.request_insert(id);
-        Ok(())
+        Ok(ready)
     }
 
     /// Removes vCPU `id`: takes a hot-add back if the guest has not seen it,
@@ -580,8 +618,12 @@ impl VcpuManager {
                 }
                 Phase::Removing => {
                     self.controller.withdraw_remove(id);
+                    let seen = self.whereabouts(id);
                     if let Some(t) = self.apply(id, Event::EjectTimedOut) {
-                        warn!("vCPU {id}: guest did not eject it within {:?}; removal rolled back", self.timeout);
+                        warn!(
+                            "vCPU {id}: guest did not eject it within {:?}; removal rolled back (the vCPU was {seen})",
+                            self.timeout
+                        );
                         if t.to.phase == Phase::Ejected {
                             self.retire(id);
                         }
@@ -609,6 +651,17 @@ impl VcpuManager {
         // An id that finally got free may be what the target waits for.
         if late.iter().any(|&id| self.table.state(id).phase == Phase::Parked) {
             self.reconcile();
+        }
+    }
+
+    /// Where the guest is on vCPU `id`, for a log line: an unanswered eject
+    /// reads differently if that CPU sat halted than if it spun somewhere.
+    fn whereabouts(&mut self, id: u32) -> String {
+        let seen = self.reader.read().with_value(id, |h| h.whereabouts(PROBE_LIMIT));
+        match seen {
+            Some(Some(w)) => w.to_string(),
+            Some(None) => format!("not answering a probe within {PROBE_LIMIT:?}"),
+            None => "not running".into(),
         }
     }
 

@@ -6,7 +6,7 @@
 //! is lost, so the controller repeats it until the thread acknowledges.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,38 @@ pub struct VcpuControl {
     pub exits: AtomicU64,
     /// The guest has started running on this vCPU.
     pub started: AtomicBool,
+    /// Asked to record where the guest is ([`VcpuHandle::whereabouts`]).
+    probe: AtomicBool,
+    /// The answer. A mutex: asked for rarely (a guest that stopped answering),
+    /// never on the exit path.
+    probed: Mutex<Option<Whereabouts>>,
+}
+
+/// Where a vCPU's guest code was when the VMM looked: for the logs when a
+/// guest stops answering (an eject that never comes), so they say whether
+/// that CPU sat halted or ran, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Whereabouts {
+    pub rip: u64,
+    /// KVM's MP state (`KVM_MP_STATE_*`): 0 runnable, 3 halted, 1 waiting for INIT/SIPI.
+    pub mp_state: u32,
+    /// RFLAGS.IF: a CPU halted with interrupts off stays halted.
+    pub interrupts_on: bool,
+}
+
+impl std::fmt::Display for Whereabouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.mp_state {
+            kvm_bindings::KVM_MP_STATE_RUNNABLE => "runnable",
+            kvm_bindings::KVM_MP_STATE_HALTED => "halted",
+            kvm_bindings::KVM_MP_STATE_UNINITIALIZED | kvm_bindings::KVM_MP_STATE_INIT_RECEIVED => {
+                "waiting for INIT/SIPI"
+            }
+            _ => "in MP state",
+        };
+        let irqs = if self.interrupts_on { "on" } else { "off" };
+        write!(f, "{state} ({}) at rip {:#x}, interrupts {irqs}", self.mp_state, self.rip)
+    }
 }
 
 /// A running vCPU: what the vCPU table holds for each present id.
@@ -85,9 +117,19 @@ impl VcpuHandle {
     /// `started`: the guest already runs on it (boot vCPUs); otherwise the
     /// thread watches for the guest starting it (KVM MP state, checked after
     /// each exit: [`kick`](Self::kick) it to have it look).
-    /// Returns once the thread has installed its seccomp filter (if any):
-    /// no guest code runs on an unfiltered vCPU thread.
-    pub fn spawn(id: u32, fd: VcpuFd, ctx: VcpuContext, paused: bool, started: bool) -> Result<VcpuHandle, VcpuError> {
+    /// Returns at once. The thread installs its seccomp filter (if any)
+    /// before it first runs the guest, so no guest code runs on an
+    /// unfiltered vCPU thread; [`Ready::wait`] says whether that worked.
+    /// Not waiting here keeps thread scheduling out of a hot-add's path to
+    /// the guest's interrupt: KVM holds an INIT/SIPI for a vCPU until its
+    /// thread first enters `KVM_RUN`.
+    pub fn spawn(
+        id: u32,
+        fd: VcpuFd,
+        ctx: VcpuContext,
+        paused: bool,
+        started: bool,
+    ) -> Result<(VcpuHandle, Ready), VcpuError> {
         let control = Arc::new(VcpuControl::default());
         control.pause.store(paused, Ordering::Release);
         control.started.store(started, Ordering::Release);
@@ -106,11 +148,7 @@ impl VcpuHandle {
                 }
             })
             .map_err(|source| VcpuError::Spawn { id, source })?;
-        match ready.recv() {
-            Ok(Ok(())) => Ok(VcpuHandle { id, control, thread }),
-            Ok(Err(source)) => Err(VcpuError::Seccomp { id, source }),
-            Err(_) => Err(VcpuError::Panicked { id }),
-        }
+        Ok((VcpuHandle { id, control, thread }, Ready { id, rx: ready }))
     }
 
     /// Makes `KVM_RUN` return, so the thread looks at its flags (and, until
@@ -162,6 +200,52 @@ impl VcpuHandle {
     pub fn is_started(&self) -> bool {
         self.control.started.load(Ordering::Acquire)
     }
+
+    /// Asks the thread where the guest is on this vCPU, waiting up to `limit`.
+    /// `None` if the thread did not answer in time (or is parked or exiting).
+    pub fn whereabouts(&self, limit: Duration) -> Option<Whereabouts> {
+        if let Ok(mut p) = self.control.probed.lock() {
+            *p = None;
+        }
+        self.control.probe.store(true, Ordering::Release);
+        let start = Instant::now();
+        loop {
+            if let Some(w) = self.control.probed.lock().ok().and_then(|p| *p) {
+                return Some(w);
+            }
+            if start.elapsed() > limit || self.thread.is_finished() {
+                self.control.probe.store(false, Ordering::Release);
+                return None;
+            }
+            self.kick();
+            std::thread::sleep(KICK_INTERVAL);
+        }
+    }
+}
+
+/// Reads where the guest is on this vCPU (on its own thread, between runs).
+fn look(fd: &VcpuFd) -> Option<Whereabouts> {
+    let regs = fd.get_regs().ok()?;
+    let mp = fd.get_mp_state().ok()?;
+    const IF: u64 = 1 << 9;
+    Some(Whereabouts { rip: regs.rip, mp_state: mp.mp_state, interrupts_on: regs.rflags & IF != 0 })
+}
+
+/// Whether a freshly spawned vCPU thread installed its seccomp filter (and
+/// so runs the guest) or gave up before running anything.
+pub struct Ready {
+    id: u32,
+    rx: std::sync::mpsc::Receiver<Result<(), SeccompError>>,
+}
+
+impl Ready {
+    pub fn wait(self) -> Result<(), VcpuError> {
+        match self.rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(VcpuError::Seccomp { id: self.id, source }),
+            Err(_) => Err(VcpuError::Panicked { id: self.id }),
+        }
+    }
 }
 
 /// A vCPU thread that did not stop: the handle (to try again) unless it panicked.
@@ -187,6 +271,15 @@ fn run(id: u32, mut fd: VcpuFd, ctx: VcpuContext, control: Arc<VcpuControl>) -> 
     loop {
         if control.stop.load(Ordering::Acquire) {
             break;
+        }
+        if control.probe.swap(false, Ordering::AcqRel) {
+            let seen = look(&fd);
+            if seen.is_none() {
+                debug!("vCPU {id}: could not read its registers for a probe");
+            }
+            if let Ok(mut p) = control.probed.lock() {
+                *p = seen;
+            }
         }
         if control.pause.load(Ordering::Acquire) {
             control.paused.store(true, Ordering::Release);
