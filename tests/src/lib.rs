@@ -8,6 +8,10 @@
 //! `ignore-hotplug`, `allow-hotplug`, `eject-cpu N`, `ping`, `topology`: where
 //! Linux placed each online CPU, `attack SEED COUNT [PROTECTED_ID...]`: random
 //! accesses to lithe's device registers).
+//!
+//! Environment: `LITHE_TEST_ECHO=1` echoes the guest's and lithe's lines as
+//! they come; `LITHE_TEST_MEMORY` replaces `--memory size=256M` (e.g.
+//! `size=256M,thp=off`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -155,7 +159,7 @@ impl Guest {
             let kernel = if opts.bzimage { &image.bzimage } else { &image.kernel };
             cmd.arg("--kernel").arg(kernel).arg("--initramfs").arg(&image.initramfs);
             let cmdline = format!("{} {}", image.cmdline.trim(), opts.extra_cmdline);
-            cmd.arg("--cmdline").arg(cmdline.trim()).arg("--cpus").arg(opts.cpus).arg("--memory").arg("size=256M");
+            cmd.arg("--cmdline").arg(cmdline.trim()).arg("--cpus").arg(opts.cpus).arg("--memory").arg(std::env::var("LITHE_TEST_MEMORY").unwrap_or_else(|_| "size=256M".into()));
         }
         cmd.args(opts.args);
         let mut child =

@@ -36,8 +36,8 @@ pub struct VmArgs {
     /// the guest gets to eject a vCPU before the removal is rolled back).
     #[arg(long, value_name = "boot=N,max=M", default_value = "boot=1")]
     pub cpus: String,
-    /// Guest RAM: size=128M.
-    #[arg(long, value_name = "size=SIZE", default_value = "size=128M")]
+    /// Guest RAM: size=128M, and thp=off to not ask for transparent huge pages.
+    #[arg(long, value_name = "size=SIZE[,thp=on|off]", default_value = "size=128M")]
     pub memory: String,
     /// Serial console: tty (stdout/stdin), file=PATH, or off.
     #[arg(long, value_name = "tty|file=PATH|off", default_value = "tty")]

@@ -335,14 +335,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// `size=128M` (or just `128M`).
+/// `size=S[,thp=on|off]` (Cloud Hypervisor's keys), or just `S`.
 pub fn parse_memory(s: &str) -> Result<MemoryConfig, ConfigError> {
-    let value = if s.contains('=') {
-        let p = pairs(s, &["size"]).map_err(ConfigError::Memory)?;
-        p[0].1
-    } else {
-        s
-    };
-    parse_size(value).map(MemoryConfig::new).map_err(ConfigError::Memory)
+    if !s.contains('=') {
+        return parse_size(s).map(MemoryConfig::new).map_err(ConfigError::Memory);
+    }
+    let mut size = None;
+    let mut thp = true;
+    for (k, v) in pairs(s, &["size", "thp"]).map_err(ConfigError::Memory)? {
+        match k {
+            "size" => size = Some(parse_size(v).map_err(ConfigError::Memory)?),
+            _ => {
+                thp = match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(ConfigError::Memory(format!("thp={v:?}: expected on or off"))),
+                }
+            }
+        }
+    }
+    let size = size.ok_or_else(|| ConfigError::Memory("size= is missing".into()))?;
+    Ok(MemoryConfig { thp, ..MemoryConfig::new(size) })
 }
 
 /// `tty`, `off`, or `file=PATH`.
@@ -427,6 +440,10 @@ mod tests {
         assert_eq!(parse_memory("64M"), Ok(MemoryConfig::new(64 << 20)));
         assert!(parse_memory("size=1M,size=2M").is_err());
         assert!(parse_memory("sz=1M").is_err());
+        assert_eq!(parse_memory("size=64M,thp=off"), Ok(MemoryConfig { thp: false, ..MemoryConfig::new(64 << 20) }));
+        assert_eq!(parse_memory("thp=on,size=64M"), Ok(MemoryConfig::new(64 << 20)));
+        assert!(parse_memory("size=64M,thp=maybe").is_err());
+        assert!(parse_memory("thp=off").is_err());
         assert!(validate_memory(16 << 20).is_err());
         assert!(validate_memory(4 << 40).is_err());
         assert!(validate_memory((128 << 20) + 1).is_err());
