@@ -159,7 +159,12 @@ impl Guest {
             let kernel = if opts.bzimage { &image.bzimage } else { &image.kernel };
             cmd.arg("--kernel").arg(kernel).arg("--initramfs").arg(&image.initramfs);
             let cmdline = format!("{} {}", image.cmdline.trim(), opts.extra_cmdline);
-            cmd.arg("--cmdline").arg(cmdline.trim()).arg("--cpus").arg(opts.cpus).arg("--memory").arg(std::env::var("LITHE_TEST_MEMORY").unwrap_or_else(|_| "size=256M".into()));
+            cmd.arg("--cmdline")
+                .arg(cmdline.trim())
+                .arg("--cpus")
+                .arg(opts.cpus)
+                .arg("--memory")
+                .arg(std::env::var("LITHE_TEST_MEMORY").unwrap_or_else(|_| "size=256M".into()));
         }
         cmd.args(opts.args);
         let mut child =
