@@ -10,8 +10,8 @@
 //! accesses to lithe's device registers).
 //!
 //! Environment: `LITHE_TEST_ECHO=1` echoes the guest's and lithe's lines as
-//! they come; `LITHE_TEST_MEMORY` replaces `--memory size=256M` (e.g.
-//! `size=256M,thp=off`).
+//! they come; `LITHE_TEST_MEMORY` replaces `--memory size=128M` (e.g.
+//! `size=128M,thp=off`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -164,7 +164,7 @@ impl Guest {
                 .arg("--cpus")
                 .arg(opts.cpus)
                 .arg("--memory")
-                .arg(std::env::var("LITHE_TEST_MEMORY").unwrap_or_else(|_| "size=256M".into()));
+                .arg(std::env::var("LITHE_TEST_MEMORY").unwrap_or_else(|_| "size=128M".into()));
         }
         cmd.args(opts.args);
         let mut child =
