@@ -324,16 +324,19 @@ impl VcpuManager {
             info!("resize: target {} -> {desired} vCPUs", self.target.desired());
             self.target.set(desired, Cause::Resize);
         }
+        Ok(self.reconcile_timed(received))
+    }
+
+    /// Reconciles for a resize that arrived at `received`, recording the
+    /// VMM's share: request to GED interrupt (if one was raised).
+    fn reconcile_timed(&mut self, received: Instant) -> ResizePlan {
         self.notified_at.set(None);
         let plan = self.reconcile();
         if let Some(at) = self.notified_at.get() {
-            self.latencies.resize_notified(
-                at.saturating_duration_since(received),
-                plan.added.len(),
-                plan.removing.len(),
-            );
+            let took = at.saturating_duration_since(received);
+            self.latencies.resize_notified(took, plan.added.len(), plan.removing.len());
         }
-        Ok(plan)
+        plan
     }
 
     /// A targeted resize: the guest should run exactly the vCPUs `ids`
@@ -355,16 +358,7 @@ impl VcpuManager {
             info!("resize: target {} -> vCPUs {ids:?}", self.target.desired());
             self.target.set_ids(ids, Cause::Resize);
         }
-        self.notified_at.set(None);
-        let plan = self.reconcile();
-        if let Some(at) = self.notified_at.get() {
-            self.latencies.resize_notified(
-                at.saturating_duration_since(received),
-                plan.added.len(),
-                plan.removing.len(),
-            );
-        }
-        Ok(plan)
+        Ok(self.reconcile_timed(received))
     }
 
     fn plan(&self, target: &TargetStatus, reclaim: bool) -> reconciler::Plan {

@@ -162,10 +162,17 @@ impl VcpuHandle {
     /// Asks the thread to pause and waits until it has.
     pub fn pause(&self, limit: Duration) -> Result<(), VcpuError> {
         self.control.pause.store(true, Ordering::Release);
+        self.kick_until(limit, || self.control.paused.load(Ordering::Acquire) || self.thread.is_finished())
+            .map_err(|waited| VcpuError::StopTimeout { id: self.id, waited })
+    }
+
+    /// Kicks the thread every [`KICK_INTERVAL`] until `done`, or gives up
+    /// after `limit`, returning how long it waited.
+    fn kick_until(&self, limit: Duration, done: impl Fn() -> bool) -> Result<(), Duration> {
         let start = Instant::now();
-        while !self.control.paused.load(Ordering::Acquire) && !self.thread.is_finished() {
+        while !done() {
             if start.elapsed() > limit {
-                return Err(VcpuError::StopTimeout { id: self.id, waited: start.elapsed() });
+                return Err(start.elapsed());
             }
             self.kick();
             std::thread::sleep(KICK_INTERVAL);
@@ -184,14 +191,9 @@ impl VcpuHandle {
     pub fn stop(self, limit: Duration) -> Result<VcpuFd, StopFailed> {
         self.control.stop.store(true, Ordering::Release);
         self.thread.thread().unpark();
-        let start = Instant::now();
-        while !self.thread.is_finished() {
-            if start.elapsed() > limit {
-                let error = VcpuError::StopTimeout { id: self.id, waited: start.elapsed() };
-                return Err(StopFailed { handle: Some(self), error });
-            }
-            self.kick();
-            std::thread::sleep(KICK_INTERVAL);
+        if let Err(waited) = self.kick_until(limit, || self.thread.is_finished()) {
+            let error = VcpuError::StopTimeout { id: self.id, waited };
+            return Err(StopFailed { handle: Some(self), error });
         }
         let id = self.id;
         self.thread.join().map_err(|_| StopFailed { handle: None, error: VcpuError::Panicked { id } })
@@ -208,18 +210,10 @@ impl VcpuHandle {
             *p = None;
         }
         self.control.probe.store(true, Ordering::Release);
-        let start = Instant::now();
-        loop {
-            if let Some(w) = self.control.probed.lock().ok().and_then(|p| *p) {
-                return Some(w);
-            }
-            if start.elapsed() > limit || self.thread.is_finished() {
-                self.control.probe.store(false, Ordering::Release);
-                return None;
-            }
-            self.kick();
-            std::thread::sleep(KICK_INTERVAL);
-        }
+        let answer = || self.control.probed.lock().ok().and_then(|p| *p);
+        let _ = self.kick_until(limit, || answer().is_some() || self.thread.is_finished());
+        self.control.probe.store(false, Ordering::Release);
+        answer()
     }
 }
 
