@@ -2,9 +2,9 @@
 # Builds the lithe guest image from Debian packages only:
 #   out/vmlinux         Linux 6.1 from linux-source-6.1, tinyconfig + kernel.config + patches/
 #   out/bzImage         the same kernel as a bzImage (LZ4: its decompressor runs emulated on PVM)
-#   out/initramfs.cpio  uncompressed cpio: busybox-static, ./init, cpu-event and attack (from their .c files)
+#   out/initramfs.cpio  uncompressed cpio: init, cpu-event and attack, built from their .c files
 # Rebuilds only what changed: the kernel when kernel.config, patches/ or this
-# script change; the initramfs when init, cpu-event.c or attack.c change. Prints the output folder.
+# script change; the initramfs when init.c, cpu-event.c or attack.c change. Prints the output folder.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,8 +16,6 @@ log() { echo "guest-images: $*" >&2; }
 
 need_pkgs=()
 [ -f /usr/src/linux-source-6.1.tar.xz ] || need_pkgs+=(linux-source-6.1)
-[ -x /bin/busybox ] && /bin/busybox --help 2>&1 | head -1 | grep -q static || \
-	dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 for tool in gcc make flex bison bc cpio xz lz4 patch perl; do
 	command -v "$tool" >/dev/null || need_pkgs+=("$tool")
 done
@@ -83,25 +81,27 @@ else
 fi
 
 # ---- initramfs ---------------------------------------------------------------
-istamp=$(stamp_of "$here/init" "$here/cpu-event.c" "$here/attack.c" "$here/build.sh" /bin/busybox)
+# init.c is built on the kernel's own nolibc (tools/include/nolibc in the same
+# linux-source package): no busybox, no glibc (init.c says why).
+srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || echo unknown)
+istamp=$(echo "$srcver" | stamp_of - "$here/init.c" "$here/cpu-event.c" "$here/attack.c" "$here/build.sh")
 if [ -f "$out/initramfs.cpio" ] && [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" = "$istamp" ]; then
 	log "initramfs up to date ($out/initramfs.cpio)"
 else
-	root=$(mktemp -d)
-	trap 'rm -rf "$root"' EXIT
-	mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,usr/bin,usr/sbin}
-	cp /bin/busybox "$root/bin/busybox"
-	# Only the applets init runs: unpacking the initramfs is emulated kernel
-	# code, and each of busybox's 269 applet links cost boot time (README).
-	for applet in sh mount stty mkfifo cat poweroff reboot; do
-		ln -sf busybox "$root/bin/$applet"
-	done
-	cp "$here/init" "$root/init"
-	# The uevent helper: C without libc (cpu-event.c says why).
-	# The attacker of the VMM's registers, for the hostile-guest test: the same way.
+	work=$(mktemp -d)
+	trap 'rm -rf "$work"' EXIT
+	root=$work/root
+	mkdir -p "$root"/{bin,dev,proc,sys,tmp}
+	log "unpacking nolibc from linux-source-6.1"
+	tar -C "$work" -xf /usr/src/linux-source-6.1.tar.xz linux-source-6.1/tools/include/nolibc
+	nolibc=$work/linux-source-6.1/tools/include/nolibc
+	cflags=(-Os -s -static -nostdlib -ffreestanding -fno-builtin -fno-stack-protector
+		-fno-asynchronous-unwind-tables -fno-ident -fno-pie -no-pie -Wall -Wextra -Werror)
+	gcc "${cflags[@]}" -I "$nolibc" -include "$nolibc/nolibc.h" -o "$root/init" "$here/init.c" -lgcc
+	# The uevent helper and the attacker of the VMM's registers (for the
+	# hostile-guest test): C with raw system calls (cpu-event.c says why).
 	for prog in cpu-event attack; do
-		gcc -Os -static -nostdlib -ffreestanding -fno-builtin -fno-stack-protector -fno-pie -no-pie \
-			-Wall -Wextra -Werror -o "$root/bin/$prog" "$here/$prog.c"
+		gcc "${cflags[@]}" -o "$root/bin/$prog" "$here/$prog.c"
 	done
 	chmod 755 "$root/init" "$root/bin/cpu-event" "$root/bin/attack"
 	(cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) > "$out/initramfs.cpio.tmp"

@@ -1,0 +1,662 @@
+/*
+ * init: the lithe guest's PID 1.
+ *
+ * Mounts the basics, onlines hot-added CPUs, reports the CPU sets (and the
+ * online CPUs' APIC ids) whenever they change, powers off on the ACPI power
+ * button, and obeys the commands typed on the console (README.md lists them).
+ * Its output lines ("LITHE-GUEST ...") are what the tests read.
+ *
+ * Event-driven, so an idle guest does nothing at all: the kernel runs
+ * /bin/cpu-event on every uevent (CONFIG_UEVENT_HELPER, set once boot is
+ * done); it forwards CPU events into a FIFO, and init sleeps in poll() on
+ * the FIFO and the power button. A second process reads the console, so a
+ * command never waits behind a CPU being onlined, nor the other way round.
+ *
+ * Why C on the kernel's nolibc (tools/include/nolibc, from linux-source-6.1)
+ * rather than a busybox sh script: under this machine's KVM every byte of the
+ * initramfs is unpacked by emulated kernel code and every system call costs a
+ * page fault. busybox was 1.98 MB of a 2 MB initramfs (~5 s of boot to
+ * unpack) and its shell forks and execs for each report; this init is a few
+ * KB. nolibc keeps no thread-local state, so the PVM fault that kills
+ * glibc's TLS access in freshly started processes (README.md) cannot hit it.
+ *
+ * Built by build.sh: gcc -Os -static -nostdlib -include nolibc.h.
+ */
+#include <asm/termbits.h>
+
+#define CPU_DIR "/sys/devices/system/cpu"
+#define EVENTS "/tmp/cpu-events"
+#define LINE_MAX 4096
+
+/* ---- small helpers -------------------------------------------------------- */
+
+/* A line being built, written with one write(2): lines from init's two
+ * processes never interleave on the console. */
+struct line {
+	char buf[LINE_MAX];
+	unsigned int len;
+};
+
+static void put(struct line *l, const char *s)
+{
+	while (*s && l->len < sizeof(l->buf) - 1)
+		l->buf[l->len++] = *s++;
+}
+
+static void put_num(struct line *l, long v)
+{
+	char t[24];
+
+	itoa_r(v, t);
+	put(l, t);
+}
+
+static void say(struct line *l)
+{
+	l->buf[l->len++] = '\n';
+	write(1, l->buf, l->len);
+	l->len = 0;
+}
+
+/* Prints "LITHE-GUEST <a><b>". */
+static void say2(const char *a, const char *b)
+{
+	struct line l = { .len = 0 };
+
+	put(&l, "LITHE-GUEST ");
+	put(&l, a);
+	put(&l, b);
+	say(&l);
+}
+
+static int starts_with(const char *s, const char *p)
+{
+	return strncmp(s, p, strlen(p)) == 0;
+}
+
+/* nolibc 6.1 has neither strstr nor pipe. */
+static int contains(const char *s, const char *p)
+{
+	for (; *s; s++)
+		if (starts_with(s, p))
+			return 1;
+	return 0;
+}
+
+static int pipe(int fds[2])
+{
+	return my_syscall2(__NR_pipe2, fds, 0) < 0 ? -1 : 0;
+}
+
+/* Reads a small file into buf, without its trailing newline. -1 if it
+ * cannot be read. */
+static int read_file(const char *path, char *buf, int size)
+{
+	int fd = open(path, O_RDONLY, 0);
+	int n = 0, r;
+
+	if (fd < 0)
+		return -1;
+	while (n < size - 1 && (r = read(fd, buf + n, size - 1 - n)) > 0)
+		n += r;
+	close(fd);
+	if (r < 0)
+		return -1;
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+		n--;
+	buf[n] = 0;
+	return n;
+}
+
+/* Writes s to a sysfs or proc file in one write. 0 on success. */
+static int write_file(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY, 0);
+	int len = strlen(s), r;
+
+	if (fd < 0)
+		return -1;
+	r = write(fd, s, len);
+	close(fd);
+	return r == len ? 0 : -1;
+}
+
+/* path = a + b + c, truncated to size. */
+static void join(char *path, int size, const char *a, const char *b, const char *c)
+{
+	path[0] = 0;
+	strlcat(path, a, size);
+	strlcat(path, b, size);
+	strlcat(path, c, size);
+}
+
+/* Calls fn on each line of a file, read in chunks (proc files change between
+ * reads, so they are parsed as they come, never re-read line by line). */
+static void each_line(const char *path, void (*fn)(const char *line, void *arg), void *arg)
+{
+	char chunk[1024], line[512];
+	int fd = open(path, O_RDONLY, 0), n, len = 0;
+
+	if (fd < 0)
+		return;
+	while ((n = read(fd, chunk, sizeof(chunk))) > 0) {
+		for (int i = 0; i < n; i++) {
+			if (chunk[i] == '\n') {
+				line[len] = 0;
+				fn(line, arg);
+				len = 0;
+			} else if (len < (int)sizeof(line) - 1) {
+				line[len++] = chunk[i];
+			}
+		}
+	}
+	if (len) {
+		line[len] = 0;
+		fn(line, arg);
+	}
+	close(fd);
+}
+
+/* Calls fn on each name in a directory that starts with prefix. */
+static void each_entry(const char *dir, const char *prefix, void (*fn)(const char *name, void *arg), void *arg)
+{
+	char buf[2048];
+	int fd = open(dir, O_RDONLY | O_DIRECTORY, 0), n;
+
+	if (fd < 0)
+		return;
+	while ((n = getdents64(fd, (void *)buf, sizeof(buf))) > 0) {
+		for (int off = 0; off < n;) {
+			struct linux_dirent64 *d = (void *)(buf + off);
+
+			if (starts_with(d->d_name, prefix))
+				fn(d->d_name, arg);
+			off += d->d_reclen;
+		}
+	}
+	close(fd);
+}
+
+/* "cpu12" -> 12; -1 for anything else (cpufreq, cpuidle, ...). */
+static int cpu_number(const char *name)
+{
+	const char *s = name + 3;
+	int v = 0;
+
+	if (!starts_with(name, "cpu") || *s < '0' || *s > '9')
+		return -1;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		v = v * 10 + (*s - '0');
+	}
+	return v;
+}
+
+/* Leading and trailing blanks off, in place, as the shell's `read` did. */
+static char *trim(char *s)
+{
+	char *e;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+		*--e = 0;
+	return s;
+}
+
+static void power_off(void)
+{
+	my_syscall0(__NR_sync);
+	reboot(LINUX_REBOOT_CMD_POWER_OFF);
+}
+
+/* ---- the CPU report ------------------------------------------------------- */
+
+static void add_apic(const char *line, void *arg)
+{
+	struct line *l = arg;
+	const char *v;
+
+	/* "apicid\t\t: 2" (not "initial apicid") */
+	if (!starts_with(line, "apicid"))
+		return;
+	v = strchr(line, ':');
+	if (!v)
+		return;
+	if (l->buf[l->len - 1] != '=')
+		put(l, ",");
+	put(l, trim((char *)v + 1));
+}
+
+static char last_report[LINE_MAX];
+
+/* Prints the CPU sets if they changed since the last report. The APIC ids
+ * are the online CPUs', in logical-CPU order: Linux numbers hot-added CPUs
+ * by the first free logical id, so tests compare these, not counts. */
+static void report(void)
+{
+	char online[1024], present[1024];
+	struct line l = { .len = 0 };
+
+	if (read_file(CPU_DIR "/online", online, sizeof(online)) < 0 ||
+	    read_file(CPU_DIR "/present", present, sizeof(present)) < 0)
+		return;
+	put(&l, "LITHE-GUEST online=");
+	put(&l, online);
+	put(&l, " present=");
+	put(&l, present);
+	put(&l, " apic=");
+	each_line("/proc/cpuinfo", add_apic, &l);
+	l.buf[l.len] = 0;
+	if (strcmp(l.buf, last_report) == 0)
+		return;
+	strlcpy(last_report, l.buf, sizeof(last_report));
+	say(&l);
+}
+
+/* A CPU present but offline: online it (one hot-added while the kernel
+ * booted sent its "add" event before anyone listened). An eject in flight
+ * holds the kernel's device-hotplug lock from offlining to _EJ0, so such a
+ * write waits for it and then finds the CPU gone. */
+static void online_if_offline(const char *name, void *arg)
+{
+	char path[128], state[8];
+
+	(void)arg;
+	if (cpu_number(name) < 0)
+		return;
+	join(path, sizeof(path), CPU_DIR "/", name, "/online");
+	if (read_file(path, state, sizeof(state)) > 0 && strcmp(state, "0") == 0)
+		write_file(path, "1");
+}
+
+/* ---- console commands ----------------------------------------------------- */
+
+/* Where Linux placed one online CPU. */
+static void topology_of(const char *name, void *arg)
+{
+	char dir[128], path[192], pkg[32], die[32], core[32], threads[256];
+	int cpu = cpu_number(name);
+	struct line l = { .len = 0 };
+
+	(void)arg;
+	if (cpu < 0)
+		return;
+	join(dir, sizeof(dir), CPU_DIR "/", name, "/topology/");
+	join(path, sizeof(path), dir, "core_id", "");
+	if (read_file(path, core, sizeof(core)) < 0)
+		return; /* offline CPUs have no topology directory */
+	join(path, sizeof(path), dir, "physical_package_id", "");
+	if (read_file(path, pkg, sizeof(pkg)) < 0)
+		return;
+	join(path, sizeof(path), dir, "die_id", "");
+	if (read_file(path, die, sizeof(die)) < 0)
+		return;
+	join(path, sizeof(path), dir, "thread_siblings_list", "");
+	/* Once seen empty under this KVM (CI, 1 CPU of 7): try again. */
+	for (int t = 0; t < 3 && read_file(path, threads, sizeof(threads)) <= 0; t++)
+		threads[0] = 0;
+	put(&l, "LITHE-GUEST topology cpu=");
+	put_num(&l, cpu);
+	put(&l, " package=");
+	put(&l, pkg);
+	put(&l, " die=");
+	put(&l, die);
+	put(&l, " core=");
+	put(&l, core);
+	put(&l, " threads=");
+	put(&l, threads);
+	say(&l);
+}
+
+static void topology(void)
+{
+	char online[1024];
+
+	if (read_file(CPU_DIR "/online", online, sizeof(online)) < 0)
+		online[0] = 0;
+	each_entry(CPU_DIR, "cpu", topology_of, 0);
+	say2("topology end online=", online);
+}
+
+/* The console's line of /proc/interrupts, blanks trimmed. */
+static void find_serial_irq(const char *line, void *arg)
+{
+	if (contains(line, "ttyS0"))
+		strlcpy(arg, trim((char *)line), LINE_MAX);
+}
+
+/* Steers the console's interrupt to one CPU (by logical number): lithe's
+ * IOAPIC must then reach that CPU's APIC id. */
+static void serial_irq(const char *cpu)
+{
+	static char irq_line[LINE_MAX];
+	char path[64], value[32], *colon;
+
+	irq_line[0] = 0;
+	each_line("/proc/interrupts", find_serial_irq, irq_line);
+	colon = strchr(irq_line, ':');
+	if (colon) {
+		*colon = 0;
+		join(path, sizeof(path), "/proc/irq/", irq_line, "/smp_affinity_list");
+		join(value, sizeof(value), cpu, "\n", "");
+		if (write_file(path, value) == 0) {
+			struct line l = { .len = 0 };
+
+			put(&l, "LITHE-GUEST serial-irq=");
+			put(&l, irq_line);
+			put(&l, " cpu=");
+			put(&l, cpu);
+			say(&l);
+			return;
+		}
+	}
+	say2("error: serial-irq failed for cpu ", cpu);
+}
+
+static void serial_irq_count(void)
+{
+	static char irq_line[LINE_MAX];
+
+	irq_line[0] = 0;
+	each_line("/proc/interrupts", find_serial_irq, irq_line);
+	if (irq_line[0])
+		say2("serial-irq-count ", irq_line);
+	else
+		say2("error: ", "no ttyS0 line in /proc/interrupts");
+}
+
+struct eject {
+	const char *uid;
+	int done;
+};
+
+/* A guest-initiated eject, as an administrator would do it: the processor
+ * device whose _UID is the vCPU id, asked to eject. */
+static void eject_if_uid(const char *name, void *arg)
+{
+	struct eject *e = arg;
+	char path[128], uid[32];
+
+	join(path, sizeof(path), "/sys/bus/acpi/devices/", name, "/uid");
+	if (read_file(path, uid, sizeof(uid)) < 0 || strcmp(uid, e->uid) != 0)
+		return;
+	join(path, sizeof(path), "/sys/bus/acpi/devices/", name, "/eject");
+	if (write_file(path, "1") == 0)
+		e->done = 1;
+}
+
+/* The guest as an attacker of lithe's registers: /bin/attack (attack.c),
+ * with the command's words as its arguments. */
+static void attack(char *args, char **envp)
+{
+	char *argv[16] = { "/bin/attack" };
+	int argc = 1, status;
+	pid_t pid;
+
+	for (char *s = args; *s && argc < 15;) {
+		while (*s == ' ')
+			*s++ = 0;
+		if (!*s)
+			break;
+		argv[argc++] = s;
+		while (*s && *s != ' ')
+			s++;
+	}
+	argv[argc] = 0;
+	pid = fork();
+	if (pid == 0) {
+		execve(argv[0], argv, envp);
+		say2("error: attack: cannot run ", argv[0]);
+		exit(1);
+	}
+	if (pid < 0)
+		say2("error: attack: ", "fork failed");
+	else
+		waitpid(pid, &status, 0);
+}
+
+/* Says whether writing value to path worked, as "ok" or "error: fail". */
+static void toggle(const char *path, const char *value, const char *ok, const char *fail)
+{
+	if (write_file(path, value) == 0)
+		say2(ok, "");
+	else
+		say2("error: ", fail);
+}
+
+static void run_command(char *cmd, char **envp)
+{
+	if (!*cmd)
+		return;
+	if (strcmp(cmd, "poweroff") == 0) {
+		say2("poweroff", "");
+		power_off();
+	} else if (strcmp(cmd, "reboot") == 0) {
+		say2("reboot", "");
+		my_syscall0(__NR_sync);
+		reboot(LINUX_REBOOT_CMD_RESTART);
+	} else if (strcmp(cmd, "refuse-eject") == 0) {
+		/* Linux then answers eject requests with a failure _OST. */
+		toggle("/sys/firmware/acpi/hotplug/processor/enabled", "0", "refuse-eject=on",
+		       "refuse-eject failed");
+	} else if (strcmp(cmd, "allow-eject") == 0) {
+		toggle("/sys/firmware/acpi/hotplug/processor/enabled", "1", "refuse-eject=off",
+		       "allow-eject failed");
+	} else if (strcmp(cmd, "ignore-hotplug") == 0) {
+		/* Unbinding the GED driver leaves its interrupt unhandled: hotplug
+		 * requests go unanswered (lithe's timeouts roll them back). */
+		toggle("/sys/bus/platform/drivers/acpi-ged/unbind", "ACPI0013:00", "hotplug=ignored",
+		       "ignore-hotplug failed");
+	} else if (strcmp(cmd, "allow-hotplug") == 0) {
+		toggle("/sys/bus/platform/drivers/acpi-ged/bind", "ACPI0013:00", "hotplug=handled",
+		       "allow-hotplug failed");
+	} else if (starts_with(cmd, "eject-cpu ")) {
+		struct eject e = { .uid = trim(cmd + 10), .done = 0 };
+
+		each_entry("/sys/bus/acpi/devices", "ACPI0007:", eject_if_uid, &e);
+		if (e.done)
+			say2("eject-cpu=", e.uid);
+		else
+			say2("error: eject-cpu failed for ", e.uid);
+	} else if (starts_with(cmd, "attack ")) {
+		attack(cmd + 7, envp);
+	} else if (strcmp(cmd, "topology") == 0) {
+		topology();
+	} else if (starts_with(cmd, "serial-irq ")) {
+		serial_irq(trim(cmd + 11));
+	} else if (strcmp(cmd, "serial-irq-count") == 0) {
+		serial_irq_count();
+	} else if (strcmp(cmd, "ping") == 0) {
+		say2("pong", "");
+	} else {
+		say2("unknown-command=", cmd);
+	}
+}
+
+/* The console reader: one command per line. */
+static void read_console(char **envp)
+{
+	char chunk[256], cmd[512];
+	int n, len = 0;
+
+	for (;;) {
+		n = read(0, chunk, sizeof(chunk));
+		if (n <= 0) {
+			sleep(1); /* a console that errs is not spun on */
+			continue;
+		}
+		for (int i = 0; i < n; i++) {
+			if (chunk[i] == '\n') {
+				cmd[len] = 0;
+				run_command(trim(cmd), envp);
+				len = 0;
+			} else if (len < (int)sizeof(cmd) - 1) {
+				cmd[len++] = chunk[i];
+			}
+		}
+	}
+}
+
+/* Starts the console reader. Returns a pipe end that reports hang-up when
+ * the reader has died, so init can start another. */
+static int start_console_reader(char **envp)
+{
+	int fds[2];
+	pid_t pid;
+
+	if (pipe(fds) < 0)
+		return -1;
+	pid = fork();
+	if (pid == 0) {
+		close(fds[0]);
+		read_console(envp);
+	}
+	close(fds[1]);
+	if (pid < 0) {
+		close(fds[0]);
+		return -1;
+	}
+	return fds[0];
+}
+
+/* ---- the power button ----------------------------------------------------- */
+
+/* lithe's vm.power-button: Linux's button driver turns the GED's
+ * notification into a key press on the "Power Button" input device. */
+static void open_if_power_button(const char *name, void *arg)
+{
+	int *fd = arg;
+	char path[128], dev[64], input[64];
+
+	join(path, sizeof(path), "/sys/class/input/", name, "/name");
+	if (*fd >= 0 || read_file(path, input, sizeof(input)) < 0 || strcmp(input, "Power Button") != 0)
+		return;
+	/* Its one event device: /sys/class/input/inputN/eventM -> /dev/input/eventM. */
+	join(path, sizeof(path), "/sys/class/input/", name, "");
+	dev[0] = 0;
+	{
+		char buf[1024];
+		int dfd = open(path, O_RDONLY | O_DIRECTORY, 0), n;
+
+		if (dfd < 0)
+			return;
+		while (!dev[0] && (n = getdents64(dfd, (void *)buf, sizeof(buf))) > 0) {
+			for (int off = 0; off < n;) {
+				struct linux_dirent64 *d = (void *)(buf + off);
+
+				if (starts_with(d->d_name, "event"))
+					join(dev, sizeof(dev), "/dev/input/", d->d_name, "");
+				off += d->d_reclen;
+			}
+		}
+		close(dfd);
+	}
+	if (dev[0])
+		*fd = open(dev, O_RDONLY, 0);
+}
+
+/* ---- main ----------------------------------------------------------------- */
+
+/* Handles the "ACTION DEVPATH" lines the uevent helper wrote. */
+static void cpu_events(int fd)
+{
+	static char pending[LINE_MAX];
+	static int len;
+	char chunk[1024], path[192];
+	int n = read(fd, chunk, sizeof(chunk));
+
+	for (int i = 0; i < n; i++) {
+		if (chunk[i] != '\n') {
+			if (len < (int)sizeof(pending) - 1)
+				pending[len++] = chunk[i];
+			continue;
+		}
+		pending[len] = 0;
+		len = 0;
+		/* A hot-added CPU: bring it up. Only "add" onlines, so a CPU the
+		 * kernel offlined for an eject is never brought back. */
+		if (starts_with(pending, "add /devices/")) {
+			join(path, sizeof(path), "/sys", pending + 4, "/online");
+			write_file(path, "1");
+		}
+	}
+}
+
+int main(int argc, char **argv, char **envp)
+{
+	struct termios t;
+	struct pollfd fds[3];
+	int settled = 1;
+
+	(void)argc;
+	(void)argv;
+	mount("proc", "/proc", "proc", 0, 0);
+	mount("sysfs", "/sys", "sysfs", 0, 0);
+	mount("dev", "/dev", "devtmpfs", 0, 0);
+	/* No echo: the tests type commands and read the console back. */
+	if (ioctl(0, TCGETS, &t) == 0) {
+		t.c_lflag &= ~ECHO;
+		ioctl(0, TCSETS, &t);
+	}
+
+	fds[0].fd = -1; /* CPU events */
+	fds[1].fd = -1; /* the power button */
+	fds[2].fd = start_console_reader(envp);
+	each_entry("/sys/class/input", "input", open_if_power_button, &fds[1].fd);
+	/* Opened read-write so the FIFO never reports end-of-file between writers. */
+	if (mknod(EVENTS, S_IFIFO | 0600, 0) == 0)
+		fds[0].fd = open(EVENTS, O_RDWR, 0);
+	if (fds[0].fd < 0 || write_file("/sys/kernel/uevent_helper", "/bin/cpu-event") < 0)
+		say2("error: ", "no CPU events: hot-added CPUs will not be onlined");
+	each_entry(CPU_DIR, "cpu", online_if_offline, 0);
+
+	say2("ready", "");
+	report();
+	for (;;) {
+		for (int i = 0; i < 3; i++)
+			fds[i].events = POLLIN;
+		/* After a burst of events, look once more when a second has passed
+		 * with no new event: a CPU's "remove" event comes before the kernel
+		 * drops it from "present", so the report made on that event can be
+		 * one step behind. */
+		int n = poll(fds, 3, settled ? -1 : 1000);
+
+		if (n == 0) {
+			report();
+			settled = 1;
+			continue;
+		}
+		if (n < 0)
+			continue;
+		if (fds[1].revents & POLLIN) {
+			char ev[24 * 8];
+
+			/* evdev reads whole 24-byte events; any event powers off, as
+			 * systemd-logind would. */
+			if (read(fds[1].fd, ev, sizeof(ev)) > 0) {
+				say2("power-button", "");
+				power_off();
+			}
+		}
+		if (fds[1].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+			close(fds[1].fd);
+			fds[1].fd = -1;
+		}
+		if (fds[2].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+			close(fds[2].fd);
+			while (waitpid(-1, 0, WNOHANG) > 0)
+				;
+			say2("error: ", "the console reader died; starting another");
+			sleep(1);
+			fds[2].fd = start_console_reader(envp);
+		}
+		if (fds[0].revents & POLLIN) {
+			cpu_events(fds[0].fd);
+			settled = 0;
+			report();
+		}
+	}
+}
