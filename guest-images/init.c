@@ -93,7 +93,7 @@ static int pipe(int fds[2])
 static int read_file(const char *path, char *buf, int size)
 {
 	int fd = open(path, O_RDONLY, 0);
-	int n = 0, r;
+	int n = 0, r = 0;
 
 	if (fd < 0)
 		return -1;
