@@ -418,13 +418,34 @@ static void attack(char *args, char **envp)
 		waitpid(pid, &status, 0);
 }
 
-/* Says whether writing value to path worked, as "ok" or "error: fail". */
-static void toggle(const char *path, const char *value, const char *ok, const char *fail)
+/* The commands that write one value to one file, and what they answer. */
+static const struct toggle {
+	const char *cmd, *path, *value, *ok;
+} toggles[] = {
+	/* Linux then answers eject requests with a failure _OST. */
+	{ "refuse-eject", "/sys/firmware/acpi/hotplug/processor/enabled", "0", "refuse-eject=on" },
+	{ "allow-eject", "/sys/firmware/acpi/hotplug/processor/enabled", "1", "refuse-eject=off" },
+	/* Unbinding the GED driver leaves its interrupt unhandled: hotplug
+	 * requests go unanswered (lithe's timeouts roll them back). */
+	{ "ignore-hotplug", "/sys/bus/platform/drivers/acpi-ged/unbind", "ACPI0013:00", "hotplug=ignored" },
+	{ "allow-hotplug", "/sys/bus/platform/drivers/acpi-ged/bind", "ACPI0013:00", "hotplug=handled" },
+};
+
+/* Runs cmd if it is a toggle; says how it went. 0 if it is not one. */
+static int toggle(const char *cmd)
 {
-	if (write_file(path, value) == 0)
-		say2(ok, "");
-	else
-		say2("error: ", fail);
+	for (unsigned int i = 0; i < sizeof(toggles) / sizeof(toggles[0]); i++) {
+		const struct toggle *t = &toggles[i];
+
+		if (strcmp(cmd, t->cmd) != 0)
+			continue;
+		if (write_file(t->path, t->value) == 0)
+			say2(t->ok, "");
+		else
+			say2("error: failed: ", cmd);
+		return 1;
+	}
+	return 0;
 }
 
 static void run_command(char *cmd, char **envp)
@@ -438,21 +459,8 @@ static void run_command(char *cmd, char **envp)
 		say2("reboot", "");
 		my_syscall0(__NR_sync);
 		reboot(LINUX_REBOOT_CMD_RESTART);
-	} else if (strcmp(cmd, "refuse-eject") == 0) {
-		/* Linux then answers eject requests with a failure _OST. */
-		toggle("/sys/firmware/acpi/hotplug/processor/enabled", "0", "refuse-eject=on",
-		       "refuse-eject failed");
-	} else if (strcmp(cmd, "allow-eject") == 0) {
-		toggle("/sys/firmware/acpi/hotplug/processor/enabled", "1", "refuse-eject=off",
-		       "allow-eject failed");
-	} else if (strcmp(cmd, "ignore-hotplug") == 0) {
-		/* Unbinding the GED driver leaves its interrupt unhandled: hotplug
-		 * requests go unanswered (lithe's timeouts roll them back). */
-		toggle("/sys/bus/platform/drivers/acpi-ged/unbind", "ACPI0013:00", "hotplug=ignored",
-		       "ignore-hotplug failed");
-	} else if (strcmp(cmd, "allow-hotplug") == 0) {
-		toggle("/sys/bus/platform/drivers/acpi-ged/bind", "ACPI0013:00", "hotplug=handled",
-		       "allow-hotplug failed");
+	} else if (toggle(cmd)) {
+		/* answered */
 	} else if (starts_with(cmd, "eject-cpu ")) {
 		struct eject e = { .uid = trim(cmd + 10), .done = 0 };
 
