@@ -328,6 +328,13 @@ static void find_serial_irq(const char *line, void *arg)
 		strlcpy(arg, trim((char *)line), LINE_MAX);
 }
 
+/* The console's line of /proc/interrupts into line (LINE_MAX), or "". */
+static void serial_irq_line(char *line)
+{
+	line[0] = 0;
+	each_line("/proc/interrupts", find_serial_irq, line);
+}
+
 /* Steers the console's interrupt to one CPU (by logical number): lithe's
  * IOAPIC must then reach that CPU's APIC id. */
 static void serial_irq(const char *cpu)
@@ -335,8 +342,7 @@ static void serial_irq(const char *cpu)
 	static char irq_line[LINE_MAX];
 	char path[64], value[32], *colon;
 
-	irq_line[0] = 0;
-	each_line("/proc/interrupts", find_serial_irq, irq_line);
+	serial_irq_line(irq_line);
 	colon = strchr(irq_line, ':');
 	if (colon) {
 		*colon = 0;
@@ -360,8 +366,7 @@ static void serial_irq_count(void)
 {
 	static char irq_line[LINE_MAX];
 
-	irq_line[0] = 0;
-	each_line("/proc/interrupts", find_serial_irq, irq_line);
+	serial_irq_line(irq_line);
 	if (irq_line[0])
 		say2("serial-irq-count ", irq_line);
 	else
@@ -532,38 +537,30 @@ static int start_console_reader(char **envp)
 
 /* ---- the power button ----------------------------------------------------- */
 
+/* Opens /dev/input/<name> for the power button's one event device. */
+static void open_event_device(const char *name, void *arg)
+{
+	int *fd = arg;
+	char dev[64];
+
+	if (*fd >= 0)
+		return;
+	join(dev, sizeof(dev), "/dev/input/", name, "");
+	*fd = open(dev, O_RDONLY, 0);
+}
+
 /* lithe's vm.power-button: Linux's button driver turns the GED's
  * notification into a key press on the "Power Button" input device. */
 static void open_if_power_button(const char *name, void *arg)
 {
-	int *fd = arg;
-	char path[128], dev[64], input[64];
+	char path[128], input[64];
 
 	join(path, sizeof(path), "/sys/class/input/", name, "/name");
-	if (*fd >= 0 || read_file(path, input, sizeof(input)) < 0 || strcmp(input, "Power Button") != 0)
+	if (*(int *)arg >= 0 || read_file(path, input, sizeof(input)) < 0 || strcmp(input, "Power Button") != 0)
 		return;
-	/* Its one event device: /sys/class/input/inputN/eventM -> /dev/input/eventM. */
+	/* /sys/class/input/inputN/eventM is /dev/input/eventM. */
 	join(path, sizeof(path), "/sys/class/input/", name, "");
-	dev[0] = 0;
-	{
-		char buf[1024];
-		int dfd = open(path, O_RDONLY | O_DIRECTORY, 0), n;
-
-		if (dfd < 0)
-			return;
-		while (!dev[0] && (n = getdents64(dfd, (void *)buf, sizeof(buf))) > 0) {
-			for (int off = 0; off < n;) {
-				struct linux_dirent64 *d = (void *)(buf + off);
-
-				if (starts_with(d->d_name, "event"))
-					join(dev, sizeof(dev), "/dev/input/", d->d_name, "");
-				off += d->d_reclen;
-			}
-		}
-		close(dfd);
-	}
-	if (dev[0])
-		*fd = open(dev, O_RDONLY, 0);
+	each_entry(path, "event", open_event_device, arg);
 }
 
 /* ---- main ----------------------------------------------------------------- */
