@@ -4,8 +4,9 @@
 //! Designed for guests whose AML interpreter runs slowly (every kernel-mode
 //! instruction is emulated under a software-nested KVM):
 //! * `_STA` reads the VMM's presence word for its vCPU (`PRxx`, one MMIO read
-//!   for 32 vCPUs' worth of state): the VMM is the one source of truth, so a
-//!   guest can never see a vCPU the VMM has retired or miss one it added.
+//!   for 32 vCPUs' worth of state), inline, calling no helper method. The
+//!   VMM is the one source of truth, so a guest can never see a vCPU the VMM
+//!   has retired or miss one it added.
 //!   (An earlier version cached presence in the namespace to save the exits
 //!   at boot; the cache and the VMM drifted apart on guest-initiated ejects.)
 //! * `_MAT` is a constant buffer.
@@ -140,14 +141,6 @@ fn register_regions(mmio_base: u64, words: usize) -> Vec<Raw> {
     out
 }
 
-/// `CSTA(word, mask)`: 0xF if `word & mask`, else 0 (`_STA` of one vCPU,
-/// given its presence word and bit).
-fn csta() -> Raw {
-    let present = bytes(&If::new(&And::new(&aml::ZERO, &Arg(0), &Arg(1)), vec![&Return::new(&0xfusize)]));
-    let absent = bytes(&Return::new(&aml::ZERO));
-    bytes(&Method::new("CSTA".into(), 2, false, vec![&present, &absent]))
-}
-
 /// `CTFY(id, event)`: Notify(Cxxx, event) through a binary search on id.
 fn ctfy(max: u32) -> Raw {
     ctfy_with(max, &|id| {
@@ -230,9 +223,12 @@ fn cpu_device(id: u32, apic_id: u32) -> Raw {
     let uid = bytes(&Name::new("_UID".into(), &(id as usize)));
     let word = bytes(&Path::new(std::str::from_utf8(&word_name("PR", (id / 32) as usize)).expect("ascii")));
     let mask = 1usize << (id % 32);
-    let sta_call = bytes(&MethodCall::new("CSTA".into(), vec![&word, &mask]));
-    let sta_ret = bytes(&Return::new(&sta_call));
-    let sta = Method::new("_STA".into(), 0, false, vec![&sta_ret]);
+    // Inline rather than a shared helper method: Linux evaluates `_STA` of
+    // every possible vCPU several times at boot, and under an emulated
+    // guest kernel each extra method invocation costs milliseconds.
+    let present = bytes(&If::new(&And::new(&aml::ZERO, &word, &mask), vec![&Return::new(&0xfusize)]));
+    let absent = bytes(&Return::new(&aml::ZERO));
+    let sta = Method::new("_STA".into(), 0, false, vec![&present, &absent]);
     let mat_buf = BufferData::new(madt_entry(id, apic_id));
     let mat = bytes(&Name::new("_MAT".into(), &mat_buf));
     let ost_call = bytes(&MethodCall::new("COST".into(), vec![&(id as usize), &Arg(0), &Arg(1)]));
@@ -254,7 +250,7 @@ pub fn cpus_container(topology: &Topology, mmio_base: u64) -> Raw {
     let hid = bytes(&Name::new("_HID".into(), &"ACPI0010"));
     let cid = bytes(&Name::new("_CID".into(), &aml::EISAName::new("PNP0A05")));
     let regions = register_regions(mmio_base, words);
-    let methods = [csta(), ctfy(max), cscn(words), cej0(), cost()];
+    let methods = [ctfy(max), cscn(words), cej0(), cost()];
     let devices: Vec<Raw> = (0..max).map(|id| cpu_device(id, topology.apic_id(id))).collect();
     let mut children: Vec<&dyn Aml> = vec![&hid, &cid];
     children.extend(regions.iter().map(|r| r as &dyn Aml));
