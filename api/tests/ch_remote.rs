@@ -2,7 +2,7 @@
 //! lithe's API server, in process: every command it has for what lithe
 //! serves exits 0 and reaches the handler as the right action, and the
 //! commands for features lithe lacks fail with the reason. No guest: this
-//! pins the wire; tests/tests/ch_remote.rs drives a real VM with it.
+//! pins the wire; tests/tests/guest/ch_remote.rs drives a real VM with it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

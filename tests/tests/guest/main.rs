@@ -1,0 +1,14 @@
+//! The guest-booting tests, as one test binary: the harness then runs them
+//! side by side across what were separate files, instead of one binary (and
+//! so one file's tests) at a time. How many guests run at once is
+//! `LITHE_TEST_GUESTS` (tests/src/lib.rs).
+
+mod api;
+mod boot;
+mod ch_remote;
+mod cli;
+mod faults;
+mod hostile_guest;
+mod hotplug;
+mod topology;
+mod x2apic;
