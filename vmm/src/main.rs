@@ -1,16 +1,10 @@
 //! `lithe`: boot a VM from the command line or over the API, or drive a
 //! running one with `lithe remote`.
 
-/// A loom build only models the vCPU table; there is no VMM to run.
-#[cfg(loom)]
-fn main() {}
-
-#[cfg(not(loom))]
 fn main() -> std::process::ExitCode {
     app::main()
 }
 
-#[cfg(not(loom))]
 mod app {
     use std::process::ExitCode;
     use std::sync::{Arc, Mutex};

@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use devices::cpu_hotplug::CpuHotplugHost;
 
-use super::lifecycle::{self, Event, Phase, Transition};
+use super::lifecycle::{Event, Phase, Transition};
 use super::table::{OstReport, VcpuTable};
 use super::vcpu::VcpuHandle;
 
@@ -86,7 +86,7 @@ impl HotplugHost {
 
     /// Applies a guest-caused event and tells the main loop.
     fn guest_event(&self, id: u32, event: Event) -> Option<Transition> {
-        let t = lifecycle::apply(&*self.table, id, event)?;
+        let t = super::apply(&*self.table, id, event)?;
         info!("vCPU {id}: {event:?}: {:?} -> {:?}", t.from, t.to);
         self.changed[(id / 64) as usize].fetch_or(1 << (id % 64), Ordering::AcqRel);
         if let Err(e) = self.wake.write(1) {
@@ -145,7 +145,7 @@ mod tests {
 
     fn removing(t: &VcpuTable<VcpuHandle>, id: u32, from: Phase) {
         t.set_state(id, State::new(from)).unwrap();
-        lifecycle::apply(t, id, Event::Remove).unwrap();
+        crate::cpu::apply(t, id, Event::Remove).unwrap();
     }
 
     #[test]

@@ -27,7 +27,7 @@ use devices::EventFdTrigger;
 
 use super::clock::Clock;
 use super::hotplug_host::HotplugHost;
-use super::lifecycle::{self, Event, Phase, Reason, State, Transition};
+use super::lifecycle::{Event, Phase, Reason, State, Transition};
 use super::reconciler;
 use super::table::{Reader, TableError, VcpuTable};
 use super::vcpu::{Ready, StopFailed, VcpuContext, VcpuError, VcpuHandle};
@@ -299,7 +299,7 @@ impl VcpuManager {
     }
 
     fn apply(&self, id: u32, event: Event) -> Option<Transition> {
-        let t = lifecycle::apply(&*self.table, id, event)?;
+        let t = super::apply(&*self.table, id, event)?;
         info!("vCPU {id}: {event:?}: {:?} -> {:?}", t.from, t.to);
         Some(t)
     }

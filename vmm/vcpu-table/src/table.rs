@@ -23,9 +23,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::lifecycle::{State, StateCell};
-use super::rcu::{FenceMode, Rcu, ReaderHandle, StuckReaders};
-use super::sync::{Arc, AtomicU32, AtomicU64, CachePadded, Mutex, Ordering, UnsafeCell};
+use crate::lifecycle::{State, StateCell};
+use crate::rcu::{FenceMode, Rcu, ReaderHandle, StuckReaders};
+use crate::sync::{Arc, AtomicU32, AtomicU64, CachePadded, Mutex, Ordering, UnsafeCell};
 
 const WORD_BITS: usize = 64;
 
@@ -96,10 +96,10 @@ struct Writer {
     count: AtomicU32,
 }
 
-/// Capacity limit: the CPU hotplug controller's (4096 vCPUs, 64 bitmap
-/// words). Tables are sized by their own capacity, so this costs small VMs
-/// nothing.
-pub const MAX_CAPACITY: u32 = devices::cpu_hotplug::MAX_CPUS;
+/// Capacity limit: 4096 vCPUs, as many as lithe's CPU hotplug controller
+/// has bits for (lithe checks the two agree when it compiles). Tables are
+/// sized by their own capacity, so this costs small VMs nothing.
+pub const MAX_CAPACITY: u32 = 4096;
 /// Bitmap words per cache line (512 vCPUs).
 const LINE_WORDS: usize = 8;
 
@@ -188,7 +188,7 @@ impl<T> VcpuTable<T> {
     }
 
     /// Sets the lifecycle state of `id` outright (boot vCPUs; tests). Every
-    /// other change goes through [`lifecycle::apply`](super::lifecycle::apply).
+    /// other change goes through [`lifecycle::apply`](crate::lifecycle::apply).
     pub fn set_state(&self, id: u32, state: State) -> Result<(), TableError> {
         self.meta(id)?.state.store(state.encode(), Ordering::Release);
         Ok(())
@@ -479,7 +479,7 @@ fn fold_run<'g, T, B>(run: &'g [Slot<T>], first: usize, mut acc: B, f: &mut impl
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::cpu::lifecycle::{self, Event, Phase};
+    use crate::lifecycle::{self, Event, Phase};
     use std::sync::atomic::AtomicBool;
 
     /// Every mode this kernel offers.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use vmm::cpu::{FenceMode, Reader, VcpuTable};
+use vcpu_table::{FenceMode, Reader, VcpuTable};
 
 const ALIVE: u64 = 0xA11C_E0F0_A11C_E0F0;
 const DEAD: u64 = 0xDEAD_DEAD_DEAD_DEAD;

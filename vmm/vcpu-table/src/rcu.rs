@@ -24,7 +24,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::sync::{fence, yield_now, Arc, AtomicU64, CachePadded, Mutex, Ordering};
+use crate::sync::{fence, yield_now, Arc, AtomicU64, CachePadded, Mutex, Ordering};
 
 /// How read-side sections are ordered against grace periods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

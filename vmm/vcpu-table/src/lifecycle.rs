@@ -228,7 +228,8 @@ pub struct Transition {
 }
 
 /// Applies `event` to vCPU `id` atomically. `None`: the event does not apply
-/// to the vCPU's state (or the id is out of range); nothing changed.
+/// to the vCPU's state (or the id is out of range); nothing changed. The
+/// caller reports the transition (lithe's `cpu::apply` emits it as an event).
 pub fn apply(cell: &impl StateCell, id: u32, event: Event) -> Option<Transition> {
     let mut word = cell.load(id)?;
     loop {
@@ -238,11 +239,7 @@ pub fn apply(cell: &impl StateCell, id: u32, event: Event) -> Option<Transition>
             return None;
         };
         match cell.compare_exchange(id, word, to.encode()) {
-            Ok(()) => {
-                #[cfg(not(loom))]
-                crate::events::vcpu_transition(id, from, to);
-                return Some(Transition { from, to });
-            }
+            Ok(()) => return Some(Transition { from, to }),
             Err(current) => word = current,
         }
     }

@@ -1,5 +1,5 @@
 //! Loom models of the vCPU table's ordering. Run with
-//! `RUSTFLAGS="--cfg loom" cargo test -p vmm --release --test loom_vcpu_table`.
+//! `RUSTFLAGS="--cfg loom" cargo test -p vcpu-table --release --test loom`.
 //!
 //! Properties: a reader that sees a bit sees a fully initialised slot; a slot
 //! is never torn down while a reader that saw its bit is inside its section.
@@ -10,7 +10,7 @@ use std::time::Duration;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use vmm::cpu::{FenceMode, Reader, VcpuTable};
+use vcpu_table::{FenceMode, Reader, VcpuTable};
 
 const ALIVE: usize = 0xA11CE;
 const DEAD: usize = 0xDEAD;
