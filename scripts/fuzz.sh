@@ -4,9 +4,17 @@
 # corpus, so runs do not grow the repository. Installs nightly and
 # cargo-fuzz if they are missing. Prints each target's executions; a crash
 # fails the script and leaves its input in fuzz/artifacts/<target>/.
-#   scripts/fuzz.sh [SECONDS] [TARGET...]
+# --dev builds the targets unoptimized: for a smoke run of a few seconds,
+# whose build then takes 42 s instead of 71 s (82 CPU-s instead of 133);
+# long runs want the optimized build's speed.
+#   scripts/fuzz.sh [--dev] [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+profile=()
+if [ "${1:-}" = --dev ]; then
+	profile=(--dev)
+	shift
+fi
 secs=${1:-60}
 shift || true
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
@@ -18,7 +26,7 @@ for t in $targets; do
 	cp -r "seeds/$t/." "$work/" 2>/dev/null || true
 	log=$(mktemp)
 	echo "==> fuzz $t for ${secs}s"
-	if ! cargo +nightly fuzz run "$t" "$work" -- -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1; then
+	if ! cargo +nightly fuzz run "${profile[@]}" "$t" "$work" -- -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1; then
 		tail -40 "$log"
 		echo "fuzz target $t FAILED (input in fuzz/artifacts/$t/)" >&2
 		exit 1

@@ -47,7 +47,7 @@ else
 fi
 
 step "fuzz targets, briefly (a broken target fails here; long runs: scripts/fuzz.sh 600)"
-scripts/fuzz.sh "${LITHE_FUZZ_SECONDS:-5}"
+scripts/fuzz.sh --dev "${LITHE_FUZZ_SECONDS:-5}"
 
 step "guest image (waiting for the background build)"
 if ! wait "$guest_pid"; then
