@@ -30,8 +30,16 @@ pub const HOTPLUG_TIMEOUT: Duration = Duration::from_secs(180);
 /// 5 s eject timeout, holds with two.
 static GUEST_SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
 
+/// Panics (failing the test that asked, with the reason) on a value that is
+/// not a positive number, rather than quietly running two.
 fn guest_slots() -> usize {
-    std::env::var("LITHE_TEST_GUESTS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(2)
+    match std::env::var("LITHE_TEST_GUESTS") {
+        Err(_) => 2,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("LITHE_TEST_GUESTS must be a positive number of guests, got {v:?}"),
+        },
+    }
 }
 
 /// A running guest's claim on one of the slots, given back on drop.
@@ -39,9 +47,10 @@ struct Slot;
 
 impl Slot {
     fn take() -> Slot {
+        let slots = guest_slots();
         let (lock, cv) = &GUEST_SLOTS;
         let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= guest_slots() {
+        while *used >= slots {
             used = cv.wait(used).unwrap_or_else(|e| e.into_inner());
         }
         *used += 1;
