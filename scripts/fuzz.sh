@@ -17,10 +17,23 @@ if [ "${1:-}" = --dev ]; then
 fi
 secs=${1:-60}
 shift || true
+case $secs in
+'' | *[!0-9]* | 0)
+	echo "fuzz.sh: SECONDS must be a positive whole number, got '$secs' (usage: scripts/fuzz.sh [--dev] [SECONDS] [TARGET...])" >&2
+	exit 2
+	;;
+esac
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cd fuzz
-targets=${*:-$(cargo +nightly fuzz list)}
+known=$(cargo +nightly fuzz list)
+for t in "$@"; do
+	grep -qx -- "$t" <<<"$known" || {
+		echo "fuzz.sh: no fuzz target '$t' (targets: $(echo $known))" >&2
+		exit 2
+	}
+done
+targets=${*:-$known}
 for t in $targets; do
 	work=$(mktemp -d)
 	cp -r "seeds/$t/." "$work/" 2>/dev/null || true
