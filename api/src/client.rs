@@ -40,10 +40,17 @@ pub fn request(
         "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes())?;
+    // A server that turns the connection away (429) may answer and close
+    // before it reads the request: the write can then fail, and the read
+    // end in a reset after the answer. Whatever answer arrived counts.
+    let wrote = s.write_all(req.as_bytes());
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    parse_response(&raw)
+    let read = s.read_to_end(&mut raw);
+    match (parse_response(&raw), wrote, read) {
+        (Ok(r), _, _) => Ok(r),
+        (Err(_), Err(e), _) | (Err(_), Ok(()), Err(e)) => Err(e.into()),
+        (Err(e), Ok(()), Ok(_)) => Err(e),
+    }
 }
 
 /// One call as `lithe remote` makes it: the reply's body on success (`None`

@@ -1,9 +1,12 @@
 //! HTTP to actions and back: which action a method and path name (with the
 //! body decoded), and which status and body a result becomes.
 
-use crate::action::{ActionError, VmmAction, VmmData};
+use vmm::resize::{ResizeError, ResizeRequest, DEFAULT_WAIT};
+use vmm::rpc::{ActionError, Command, Query, Refused, VmmAction, VmmData};
+
+use crate::config_wire::{self, WireError};
 use crate::http::Request;
-use crate::types::{ApiResponse, ResizeRequest, DEFAULT_RESIZE_WAIT_MS, MAX_RESIZE_WAIT_MS};
+use crate::types::{ApiResponse, ResizeBody};
 use crate::vm_config::VmConfig;
 
 pub const API_PREFIX: &str = "/api/v1/";
@@ -70,6 +73,27 @@ fn no_body(req: &Request) -> Result<(), ApiResponse> {
     }
 }
 
+/// What failed, as the first line of an error reply (Cloud Hypervisor's wording).
+pub fn failure(action: &VmmAction) -> &'static str {
+    match action {
+        VmmAction::Query(Query::Ping) => "The VMM could not be pinged",
+        VmmAction::Query(Query::VmInfo) => "The VM info is not available",
+        VmmAction::Query(Query::Counters) => "The VM counters are not available",
+        VmmAction::Command(c) => match c {
+            Command::ShutdownVmm => "The VMM could not shutdown",
+            Command::CreateVm(_) => "The VM could not be created",
+            Command::DeleteVm => "The VM could not be deleted",
+            Command::BootVm => "The VM could not boot",
+            Command::Resize(_) => "The VM could not be resized",
+            Command::ShutdownVm => "The VM could not shutdown",
+            Command::RebootVm => "The VM could not reboot",
+            Command::PauseVm => "The VM could not be paused",
+            Command::ResumeVm => "The VM could not resume",
+            Command::PowerButton => "The VM could not trigger the power button",
+        },
+    }
+}
+
 /// `wait=true|false` or `wait_ms=N` in the query string.
 fn wait_from_query(query: Option<&str>) -> Result<Option<u64>, ApiResponse> {
     let mut wait = None;
@@ -79,7 +103,7 @@ fn wait_from_query(query: Option<&str>) -> Result<Option<u64>, ApiResponse> {
             .map_err(|_| bad(format!("query parameter {raw:?} is not UTF-8 once decoded")))?;
         let pair: &str = &pair;
         match pair.split_once('=') {
-            Some(("wait", "true")) => wait = Some(DEFAULT_RESIZE_WAIT_MS),
+            Some(("wait", "true")) => wait = Some(DEFAULT_WAIT.as_millis() as u64),
             Some(("wait", "false")) => wait = None,
             Some(("wait_ms", v)) => wait = Some(v.parse().map_err(|_| bad(format!("wait_ms={v:?} is not a number")))?),
             _ => return Err(bad(format!("unknown query parameter {pair:?}"))),
@@ -89,17 +113,33 @@ fn wait_from_query(query: Option<&str>) -> Result<Option<u64>, ApiResponse> {
 }
 
 fn resize(r: &Request) -> Result<VmmAction, ApiResponse> {
-    let mut resize: ResizeRequest = json(&r.body)?;
+    let mut body: ResizeBody = json(&r.body)?;
     if let Some(w) = wait_from_query(r.query.as_deref())? {
-        if resize.wait_ms.is_some() {
+        if body.wait_ms.is_some() {
             return Err(bad("give the wait either in the body or in the query, not both"));
         }
-        resize.wait_ms = Some(w);
+        body.wait_ms = Some(w);
     }
-    if resize.wait_ms.is_some_and(|w| w > MAX_RESIZE_WAIT_MS) {
-        return Err(bad(format!("wait_ms may be at most {MAX_RESIZE_WAIT_MS}")));
-    }
-    Ok(VmmAction::Resize(resize))
+    let refused = |e: ResizeError| ApiResponse::error(400, ["The VM could not be resized".to_string(), e.to_string()]);
+    let req = ResizeRequest::new(body.into()).map_err(refused)?;
+    Ok(VmmAction::Command(Command::Resize(req)))
+}
+
+/// `vm.create`'s body, Cloud Hypervisor's `VmConfig`, as lithe's config,
+/// or everything in it lithe cannot honour, named at once (the VMM answers
+/// that 400 after its state: a VM that exists is a 409 first).
+fn create(r: &Request) -> Result<VmmAction, ApiResponse> {
+    let wire: VmConfig = json(&r.body)?;
+    let config = config_wire::from_wire(&wire).map_err(|e| match e {
+        WireError::Unsupported(fields) => Refused::Unsupported(fields),
+        WireError::Invalid(m) => Refused::Invalid(m),
+    });
+    Ok(VmmAction::Command(Command::CreateVm(Box::new(config))))
+}
+
+/// A command that takes no body.
+fn command(r: &Request, c: Command) -> Result<VmmAction, ApiResponse> {
+    no_body(r).map(|_| VmmAction::Command(c))
 }
 
 /// Decodes a request's body (and query) once the endpoint is known.
@@ -112,18 +152,18 @@ pub fn route(req: &Request) -> Result<VmmAction, ApiResponse> {
         return Err(not_found(format!("unknown path {}", req.path)));
     };
     let (expected, build): (&str, Decoder) = match endpoint {
-        "vmm.ping" => ("GET", |_| Ok(VmmAction::Ping)),
-        "vm.info" => ("GET", |_| Ok(VmmAction::VmInfo)),
-        "vm.counters" => ("GET", |_| Ok(VmmAction::Counters)),
-        "vmm.shutdown" => ("PUT", |r| no_body(r).map(|_| VmmAction::ShutdownVmm)),
-        "vm.create" => ("PUT", |r| json::<VmConfig>(&r.body).map(|c| VmmAction::CreateVm(Box::new(c)))),
-        "vm.delete" => ("PUT", |r| no_body(r).map(|_| VmmAction::DeleteVm)),
-        "vm.boot" => ("PUT", |r| no_body(r).map(|_| VmmAction::BootVm)),
-        "vm.shutdown" => ("PUT", |r| no_body(r).map(|_| VmmAction::ShutdownVm)),
-        "vm.reboot" => ("PUT", |r| no_body(r).map(|_| VmmAction::RebootVm)),
-        "vm.pause" => ("PUT", |r| no_body(r).map(|_| VmmAction::PauseVm)),
-        "vm.resume" => ("PUT", |r| no_body(r).map(|_| VmmAction::ResumeVm)),
-        "vm.power-button" => ("PUT", |r| no_body(r).map(|_| VmmAction::PowerButton)),
+        "vmm.ping" => ("GET", |_| Ok(VmmAction::Query(Query::Ping))),
+        "vm.info" => ("GET", |_| Ok(VmmAction::Query(Query::VmInfo))),
+        "vm.counters" => ("GET", |_| Ok(VmmAction::Query(Query::Counters))),
+        "vmm.shutdown" => ("PUT", |r| command(r, Command::ShutdownVmm)),
+        "vm.create" => ("PUT", create),
+        "vm.delete" => ("PUT", |r| command(r, Command::DeleteVm)),
+        "vm.boot" => ("PUT", |r| command(r, Command::BootVm)),
+        "vm.shutdown" => ("PUT", |r| command(r, Command::ShutdownVm)),
+        "vm.reboot" => ("PUT", |r| command(r, Command::RebootVm)),
+        "vm.pause" => ("PUT", |r| command(r, Command::PauseVm)),
+        "vm.resume" => ("PUT", |r| command(r, Command::ResumeVm)),
+        "vm.power-button" => ("PUT", |r| command(r, Command::PowerButton)),
         "vm.resize" => ("PUT", resize),
         _ => {
             return Err(match NOT_BUILT.iter().find(|(e, _)| *e == endpoint) {
@@ -151,11 +191,13 @@ pub fn route(req: &Request) -> Result<VmmAction, ApiResponse> {
 pub fn status_of(e: &ActionError) -> u16 {
     match e {
         ActionError::NotCreated => 404,
-        ActionError::NotBooted | ActionError::AlreadyPaused | ActionError::NotPaused | ActionError::Paused => 405,
+        ActionError::NotBooted | ActionError::AlreadyPaused | ActionError::NotPaused => 405,
+        ActionError::Resize(r) if r.is_state() => 405,
         ActionError::AlreadyCreated | ActionError::AlreadyBooted => 409,
-        ActionError::Invalid(_) | ActionError::Unsupported(_) => 400,
-        ActionError::Busy(_) => 429,
-        ActionError::Internal(_) => 500,
+        ActionError::Config { .. } | ActionError::Refused(_) => 400,
+        ActionError::Resize(r) if r.is_vmm() => 500,
+        ActionError::Resize(_) => 400,
+        ActionError::Boot(_) | ActionError::Reboot(_) | ActionError::Pause(_) | ActionError::PowerButton(_) => 500,
         ActionError::Unavailable(_) => 503,
     }
 }
@@ -163,11 +205,7 @@ pub fn status_of(e: &ActionError) -> u16 {
 /// The reply to `action`'s result.
 pub fn respond(action_failure: &str, result: Result<VmmData, ActionError>) -> ApiResponse {
     match result {
-        Ok(VmmData::Empty) => ApiResponse::no_content(),
-        Ok(VmmData::Pong(p)) => ApiResponse::ok(p),
-        Ok(VmmData::VmInfo(i)) => ApiResponse::ok(i),
-        Ok(VmmData::Counters(c)) => ApiResponse::ok(c),
-        Ok(VmmData::ResizeReport(r)) => ApiResponse::ok(r),
+        Ok(data) => crate::responses::reply(data),
         Err(e) => ApiResponse::error(status_of(&e), [action_failure.to_string(), e.to_string()]),
     }
 }
@@ -189,17 +227,18 @@ mod tests {
     }
 
     fn resize_to(n: u32, wait_ms: Option<u64>) -> VmmAction {
-        VmmAction::Resize(ResizeRequest { desired_vcpus: Some(n), wait_ms, ..Default::default() })
+        let wait = wait_ms.map(std::time::Duration::from_millis);
+        VmmAction::Command(Command::Resize(ResizeRequest { want: Some(vmm::resize::Want::Count(n)), wait }))
     }
 
     #[test]
     fn routes_every_endpoint() {
-        assert_eq!(route(&req("GET", "/api/v1/vmm.ping", "")), Ok(VmmAction::Ping));
-        assert_eq!(route(&req("PUT", "/api/v1/vm.pause", "")), Ok(VmmAction::PauseVm));
+        assert_eq!(route(&req("GET", "/api/v1/vmm.ping", "")), Ok(VmmAction::Query(Query::Ping)));
+        assert_eq!(route(&req("PUT", "/api/v1/vm.pause", "")), Ok(VmmAction::Command(Command::PauseVm)));
         assert_eq!(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":4}"#)), Ok(resize_to(4, None)));
         assert_eq!(
             route(&req("PUT", "/api/v1/vm.resize?wait=true", r#"{"desired_vcpus":2}"#)),
-            Ok(resize_to(2, Some(DEFAULT_RESIZE_WAIT_MS)))
+            Ok(resize_to(2, Some(DEFAULT_WAIT.as_millis() as u64)))
         );
         // ch-remote's resize body: the null fields are Cloud Hypervisor's schema.
         assert_eq!(
@@ -208,7 +247,7 @@ mod tests {
         );
         assert!(matches!(
             route(&req("PUT", "/api/v1/vm.create", r#"{"payload":{"kernel":"/k"}}"#)),
-            Ok(VmmAction::CreateVm(_))
+            Ok(VmmAction::Command(Command::CreateVm(_)))
         ));
     }
 
@@ -305,7 +344,7 @@ mod tests {
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":3}"#))), 400);
         assert_eq!(
             route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":[0,287]}"#)),
-            Ok(VmmAction::Resize(ResizeRequest { desired_vcpu_ids: Some(vec![0, 287]), ..Default::default() }))
+            Ok(VmmAction::Command(Command::Resize(ResizeRequest::ids(&[0, 287]).unwrap())))
         );
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":2,"extra":1}"#))), 400);
         assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize?wait=maybe", r#"{"desired_vcpus":2}"#))), 400);
@@ -338,10 +377,22 @@ mod tests {
         assert_eq!(s(ActionError::NotCreated), 404);
         assert_eq!(s(ActionError::NotBooted), 405);
         assert_eq!(s(ActionError::NotPaused), 405);
-        assert_eq!(s(ActionError::Busy("x".into())), 429);
-        assert_eq!(s(ActionError::Unsupported(vec!["disks".into()])), 400);
+        assert_eq!(s(ActionError::Resize(ResizeError::Paused)), 405);
+        assert_eq!(s(ActionError::Resize(ResizeError::NoBootVcpu)), 400);
+        let failed = ResizeError::VcpuFailed { vcpu: 2, error: "KVM said no".into(), target: 1 };
+        assert_eq!(s(ActionError::Resize(failed)), 500);
+        assert_eq!(s(ActionError::Unavailable("going away")), 503);
         assert_eq!(respond("ctx", Ok(VmmData::Empty)), ApiResponse::no_content());
-        let r = respond("The VM could not be resized", Err(ActionError::Invalid("too many".into())));
-        assert_eq!(r.body, Some(serde_json::json!(["The VM could not be resized", "too many"])));
+        let r = respond(
+            "The VM could not be resized",
+            Err(ActionError::Resize(ResizeError::CountOutOfRange { desired: 9, max: 4 })),
+        );
+        let expected = ["The VM could not be resized", "desired_vcpus must be between 1 and 4, got 9"];
+        assert_eq!(r.body, Some(serde_json::json!(expected)));
+        // A configuration error names the API's field, never a command-line flag.
+        let e = ActionError::from(vmm::config::ConfigError::Cpus("boot=5 is larger than max=4".into()));
+        assert_eq!(s(e), 400);
+        let e = ActionError::from(vmm::config::ConfigError::Cpus("boot=5 is larger than max=4".into()));
+        assert_eq!(e.to_string(), "cpus: boot=5 is larger than max=4");
     }
 }

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::action::{ActionError, VmmAction, VmmData};
+use vmm::rpc::{ActionError, VmmAction, VmmData};
+
 use crate::http::{read_request, write_response, HttpError};
-use crate::routes::{respond as reply_for, route};
+use crate::routes::{failure, respond as reply_for, route};
 use crate::types::ApiResponse;
 
 /// Connections served at once; one more is answered 429 (retry) and closed.
@@ -39,6 +40,13 @@ const MAX_DRAIN: usize = 1 << 20;
 /// What the VMM does with an action. Called on worker threads.
 pub trait ApiHandler: Send + Sync {
     fn handle(&self, action: VmmAction) -> Result<VmmData, ActionError>;
+}
+
+/// The VMM's own dispatcher: queries on this thread, commands on its main loop.
+impl ApiHandler for vmm::api_bridge::ApiBridge {
+    fn handle(&self, action: VmmAction) -> Result<VmmData, ActionError> {
+        vmm::api_bridge::ApiBridge::handle(self, action)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,10 +192,20 @@ fn accept_loop(
         };
         if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::AcqRel);
-            // Never read here: a best-effort, non-blocking answer, then close.
+            // Never block here: a non-blocking answer, then close. What the
+            // client already sent is drained first (without waiting for
+            // more), since closing on unread bytes resets the connection,
+            // and a client may then lose the answer.
             let _ = stream.set_nonblocking(true);
             let busy = ApiResponse::error(429, ["Too Many Requests", "too many open API connections; retry"]);
             let _ = write_response(&mut stream, busy.status, busy.body.as_ref(), false);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let mut sink = [0u8; 4096];
+            for _ in 0..16 {
+                if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+                    break;
+                }
+            }
             continue;
         }
         let (handler, active_c, inflight) = (handler.clone(), active.clone(), inflight.clone());
@@ -222,8 +240,8 @@ impl Read for DeadlineReader<'_> {
 
 /// Runs the handler, turning a panic into a 500: the connection, the server
 /// and whatever the handler guards stay usable.
-fn dispatch(handler: &dyn ApiHandler, action: crate::action::VmmAction) -> ApiResponse {
-    let failure = action.failure();
+fn dispatch(handler: &dyn ApiHandler, action: VmmAction) -> ApiResponse {
+    let failure = failure(&action);
     let describe = format!("{action:?}");
     match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(action))) {
         Ok(result) => reply_for(failure, result),

@@ -71,15 +71,8 @@ pub struct VmConfig {
     pub landlock_rules: Option<Vec<Value>>,
 }
 
-/// `CpuTopology`: threads per core, cores per die, dies per package, packages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CpuTopology {
-    pub threads_per_core: u16,
-    pub cores_per_die: u16,
-    pub dies_per_package: u16,
-    pub packages: u16,
-}
+/// `CpuTopology`: the VMM's own type, whose fields are Cloud Hypervisor's.
+pub use vmm::config::CpuTopology;
 
 /// `CpusConfig`, plus lithe's `eject_timeout_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,13 +4,15 @@
 //! commands for features lithe lacks fail with the reason. No guest: this
 //! pins the wire; tests/tests/guest/ch_remote.rs drives a real VM with it.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+use std::process::Command as Process;
 use std::sync::{Arc, Mutex};
 
-use api::action::{VmInfoResponse, VmState, VmmPingResponse};
-use api::vm_config::{CpusConfig, MemoryConfig, PayloadConfig, VmConfig};
 use api::{ActionError, ApiHandler, ApiServer, VmmAction, VmmData};
+use vmm::resize::{ResizeError, Want};
+use vmm::rpc::{Command, Query};
+
+mod common;
 
 /// Records every action and answers the way lithe's VMM does.
 #[derive(Default)]
@@ -20,75 +22,28 @@ impl ApiHandler for Recorder {
     fn handle(&self, action: VmmAction) -> Result<VmmData, ActionError> {
         self.0.lock().unwrap().push(action.clone());
         match action {
-            VmmAction::Ping => Ok(VmmData::Pong(VmmPingResponse {
-                build_version: "v".into(),
-                version: "0.0.0".into(),
-                pid: 42,
-                features: vec!["kvm".into()],
-            })),
-            VmmAction::VmInfo => Ok(VmmData::VmInfo(Box::new(VmInfoResponse {
-                config: VmConfig {
-                    cpus: Some(CpusConfig {
-                        boot_vcpus: 2,
-                        max_vcpus: 4,
-                        topology: None,
-                        kvm_hyperv: Some(false),
-                        max_phys_bits: None,
-                        nested: Some(true),
-                        affinity: None,
-                        features: None,
-                        core_scheduling: None,
-                        eject_timeout_ms: None,
-                    }),
-                    memory: Some(MemoryConfig {
-                        size: 1 << 28,
-                        hotplug_size: None,
-                        hotplugged_size: None,
-                        mergeable: None,
-                        hotplug_method: None,
-                        shared: None,
-                        hugepages: None,
-                        hugepage_size: None,
-                        prefault: None,
-                        reserve: None,
-                        thp: None,
-                        zones: None,
-                    }),
-                    payload: PayloadConfig { kernel: Some("/k".into()), ..Default::default() },
-                    ..Default::default()
-                },
-                state: VmState::Running,
-                memory_actual_size: 1 << 28,
-                lithe: Default::default(),
-            }))),
-            VmmAction::Counters => {
+            VmmAction::Query(Query::Ping) => Ok(common::pong("0.0.0", 42)),
+            VmmAction::Query(Query::VmInfo) => Ok(common::info(2, 4)),
+            VmmAction::Query(Query::Counters) => {
                 Ok(VmmData::Counters([("cpu-hotplug".to_string(), [("scans".to_string(), 3u64)].into())].into()))
             }
-            VmmAction::Resize(r) if r.desired_vcpus == Some(99) => Err(ActionError::Invalid("too many".into())),
+            VmmAction::Command(Command::Resize(r)) if r.want == Some(Want::Count(99)) => {
+                Err(ActionError::Resize(ResizeError::CountOutOfRange { desired: 99, max: 4 }))
+            }
             _ => Ok(VmmData::Empty),
         }
     }
 }
 
-fn ch_remote() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/ch-remote");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("!!! SKIPPED: {} is missing; the ch-remote conformance test did not run !!!", p.display());
-        None
-    }
-}
-
 fn run(bin: &Path, socket: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin).arg("--api-socket").arg(socket).args(args).output().unwrap();
+    let out = Process::new(bin).arg("--api-socket").arg(socket).args(args).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
 
 #[test]
 fn ch_remote_drives_every_served_endpoint() {
-    let Some(bin) = ch_remote() else { return };
+    let Some(bin) = prereq::peer("ch_remote_drives_every_served_endpoint", "ch-remote") else { return };
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("api.sock");
     let rec = Arc::new(Recorder::default());
@@ -118,18 +73,18 @@ fn ch_remote_drives_every_served_endpoint() {
     }
     let seen = rec.0.lock().unwrap().clone();
     let resize = seen.iter().find_map(|a| match a {
-        VmmAction::Resize(r) => Some(r.clone()),
+        VmmAction::Command(Command::Resize(r)) => Some(r.clone()),
         _ => None,
     });
     let r = resize.expect("the resize reached the VMM");
-    assert_eq!((r.desired_vcpus, r.desired_ram, r.desired_balloon, r.wait_ms), (Some(3), None, None, None));
-    assert!(seen.iter().any(|a| matches!(a, VmmAction::CreateVm(c) if c.cpus.as_ref().unwrap().max_vcpus == 2)));
+    assert_eq!((r.want, r.wait), (Some(Want::Count(3)), None), "ch-remote's null desired_ram/balloon are accepted");
+    assert!(seen.iter().any(|a| matches!(a, VmmAction::Command(Command::CreateVm(c)) if c.as_ref().as_ref().is_ok_and(|c| c.cpus.max_vcpus == 2))));
     assert_eq!(seen.len(), ok.len());
 
     // Errors: ch-remote fails and shows lithe's messages.
     let (code, out) = run(&bin, &socket, &["resize", "--cpus", "99"]);
     assert_ne!(code, 0);
-    assert!(out.contains("too many"), "{out}");
+    assert!(out.contains("desired_vcpus must be between 1 and 4, got 99"), "{out}");
     let (code, out) = run(&bin, &socket, &["add-disk", "path=/tmp/x"]);
     assert_ne!(code, 0);
     assert!(out.contains("lithe has no block devices"), "{out}");

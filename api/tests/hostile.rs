@@ -8,23 +8,20 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::action::VmmPingResponse;
 use api::client::request;
 use api::{ActionError, ApiHandler, ApiServer, VmmAction, VmmData};
+use vmm::rpc::{Command, Query};
+
+mod common;
 
 struct Handler;
 
 impl ApiHandler for Handler {
     fn handle(&self, action: VmmAction) -> Result<VmmData, ActionError> {
         match action {
-            VmmAction::PowerButton => panic!("a handler bug"),
-            VmmAction::Ping => Ok(VmmData::Pong(VmmPingResponse {
-                build_version: "b".into(),
-                version: "v".into(),
-                pid: 1,
-                features: vec![],
-            })),
-            VmmAction::Resize(r) => Ok(VmmData::ResizeReport(serde_json::json!({"desired": r.desired_vcpus}))),
+            VmmAction::Command(Command::PowerButton) => panic!("a handler bug"),
+            VmmAction::Query(Query::Ping) => Ok(common::pong("v", 1)),
+            VmmAction::Command(Command::Resize(r)) => Ok(common::report(r.want.map_or(0, |w| w.count()))),
             _ => Ok(VmmData::Empty),
         }
     }
@@ -78,7 +75,7 @@ fn sixty_four_hostile_connections_do_not_stop_anyone_else() {
     }
     let r =
         request(&path, "PUT", "vm.resize", Some(&serde_json::json!({"desired_vcpus": 2, "wait_ms": 0})), T).unwrap();
-    assert_eq!((r.status, r.body["desired"].as_u64()), (200, Some(2)));
+    assert_eq!((r.status, r.body["desired_vcpus"].as_u64()), (200, Some(2)));
     eprintln!("vm.info with 65 hostile connections open: worst of 20 took {worst:?}");
 
     // The garbage and the partial request line are answered 400 / 408 in

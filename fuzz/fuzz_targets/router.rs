@@ -3,8 +3,9 @@
 #![no_main]
 
 use api::http::read_request;
-use api::routes::{respond, route};
+use api::routes::{failure, respond, route};
 use api::{ActionError, VmmData};
+use vmm::resize::ResizeError;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,11 +13,12 @@ fuzz_target!(|data: &[u8]| {
     match route(&req) {
         Ok(action) => {
             // Whatever the VMM answers, the reply is well-formed.
-            let failure = action.failure();
+            let failure = failure(&action);
             assert!(!failure.is_empty());
             let ok = respond(failure, Ok(VmmData::Empty));
             assert_eq!(ok.status, 204);
-            let err = respond(failure, Err(ActionError::Invalid(String::from_utf8_lossy(data).into())));
+            let text = String::from_utf8_lossy(data).into_owned();
+            let err = respond(failure, Err(ActionError::Resize(ResizeError::VcpuFailed { vcpu: 1, error: text, target: 1 })));
             assert!(err.body.is_some_and(|b| b.is_array()));
         }
         Err(reply) => {

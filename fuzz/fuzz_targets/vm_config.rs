@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmm::config_wire::{from_wire, to_wire, WireError};
+use api::config_wire::{from_wire, to_wire, WireError};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(wire) = serde_json::from_slice::<api::vm_config::VmConfig>(data) else { return };

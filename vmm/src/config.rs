@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use api::vm_config::CpuTopology;
+pub use crate::arch::topology::CpuTopology;
+use crate::arch::topology::Topology;
 
 /// Most vCPUs lithe supports, when KVM allows as many: what the DSDT (about
 /// 123 bytes per possible vCPU) fits below the BIOS area (acpi/mod.rs tests
@@ -18,20 +19,49 @@ pub const MAX_MEMORY: u64 = 1 << 40;
 /// Kernel command line used when none is given: generic, no workarounds.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// What is wrong with a configuration. The message names no flag or field:
+/// the CLI says which flag ([`ConfigError::flag`]), the API which field of
+/// `VmConfig` ([`ConfigError::field`]).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("--cpus: {0}")]
+    #[error("{0}")]
     Cpus(String),
-    #[error("--memory: {0}")]
+    #[error("{0}")]
     Memory(String),
-    #[error("--serial: {0}")]
+    #[error("{0}")]
     Serial(String),
-    #[error("--kernel: {path}: {reason}")]
+    #[error("{path}: {reason}")]
     Kernel { path: PathBuf, reason: String },
-    #[error("--initramfs: {path}: {reason}")]
+    #[error("{path}: {reason}")]
     Initramfs { path: PathBuf, reason: String },
-    #[error("--cmdline: {0}")]
+    #[error("{0}")]
     Cmdline(String),
+}
+
+impl ConfigError {
+    /// The command-line flag it concerns.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            ConfigError::Cpus(_) => "--cpus",
+            ConfigError::Memory(_) => "--memory",
+            ConfigError::Serial(_) => "--serial",
+            ConfigError::Kernel { .. } => "--kernel",
+            ConfigError::Initramfs { .. } => "--initramfs",
+            ConfigError::Cmdline(_) => "--cmdline",
+        }
+    }
+
+    /// The `VmConfig` field it concerns (Cloud Hypervisor's names).
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::Cpus(_) => "cpus",
+            ConfigError::Memory(_) => "memory",
+            ConfigError::Serial(_) => "serial",
+            ConfigError::Kernel { .. } => "payload.kernel",
+            ConfigError::Initramfs { .. } => "payload.initramfs",
+            ConfigError::Cmdline(_) => "payload.cmdline",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +80,13 @@ pub struct CpusConfig {
     /// Expose the host's virtualization extensions (VMX/SVM) to the guest.
     #[serde(default = "yes")]
     pub nested: bool,
+}
+
+impl CpusConfig {
+    /// Where each vCPU sits (its APIC id, CPUID and MADT entry follow).
+    pub fn layout(&self) -> Topology {
+        Topology::of(self.topology, self.max_vcpus)
+    }
 }
 
 fn yes() -> bool {
@@ -233,7 +270,7 @@ pub fn validate_cpus(c: &CpusConfig, kvm: KvmLimits) -> Result<(), ConfigError> 
         }
     }
     // Odd topology counts leave gaps in the APIC ids (arch/topology.rs).
-    let highest = crate::arch::topology::Topology::from_config(c).apic_id(c.max_vcpus - 1);
+    let highest = c.layout().apic_id(c.max_vcpus - 1);
     if highest >= kvm.max_vcpu_id {
         let how =
             c.topology.map_or_else(|| format!("max={}", c.max_vcpus), |t| format!("topology {}", topology_text(t)));
@@ -424,7 +461,8 @@ mod tests {
         for bad in ["boot=1,topology=1:1:1", "boot=1,topology=a:1:1:1", "boot=1,topology=1:1:1:1:1"] {
             assert!(parse_cpus(bad).is_err(), "{bad}");
         }
-        assert!(ConfigError::Cpus("x".into()).to_string().starts_with("--cpus:"));
+        assert_eq!(ConfigError::Cpus("x".into()).to_string(), "x", "no flag or field in the message");
+        assert_eq!((ConfigError::Cpus("x".into()).flag(), ConfigError::Cpus("x".into()).field()), ("--cpus", "cpus"));
     }
 
     #[test]

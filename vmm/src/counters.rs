@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use api::action::VmCounters;
+use crate::rpc::VmCounters;
 use devices::cpu_hotplug::CpuHotplugController;
 use devices::ged::Ged;
 use devices::serial::SerialDevice;

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use serde::Serialize;
 
-use crate::cpu::lifecycle::{Phase, Reason, State};
 use crate::seccomp::Filter;
+use vcpu_table::lifecycle::{Phase, Reason, State};
 
 struct Monitor {
     tx: Sender<String>,

@@ -3,14 +3,15 @@
 pub mod acpi;
 pub mod api_bridge;
 pub mod arch;
-pub mod cli;
 pub mod config;
-pub mod config_wire;
 pub mod counters;
 pub mod cpu;
 pub mod events;
 pub mod exit;
+pub mod hotplug;
 pub mod memory;
+pub mod resize;
+pub mod rpc;
 pub mod seccomp;
 pub mod signals;
 pub mod vm;

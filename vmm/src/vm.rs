@@ -7,31 +7,29 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
-use log::{info, warn};
+use log::info;
 use vmm_sys_util::eventfd::EventFd;
 
-use devices::cpu_hotplug::{self, CpuHotplugController};
-use devices::ged::{Ged, GED_MMIO_LEN};
-use devices::ioapic::{Ioapic, IOAPIC_MMIO_LEN};
+use devices::ged::Ged;
 use devices::power::{AcpiPowerDevice, I8042Device, PowerEvent, PowerHandler, ACPI_POWER_LEN, ACPI_POWER_PORT};
 use devices::power::{I8042_DATA_PORT, I8042_LEN};
 use devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use devices::{Bus, BusError, EventFdTrigger};
 
-use crate::acpi::{self, GED_IRQ};
-use crate::arch::topology::Topology;
-use crate::arch::{boot, irq_routing, regs, x2apic};
+use crate::acpi;
+use crate::arch::{boot, regs};
 use crate::config::{SerialConfig, VmConfig};
 use crate::counters::{CounterSources, Latencies};
 use crate::cpu::clock::SystemClock;
 use crate::cpu::hotplug_host::HotplugHost;
-use crate::cpu::manager::{ManagerParts, Target, VcpuManager};
-use crate::cpu::vcpu::{install_kick_handler, VcpuContext, VcpuHandle};
+use crate::cpu::manager::VcpuManager;
+use crate::cpu::vcpu::{install_kick_handler, VcpuHandle};
 use crate::cpu::VcpuTable;
 use crate::exit::{ExitNotifier, VmExit};
+use crate::hotplug::{irqfd, HotplugStack, VcpuParts};
 use crate::memory::{self, GuestMemory};
+use crate::resize::Target;
 use crate::seccomp::Filters;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +62,7 @@ pub enum VmError {
     NotConfigured,
 }
 
-fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+pub(crate) fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::KvmCall { what, source }
 }
 
@@ -110,8 +108,10 @@ impl VmView {
         }
     }
 
+    /// Marks how this generation ended, and wakes resizes waiting on it.
     pub fn set_ended(&self, how: Ended) {
         self.ended.store(how as u8, Ordering::Release);
+        self.target.progress().bump();
     }
 }
 
@@ -155,17 +155,8 @@ impl Vm {
         vm_fd.set_tss_address(memory::KVM_TSS_ADDR as usize).map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
         vm_fd.set_identity_map_address(memory::KVM_IDENTITY_MAP_ADDR).map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
         // LAPICs in KVM, lithe's own IOAPIC, no PIC or PIT (arch/irq_routing.rs).
-        irq_routing::enable_split_irqchip(&vm_fd).map_err(kvm_call("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
-        let topology = Topology::from_config(&config.cpus);
-        let x2apic = x2apic::needed(&topology);
-        if x2apic {
-            x2apic::enable_32bit_ids(&vm_fd).map_err(kvm_call("KVM_ENABLE_CAP(KVM_CAP_X2APIC_API)"))?;
-            info!(
-                "x2APIC: APIC ids up to {}: vCPUs start in x2APIC mode with 32-bit ids and extended destination ids",
-                topology.apic_id(topology.vcpus() - 1)
-            );
-        }
-        let ioapic = Arc::new(Ioapic::new(Arc::new(irq_routing::KvmMsiRoutes(vm_fd.clone()))));
+        let cpus = config.cpus;
+        let mut stack = HotplugStack::new(&vm_fd, &cpus, hotplug_evt)?;
 
         let mem = memory::create_guest_memory(config.memory.size)?;
         if config.memory.thp {
@@ -187,11 +178,6 @@ impl Vm {
                 })
             })
         };
-        let irqfd = |gsi: u32| -> Result<EventFdTrigger, VmError> {
-            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
-            vm_fd.register_irqfd(&fd, gsi).map_err(kvm_call("KVM_IRQFD"))?;
-            Ok(EventFdTrigger::new(fd))
-        };
         let out: Box<dyn Write + Send> = match &config.serial {
             SerialConfig::Tty => Box::new(std::io::stdout()),
             SerialConfig::Off => Box::new(std::io::sink()),
@@ -204,23 +190,12 @@ impl Vm {
             ),
         };
         let room = input_room.try_clone().map_err(VmError::EventFd)?;
-        let serial = Arc::new(SerialDevice::with_input_room(irqfd(COM1_IRQ)?, out, room));
+        let serial = Arc::new(SerialDevice::with_input_room(irqfd(&vm_fd, COM1_IRQ)?, out, room));
         let mut pio = Bus::new();
         pio.insert(u64::from(COM1_PORT), COM1_PORT_LEN, serial.clone())?;
         let i8042 = Arc::new(I8042Device::new(power.clone()));
         pio.insert(u64::from(I8042_DATA_PORT), I8042_LEN, i8042)?;
         pio.insert(u64::from(ACPI_POWER_PORT), ACPI_POWER_LEN, Arc::new(AcpiPowerDevice::new(power)))?;
-
-        let cpus = config.cpus;
-        let table = Arc::new(VcpuTable::new(cpus.max_vcpus));
-        info!("vCPU table: {} slots, grace periods by {:?}", cpus.max_vcpus, table.fence_mode());
-        let host = Arc::new(HotplugHost::new(table.clone(), hotplug_evt.try_clone().map_err(VmError::EventFd)?));
-        let controller = Arc::new(CpuHotplugController::new(cpus.max_vcpus, host.clone()));
-        let ged = Arc::new(Ged::new(irqfd(GED_IRQ)?));
-        let mut mmio = Bus::new();
-        mmio.insert(memory::GED_MMIO_BASE, GED_MMIO_LEN, ged.clone())?;
-        mmio.insert(memory::CPU_HOTPLUG_MMIO_BASE, cpu_hotplug::MMIO_LEN, controller.clone())?;
-        mmio.insert(memory::IOAPIC_BASE, IOAPIC_MMIO_LEN, ioapic.clone())?;
 
         // Payload and firmware tables.
         let p = &config.payload;
@@ -228,50 +203,31 @@ impl Vm {
         let entry = boot::load_payload(&mem, &p.kernel, p.initramfs.as_deref(), &p.cmdline, config.memory.size)?;
         let t_payload = t0.elapsed();
         regs::write_boot_tables(&mem)?;
-        acpi::build(cpus.boot_vcpus, &topology)?.write(&mem)?;
+        acpi::build(cpus.boot_vcpus, &stack.topology)?.write(&mem)?;
         let t_tables = t0.elapsed();
 
-        let mut supported_cpuid =
-            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
-        if !cpus.nested {
-            crate::arch::cpuid::hide_virtualization(supported_cpuid.as_mut_slice());
-        }
-        if x2apic && !x2apic::offer_ext_dest_id(supported_cpuid.as_mut_slice()) {
-            warn!("x2APIC: KVM's CPUID has no paravirtual feature leaf; the guest will not use APIC ids past 255");
-        }
-        let on_started = {
-            let host = host.clone();
-            Arc::new(move |id| host.vcpu_started(id))
-        };
-        let ctx = VcpuContext {
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
-            exit: exit.clone(),
-            seccomp: seccomp.map(|f| f.vcpu.clone()),
-            on_started: Some(on_started),
-            ioapic: Some(ioapic),
-        };
         let latencies = Arc::new(Latencies::default());
         let counters = CounterSources {
-            controller: controller.clone(),
-            ged: ged.clone(),
+            controller: stack.controller.clone(),
+            ged: stack.ged.clone(),
             serial: serial.clone(),
             latencies: latencies.clone(),
         };
-        let mut manager = VcpuManager::new(ManagerParts {
-            vm: vm_fd.clone(),
-            table: table.clone(),
-            host: host.clone(),
-            controller,
-            ged: ged.clone(),
-            ctx,
-            supported_cpuid,
-            topology,
-            hotplug_timeout: Duration::from_millis(cpus.eject_timeout_ms),
-            clock: Arc::new(SystemClock),
-            stop_limit: crate::cpu::manager::STOP_LIMIT,
-            latencies,
-        });
+        let mmio = Arc::new(std::mem::take(&mut stack.mmio));
+        let mut manager = stack.manager(
+            &kvm,
+            &vm_fd,
+            &cpus,
+            VcpuParts {
+                pio,
+                mmio,
+                exit: exit.clone(),
+                seccomp: seccomp.map(|f| f.vcpu.clone()),
+                clock: Arc::new(SystemClock),
+                stop_limit: crate::cpu::manager::STOP_LIMIT,
+                latencies,
+            },
+        )?;
         manager.start_boot_vcpus(cpus.boot_vcpus, entry.0 .0)?;
         // Where start-up time goes (vm.counters has the total to the first KVM_RUN).
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -292,8 +248,8 @@ impl Vm {
             p.kernel.display()
         );
         let target = manager.target().clone();
-        let view = Arc::new(VmView::new(config.clone(), table, host, target, Some(counters)));
-        Ok(Vm { manager, serial, view, exit, ged, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
+        let view = Arc::new(VmView::new(config.clone(), stack.table, stack.host, target, Some(counters)));
+        Ok(Vm { manager, serial, view, exit, ged: stack.ged, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
     }
 
     pub fn manager(&mut self) -> &mut VcpuManager {

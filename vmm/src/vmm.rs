@@ -8,19 +8,18 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{ActionError, VmmAction, VmmData};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{debug, error, info, warn};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::api_bridge::{MainLoopReply, MainLoopRequest, VmState, VmmShared};
-use crate::config::{SerialConfig, VmConfig};
-use crate::config_wire::{self, WireError};
-use crate::cpu::manager::{ManagerError, ResizePlan};
+use crate::api_bridge::{MainLoopRequest, Reply, VmState, VmmShared};
+use crate::config::{KvmLimits, SerialConfig, VmConfig};
 use crate::events::emit;
 use crate::exit::VmExit;
+use crate::resize::{self, ResizeRequest};
+use crate::rpc::{ActionError, Command, Refused};
 use crate::seccomp::Filters;
 use crate::vm::{Ended, Vm, VmError};
 
@@ -233,19 +232,18 @@ impl Vmm {
         let Some((rx, evt)) = &self.api else { return };
         let _ = evt.read();
         let pending: Vec<MainLoopRequest> = rx.try_iter().collect();
-        for MainLoopRequest { action, received, reply } in pending {
-            let answer = self.execute(action, received);
+        for MainLoopRequest { command, received, reply } in pending {
+            let answer = self.execute(command, received);
             let _ = reply.send(answer);
         }
     }
 
-    /// Carries out one API action on the main loop.
-    fn execute(&mut self, action: VmmAction, received: std::time::Instant) -> MainLoopReply {
-        use MainLoopReply::Done;
-        match action {
-            VmmAction::CreateVm(wire) => Done(self.create(&wire)),
-            VmmAction::BootVm => Done(self.boot_action()),
-            VmmAction::DeleteVm => {
+    /// Carries out one command on the main loop.
+    fn execute(&mut self, command: Command, received: std::time::Instant) -> Result<Reply, ActionError> {
+        match command {
+            Command::CreateVm(config) => self.create(*config),
+            Command::BootVm => self.boot_action(),
+            Command::DeleteVm => {
                 // Cloud Hypervisor: shut the VM down if it runs, forget its config.
                 if self.vm.is_some() {
                     self.teardown(Ended::ShutDown);
@@ -255,34 +253,33 @@ impl Vmm {
                 }
                 self.shared.config.store(None);
                 self.shared.set_state(VmState::NotCreated);
-                Done(Ok(VmmData::Empty))
+                Ok(Reply::Done)
             }
-            VmmAction::ShutdownVm => Done(self.running().map(|_| ()).map(|()| {
+            Command::ShutdownVm => {
+                self.running()?;
                 self.teardown(Ended::ShutDown);
-                VmmData::Empty
-            })),
-            VmmAction::RebootVm => Done(self.running().map(|_| ()).and_then(|()| {
-                self.reboot().map(|_| VmmData::Empty).map_err(|e| ActionError::Internal(format!("reboot failed: {e}")))
-            })),
-            VmmAction::PauseVm => Done(self.pause(true)),
-            VmmAction::ResumeVm => Done(self.pause(false)),
-            VmmAction::PowerButton => Done(self.running().and_then(|vm| {
-                vm.press_power_button()
-                    .map_err(|e| ActionError::Internal(format!("raising the GED interrupt: {e}")))?;
+                Ok(Reply::Done)
+            }
+            Command::RebootVm => {
+                self.running()?;
+                self.reboot().map_err(ActionError::Reboot)?;
+                Ok(Reply::Done)
+            }
+            Command::PauseVm => self.pause(true),
+            Command::ResumeVm => self.pause(false),
+            Command::PowerButton => {
+                self.running()?.press_power_button().map_err(ActionError::PowerButton)?;
                 info!("power button pressed");
                 emit("vm", "power-button", &[]);
-                Ok(VmmData::Empty)
-            })),
-            VmmAction::Resize(req) => self.resize(req.desired_vcpus, req.distinct_vcpu_ids(), received),
-            VmmAction::ShutdownVmm => {
+                Ok(Reply::Done)
+            }
+            Command::Resize(req) => self.resize(&req, received),
+            Command::ShutdownVmm => {
                 info!("VMM shutdown requested over the API");
                 self.teardown(Ended::ShutDown);
                 emit("vmm", "shutdown", &[]);
                 self.exit_code = Some(0);
-                Done(Ok(VmmData::Empty))
-            }
-            VmmAction::Ping | VmmAction::VmInfo | VmmAction::Counters => {
-                Done(Err(ActionError::Internal("answered by the API thread, not the main loop".into())))
+                Ok(Reply::Done)
             }
         }
     }
@@ -296,24 +293,21 @@ impl Vmm {
         }
     }
 
-    fn create(&mut self, wire: &api::vm_config::VmConfig) -> Result<VmmData, ActionError> {
+    fn create(&mut self, config: Result<VmConfig, Refused>) -> Result<Reply, ActionError> {
         if self.vm.is_some() {
             return Err(ActionError::AlreadyBooted);
         }
         if self.config.is_some() {
             return Err(ActionError::AlreadyCreated);
         }
-        let config = config_wire::from_wire(wire).map_err(|e| match e {
-            WireError::Unsupported(fields) => ActionError::Unsupported(fields),
-            WireError::Invalid(m) => ActionError::Invalid(m),
-        })?;
-        config.validate(crate::config::KvmLimits::probe()).map_err(|e| ActionError::Invalid(e.to_string()))?;
+        let config = config?;
+        config.validate(KvmLimits::probe())?;
         info!("VM configured over the API");
         self.set_config(config);
-        Ok(VmmData::Empty)
+        Ok(Reply::Done)
     }
 
-    fn boot_action(&mut self) -> Result<VmmData, ActionError> {
+    fn boot_action(&mut self) -> Result<Reply, ActionError> {
         if self.vm.is_some() {
             return Err(ActionError::AlreadyBooted);
         }
@@ -321,17 +315,17 @@ impl Vmm {
             return Err(ActionError::NotCreated);
         }
         match self.boot() {
-            Ok(()) => Ok(VmmData::Empty),
-            Err(e @ VmError::Config(_)) => Err(ActionError::Invalid(e.to_string())),
+            Ok(()) => Ok(Reply::Done),
+            Err(VmError::Config(source)) => Err(ActionError::Config { source }),
             Err(e) => {
                 error!("VM boot failed: {e}");
                 self.teardown(Ended::ShutDown);
-                Err(ActionError::Internal(format!("boot failed: {e}")))
+                Err(ActionError::Boot(e))
             }
         }
     }
 
-    fn pause(&mut self, pause: bool) -> Result<VmmData, ActionError> {
+    fn pause(&mut self, pause: bool) -> Result<Reply, ActionError> {
         let vm = self.running()?;
         let m = vm.manager();
         if m.is_paused() == pause {
@@ -339,7 +333,7 @@ impl Vmm {
         }
         if pause {
             emit("vm", "pausing", &[]);
-            m.pause().map_err(|e| ActionError::Internal(format!("pause failed: {e}")))?;
+            m.pause().map_err(ActionError::Pause)?;
             self.shared.set_state(VmState::Paused);
             emit("vm", "paused", &[]);
         } else {
@@ -348,65 +342,37 @@ impl Vmm {
             self.shared.set_state(VmState::Running);
             emit("vm", "resumed", &[]);
         }
-        Ok(VmmData::Empty)
+        Ok(Reply::Done)
     }
 
-    /// A resize of the running VM, or (as Cloud Hypervisor does) of the
-    /// configured one before it boots: then it sets `boot_vcpus`. With
-    /// `ids`, a targeted resize (running VM only: boot vCPUs are always
-    /// `0..boot_vcpus`; `ids` sorted and distinct).
-    fn resize(&mut self, desired: Option<u32>, ids: Option<Vec<u32>>, received: std::time::Instant) -> MainLoopReply {
-        use MainLoopReply::Done;
-        if let (Some(n), Some(ids)) = (desired, ids.as_ref()) {
-            if ids.len() != n as usize {
-                return Done(Err(ActionError::Invalid(format!(
-                    "desired_vcpus is {n} but desired_vcpu_ids names {} vCPUs",
-                    ids.len()
-                ))));
-            }
-        }
-        if let Some(ids) = ids {
-            let Some(vm) = self.vm.as_mut() else {
-                return Done(Err(ActionError::Invalid(
-                    "desired_vcpu_ids needs a running VM; before boot, set desired_vcpus".into(),
-                )));
+    /// A resize of the running VM ([`resize::start`]), or, as Cloud
+    /// Hypervisor allows, of the configured one before it boots
+    /// ([`resize::before_boot`]).
+    fn resize(&mut self, req: &ResizeRequest, received: std::time::Instant) -> Result<Reply, ActionError> {
+        let Some(want) = &req.want else {
+            // Nothing asked: done, as Cloud Hypervisor answers it.
+            return match self.config {
+                Some(_) => Ok(Reply::Done),
+                None => Err(ActionError::NotCreated),
             };
-            emit("vm", "resizing", &[("desired_vcpu_ids", format!("{ids:?}"))]);
-            return Self::resize_reply(vm.manager().resize_ids_received(&ids, received), vm.view().clone());
-        }
-        let desired = desired.unwrap_or_default();
-        let Some(vm) = self.vm.as_mut() else {
-            let Some(config) = self.config.as_mut() else {
-                return Done(Err(ActionError::NotCreated));
-            };
-            let mut cpus = config.cpus;
-            cpus.boot_vcpus = desired;
-            if let Err(e) = crate::config::validate_cpus(&cpus, crate::config::KvmLimits::probe()) {
-                return Done(Err(ActionError::Invalid(e.to_string())));
-            }
-            config.cpus = cpus;
-            self.shared.config.store(Some(Arc::new(config.clone())));
-            info!("resize before boot: the VM will boot with {desired} vCPUs");
-            return Done(Ok(VmmData::Empty));
         };
-        emit("vm", "resizing", &[("desired_vcpus", desired.to_string())]);
-        Self::resize_reply(vm.manager().resize_received(desired, received), vm.view().clone())
-    }
-
-    fn resize_reply(result: Result<ResizePlan, ManagerError>, view: Arc<crate::vm::VmView>) -> MainLoopReply {
-        use MainLoopReply::Done;
-        match result {
-            Ok(ResizePlan { error: Some(e), .. }) => Done(Err(ActionError::Internal(e))),
-            Ok(plan) => MainLoopReply::Resized(plan, view),
-            Err(e @ (ManagerError::InvalidCount { .. } | ManagerError::InvalidIds(_))) => {
-                Done(Err(ActionError::Invalid(e.to_string())))
-            }
-            Err(ManagerError::Paused) => Done(Err(ActionError::Paused)),
-            Err(e) => {
-                error!("resize failed: {e}");
-                Done(Err(ActionError::Internal(e.to_string())))
-            }
+        if let Some(vm) = self.vm.as_mut() {
+            let field = match want {
+                resize::Want::Count(n) => ("desired_vcpus", n.to_string()),
+                resize::Want::Ids(ids) => ("desired_vcpu_ids", format!("{ids:?}")),
+            };
+            emit("vm", "resizing", &[field]);
+            let plan = resize::start(vm.manager(), want, received).inspect_err(|e| {
+                if e.is_vmm() {
+                    error!("resize failed: {e}");
+                }
+            })?;
+            return Ok(Reply::Resizing(plan, vm.view().clone()));
         }
+        let Some(config) = self.config.as_mut() else { return Err(ActionError::NotCreated) };
+        resize::before_boot(&mut config.cpus, want, KvmLimits::probe())?;
+        self.shared.config.store(Some(Arc::new(config.clone())));
+        Ok(Reply::Done)
     }
 
     fn wants_stdin(&self) -> bool {

@@ -12,20 +12,20 @@ use std::time::Duration;
 use aml::{AmlContext, AmlName, AmlValue, DebugVerbosity};
 use bed::{Bed, OnAdd, OnEject, TIMEOUT};
 use proptest::prelude::*;
-use vmm::cpu::manager::Cause;
 use vmm::cpu::{Phase, Reason};
+use vmm::resize::{Cause, ResizeError};
 
 const PAST_TIMEOUT: Duration = Duration::from_millis(TIMEOUT.as_millis() as u64 + 1);
 
 #[test]
 fn the_dsdt_scans_adds_and_removes_through_the_real_devices() {
     let mut b = Bed::new(1, 4);
-    b.manager.resize(3).unwrap();
+    b.resize(3).unwrap();
     assert_eq!(b.phases()[..3], [Phase::Running, Phase::Adding, Phase::Adding]);
     b.settle();
     assert_eq!(b.guest.cpus, [0, 1, 2].into());
     b.check_settled();
-    b.manager.resize(1).unwrap();
+    b.resize(1).unwrap();
     b.settle();
     assert_eq!(b.phases(), [Phase::Running, Phase::Parked, Phase::Parked, Phase::Absent]);
     b.check_settled();
@@ -39,16 +39,16 @@ fn the_dsdt_scans_adds_and_removes_through_the_real_devices() {
 fn parked_vcpus_are_reused() {
     let mut b = Bed::new(1, 3);
     for _ in 0..3 {
-        b.manager.resize(3).unwrap();
+        b.resize(3).unwrap();
         b.settle();
         b.check_settled();
-        b.manager.resize(1).unwrap();
+        b.resize(1).unwrap();
         b.settle();
         b.check_settled();
     }
     assert_eq!(b.phases(), [Phase::Running, Phase::Parked, Phase::Parked]);
     b.guest.on_add = OnAdd::AckOnly;
-    b.manager.resize(2).unwrap();
+    b.resize(2).unwrap();
     b.settle();
     for _ in 0..20 {
         b.advance(Duration::from_millis(250)); // ticks kick unstarted vCPUs to look
@@ -66,7 +66,7 @@ fn parked_vcpus_are_reused() {
 #[test]
 fn a_probe_finds_a_started_ap_halted_where_its_code_halts() {
     let mut b = Bed::new(1, 2);
-    b.manager.resize(2).unwrap();
+    b.resize(2).unwrap();
     b.settle();
     b.check_settled();
     let mut reader = vmm::cpu::table::Reader::new(&b.table, "probe test");
@@ -115,7 +115,7 @@ fn a_vcpu_thread_whose_filter_fails_runs_nothing_and_returns_its_fd() {
 fn an_add_the_guest_takes_and_ignores_and_an_ignored_eject_after_it() {
     let mut b = Bed::new(1, 2);
     b.guest.on_add = OnAdd::Ignore;
-    b.manager.resize(2).unwrap();
+    b.resize(2).unwrap();
     b.settle();
     assert_eq!(b.state(1).phase, Phase::Adding);
     b.guest.ignore_interrupts = true;
@@ -135,8 +135,8 @@ fn an_add_the_guest_takes_and_ignores_and_an_ignored_eject_after_it() {
 fn add_then_remove_before_the_guest_scans() {
     let mut b = Bed::new(1, 2);
     b.guest.ignore_interrupts = true;
-    b.manager.resize(2).unwrap();
-    let plan = b.manager.resize(1).unwrap();
+    b.resize(2).unwrap();
+    let plan = b.resize(1).unwrap();
     assert!(plan.removing.contains(&1));
     let s = b.state(1);
     assert_eq!((s.phase, s.reason), (Phase::Parked, Reason::AddCancelled));
@@ -146,7 +146,7 @@ fn add_then_remove_before_the_guest_scans() {
     b.check_settled();
     assert_eq!(b.manager.target().desired(), 1);
     // the id works normally afterwards
-    b.manager.resize(2).unwrap();
+    b.resize(2).unwrap();
     b.settle();
     b.check_settled();
     assert_eq!(b.phases(), [Phase::Running, Phase::Running]);
@@ -157,7 +157,7 @@ fn add_then_remove_before_the_guest_scans() {
 fn failed_and_unanswered_adds_are_retired_and_the_target_follows() {
     let mut b = Bed::new(1, 3);
     b.guest.on_add = OnAdd::Fail;
-    b.manager.resize(2).unwrap();
+    b.resize(2).unwrap();
     b.settle();
     assert_eq!((b.state(1).phase, b.state(1).reason), (Phase::Parked, Reason::AddFailed));
     let t = b.manager.target().status();
@@ -167,7 +167,7 @@ fn failed_and_unanswered_adds_are_retired_and_the_target_follows() {
     // Never taken (GED unbound): withdrawn at the deadline.
     b.guest.on_add = OnAdd::Online;
     b.guest.ignore_interrupts = true;
-    b.manager.resize(2).unwrap();
+    b.resize(2).unwrap();
     b.advance(PAST_TIMEOUT);
     assert_eq!((b.state(1).phase, b.state(1).reason), (Phase::Parked, Reason::AddTimeout));
     assert_eq!(b.manager.target().desired(), 1);
@@ -178,7 +178,7 @@ fn failed_and_unanswered_adds_are_retired_and_the_target_follows() {
     // Taken but never answered: the guest is asked to eject it; Linux ejects
     // a CPU it never added at once.
     b.guest.on_add = OnAdd::Ignore;
-    b.manager.resize(2).unwrap();
+    b.resize(2).unwrap();
     b.settle();
     assert_eq!(b.state(1).phase, Phase::Adding);
     b.advance(PAST_TIMEOUT);
@@ -193,7 +193,7 @@ fn failed_and_unanswered_adds_are_retired_and_the_target_follows() {
 fn a_late_eject_after_the_timeout_retires() {
     let mut b = Bed::new(2, 2);
     b.guest.on_eject = OnEject::Defer;
-    b.manager.resize(1).unwrap();
+    b.resize(1).unwrap();
     b.settle();
     b.advance(PAST_TIMEOUT);
     let s = b.state(1);
@@ -216,7 +216,7 @@ fn a_guest_initiated_eject_retires_and_lowers_the_target() {
     assert_eq!(b.manager.target().desired(), 2);
     b.check_settled();
     // and the next resize up re-adds it
-    b.manager.resize(3).unwrap();
+    b.resize(3).unwrap();
     b.settle();
     b.check_settled();
 }
@@ -225,10 +225,10 @@ fn a_guest_initiated_eject_retires_and_lowers_the_target() {
 #[test]
 fn a_refused_eject_rolls_back() {
     let mut b = Bed::new(1, 3);
-    b.manager.resize(3).unwrap();
+    b.resize(3).unwrap();
     b.settle();
     b.guest.on_eject = OnEject::Refuse;
-    b.manager.resize(1).unwrap();
+    b.resize(1).unwrap();
     b.settle();
     for id in [1, 2] {
         assert_eq!((b.state(id).phase, b.state(id).reason), (Phase::Running, Reason::EjectRefused));
@@ -237,7 +237,7 @@ fn a_refused_eject_rolls_back() {
     b.check_settled();
     // asking again retries
     b.guest.on_eject = OnEject::Eject;
-    b.manager.resize(1).unwrap();
+    b.resize(1).unwrap();
     b.settle();
     b.check_settled();
     assert_eq!(b.live(), [0].into());
@@ -250,9 +250,10 @@ fn a_refused_eject_rolls_back() {
 fn an_add_that_fails_part_way_keeps_and_announces_the_rest() {
     let mut b = Bed::new(1, 4);
     let _squatter = b.vm.create_vcpu(2).unwrap(); // KVM now refuses id 2 to the manager
-    let plan = b.manager.resize(4).unwrap();
-    assert_eq!(plan.added, vec![1]);
-    assert!(plan.error.as_deref().is_some_and(|e| e.contains("vCPU 2")), "{plan:?}");
+    let e = b.resize(4).unwrap_err();
+    assert!(matches!(&e, ResizeError::VcpuFailed { vcpu: 2, target: 2, .. }), "{e:?}");
+    assert!(e.is_vmm(), "a 500, not the client's fault");
+    assert_eq!(b.state(1).phase, Phase::Adding, "vCPU 1 went through before vCPU 2 failed");
     let t = b.manager.target().status();
     assert_eq!(t.desired, 2);
     assert!(matches!(t.cause, Cause::VmmError { vcpu: 2, .. }), "{t:?}");
@@ -266,16 +267,17 @@ fn an_add_that_fails_part_way_keeps_and_announces_the_rest() {
 /// thread has stopped; then it is parked and reused as usual.
 #[test]
 fn a_thread_that_does_not_stop_is_stuck_not_lost() {
-    let mut b = Bed::new(1, 3);
+    // A short stop limit: the one thread asked to stop here is meant not to.
+    let mut b = Bed::with_stop_limit(1, 3, Duration::from_millis(300));
     b.blocker.hold(); // the next AP to start blocks in a port read
-    b.manager.resize(2).unwrap();
+    b.resize(2).unwrap();
     b.settle();
     b.blocker.wait_blocked(1);
-    b.manager.resize(1).unwrap();
+    b.resize(1).unwrap();
     b.settle(); // the guest ejects it; the thread cannot stop
     assert_eq!(b.state(1).phase, Phase::Stuck);
     assert_eq!(bed::Bed::vcpu_threads(), [0, 1].into(), "the thread is still there, and still owned");
-    let plan = b.manager.resize(3).unwrap();
+    let plan = b.resize(3).unwrap();
     assert_eq!(plan.added, vec![2], "a stuck id is not handed out: {plan:?}");
     assert_eq!(plan.waiting_for, vec![1], "{plan:?}");
     b.settle();
@@ -299,18 +301,19 @@ fn a_thread_that_does_not_stop_is_stuck_not_lost() {
 /// VM is not left half paused.
 #[test]
 fn a_failed_pause_leaves_every_vcpu_running() {
-    let mut b = Bed::new(1, 4);
-    b.manager.resize(2).unwrap();
+    // vCPU 2 is meant not to pause; the others get a second, plenty to pause.
+    let mut b = Bed::with_stop_limit(1, 4, Duration::from_secs(1));
+    b.resize(2).unwrap();
     b.settle();
     b.blocker.hold();
-    b.manager.resize(3).unwrap();
+    b.resize(3).unwrap();
     b.settle();
     b.blocker.wait_blocked(1); // vCPU 2 is in a port read: it cannot pause
     assert!(b.manager.pause().is_err());
     assert!(!b.manager.is_paused());
     b.blocker.release();
     // vCPU 0 runs again: it starts the next CPU the guest brings up.
-    b.manager.resize(4).unwrap();
+    b.resize(4).unwrap();
     b.settle();
     assert_eq!(b.state(3).phase, Phase::Running);
     b.manager.pause().unwrap();
@@ -325,11 +328,11 @@ fn a_failed_pause_leaves_every_vcpu_running() {
 fn deadlines_stop_while_paused() {
     let mut b = Bed::new(2, 2);
     b.guest.on_eject = OnEject::Ignore;
-    b.manager.resize(1).unwrap();
+    b.resize(1).unwrap();
     b.settle();
     b.advance(TIMEOUT / 2);
     b.manager.pause().unwrap();
-    assert!(b.manager.resize(2).is_err(), "no resize while paused");
+    assert!(b.resize(2).is_err(), "no resize while paused");
     b.advance(TIMEOUT * 3);
     assert_eq!(b.state(1).phase, Phase::Removing);
     b.manager.resume();
@@ -345,13 +348,13 @@ fn deadlines_stop_while_paused() {
 fn a_guest_that_acknowledges_but_never_starts_the_cpu() {
     let mut b = Bed::new(1, 2);
     b.guest.on_add = OnAdd::AckOnly;
-    b.manager.resize(2).unwrap();
+    b.resize(2).unwrap();
     b.settle();
     assert_eq!(b.state(1).phase, Phase::Acknowledged);
     let states = b.table.states();
     assert!(!vmm::cpu::reconciler::converged(2, &states));
     // removing it works like any other
-    b.manager.resize(1).unwrap();
+    b.resize(1).unwrap();
     b.settle();
     assert_eq!(b.state(1).phase, Phase::Parked);
 }
@@ -360,12 +363,12 @@ fn a_guest_that_acknowledges_but_never_starts_the_cpu() {
 #[test]
 fn retarget_while_removals_are_pending() {
     let mut b = Bed::new(1, 4);
-    b.manager.resize(4).unwrap();
+    b.resize(4).unwrap();
     b.settle();
     b.guest.on_eject = OnEject::Defer;
-    b.manager.resize(1).unwrap();
+    b.resize(1).unwrap();
     b.settle();
-    let plan = b.manager.resize(3).unwrap();
+    let plan = b.resize(3).unwrap();
     assert_eq!(plan.waiting_for.len(), 2, "{plan:?}");
     b.eject_deferred();
     b.settle();
@@ -373,8 +376,8 @@ fn retarget_while_removals_are_pending() {
     assert_eq!(b.live().len(), 3);
     // Taken back before the guest saw them: no eject at all.
     b.guest.ignore_interrupts = true;
-    b.manager.resize(1).unwrap();
-    let plan = b.manager.resize(3).unwrap();
+    b.resize(1).unwrap();
+    let plan = b.resize(3).unwrap();
     assert!(plan.added.is_empty(), "{plan:?}");
     b.guest.ignore_interrupts = false;
     b.settle();
@@ -386,8 +389,8 @@ fn retarget_while_removals_are_pending() {
 #[test]
 fn the_same_resize_twice_is_one_change() {
     let mut b = Bed::new(1, 3);
-    let first = b.manager.resize(2).unwrap();
-    let second = b.manager.resize(2).unwrap();
+    let first = b.resize(2).unwrap();
+    let second = b.resize(2).unwrap();
     assert_eq!(first.seq, second.seq);
     assert!(second.added.is_empty());
     b.settle();
@@ -421,7 +424,7 @@ fn ctfy_dispatches_every_id() {
 fn a_scan_costs_words_not_possible_vcpus() {
     let cost = |max: u32| {
         let mut b = Bed::new(1, max);
-        b.manager.resize(2).unwrap();
+        b.resize(2).unwrap();
         let before = b.mmio_accesses();
         b.settle();
         b.mmio_accesses() - before
@@ -440,33 +443,32 @@ fn a_scan_costs_words_not_possible_vcpus() {
 #[test]
 fn a_targeted_resize_adds_and_removes_the_named_vcpus() {
     let mut b = Bed::new(2, 40);
-    let now = std::time::Instant::now;
-    let plan = b.manager.resize_ids_received(&[0, 1, 33, 39], now()).unwrap();
+    let plan = b.resize_ids(&[0, 1, 33, 39]).unwrap();
     assert_eq!(plan.added, vec![33, 39]);
     b.settle();
     b.check_settled();
     assert_eq!(b.guest.cpus, [0, 1, 33, 39].into());
     assert_eq!(b.manager.target().status().vcpu_ids, Some(vec![0, 1, 33, 39]));
     // Empty one "socket" (1 and 33) and keep 39.
-    let plan = b.manager.resize_ids_received(&[39, 0], now()).unwrap();
+    let plan = b.resize_ids(&[39, 0]).unwrap();
     assert_eq!(plan.removing, vec![33, 1]);
     b.settle();
     b.check_settled();
     assert_eq!(b.guest.cpus, [0, 39].into());
     // Without ids again: the count is kept, the ids too; more means the lowest free.
-    b.manager.resize(3).unwrap();
+    b.resize(3).unwrap();
     b.settle();
     b.check_settled();
     assert_eq!(b.guest.cpus, [0, 1, 39].into());
     assert_eq!(b.manager.target().status().vcpu_ids, None);
     // Bad sets are refused and change nothing.
     for bad in [&[1u32, 2][..], &[0, 40], &[]] {
-        assert!(b.manager.resize_ids_received(bad, now()).is_err(), "{bad:?}");
+        assert!(b.resize_ids(bad).is_err(), "{bad:?}");
     }
     assert_eq!(b.manager.target().desired(), 3);
     // A guest that refuses an eject: the target follows, as the ids it has.
     b.guest.on_eject = OnEject::Refuse;
-    b.manager.resize_ids_received(&[0, 1], now()).unwrap();
+    b.resize_ids(&[0, 1]).unwrap();
     b.settle();
     b.check_settled();
     assert_eq!(b.manager.target().status().vcpu_ids, Some(vec![0, 1, 39]));
@@ -508,11 +510,11 @@ fn run(max: u32, ops: &[Op]) {
     for op in ops {
         match op {
             Op::Resize(n) => {
-                b.manager.resize(*n).unwrap();
+                b.resize(*n).unwrap();
             }
             Op::ResizeIds(mask) => {
                 let ids: Vec<u32> = (0..max).filter(|&i| i == 0 || mask & (1 << i) != 0).collect();
-                b.manager.resize_ids_received(&ids, std::time::Instant::now()).unwrap();
+                b.resize_ids(&ids).unwrap();
             }
             Op::OnAdd(x) => b.guest.on_add = *x,
             Op::OnEject(x) => b.guest.on_eject = *x,
@@ -555,7 +557,7 @@ fn run(max: u32, ops: &[Op]) {
     assert!(b.guest.started == b.guest.cpus);
     // and the VMM still works: a final resize converges.
     let last = b.manager.target().desired() % max + 1;
-    b.manager.resize(last).unwrap();
+    b.resize(last).unwrap();
     b.settle();
     b.check_settled();
     assert_eq!(b.live().len() as u32, last);
@@ -578,16 +580,16 @@ fn soak_add_remove_cycles() {
     let mut b = Bed::new(1, 4);
     let sample = || (open_fds(), Bed::vcpu_threads().len(), rss_kib());
     // warm up: every id created once (KVM vCPU fds are parked, not closed)
-    b.manager.resize(4).unwrap();
+    b.resize(4).unwrap();
     b.settle();
-    b.manager.resize(1).unwrap();
+    b.resize(1).unwrap();
     b.settle();
     let (fds0, threads0, rss0) = sample();
     let start = std::time::Instant::now();
     for i in 0..cycles {
-        b.manager.resize(2 + i % 3).unwrap();
+        b.resize(2 + i % 3).unwrap();
         b.settle();
-        b.manager.resize(1).unwrap();
+        b.resize(1).unwrap();
         b.settle();
     }
     let elapsed = start.elapsed();

@@ -10,14 +10,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tests::{Guest, GuestImage, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
 
-fn ch_remote() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/ch-remote");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("!!! SKIPPED: {} is missing; the ch-remote conformance tests did not run !!!", p.display());
-        None
-    }
+/// Cloud Hypervisor's `ch-remote`; missing, it fails `test` under CI.
+fn ch_remote(test: &str) -> Option<PathBuf> {
+    prereq::peer(test, "ch-remote")
 }
 
 /// Runs `ch-remote --api-socket S args…`; returns its exit code and output.
@@ -42,7 +37,7 @@ fn ch_json(bin: &Path, g: &Guest, args: &[&str]) -> Value {
 /// pause, resume, counters, reboot, shutdown, delete, shutdown-vmm.
 #[test]
 fn ch_remote_drives_a_running_vm() {
-    let Some(bin) = ch_remote() else { return };
+    let Some(bin) = ch_remote("guest::ch_remote::ch_remote_drives_a_running_vm") else { return };
     let events = std::env::temp_dir().join(format!("lithe-events-{}.json", std::process::id()));
     let monitor = format!("path={}", events.display());
     let mut g = Guest::launch(Launch {
@@ -134,7 +129,7 @@ fn ch_remote_drives_a_running_vm() {
 /// VM, and the guest powers off on ch-remote's power button.
 #[test]
 fn ch_remote_creates_boots_and_presses_the_power_button() {
-    let Some(bin) = ch_remote() else { return };
+    let Some(bin) = ch_remote("guest::ch_remote::ch_remote_creates_boots_and_presses_the_power_button") else { return };
     let mut g = Guest::launch(Launch { cpus: "", with_kernel: false, ..Launch::default() });
     let image = GuestImage::locate();
     let config = g.socket.with_file_name("vm.json");

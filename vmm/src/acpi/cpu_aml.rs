@@ -66,9 +66,7 @@ fn word_name(prefix: &str, w: usize) -> [u8; 4] {
 /// MADT processor structure types (ACPI 6.5, 5.2.12).
 const MADT_LOCAL_APIC: u8 = 0;
 const MADT_LOCAL_X2APIC: u8 = 9;
-/// The highest APIC id a Local APIC structure (type 0) may carry: 0xFF is
-/// the xAPIC broadcast id, so ACPI says 255 and up take an x2APIC structure.
-pub const MAX_XAPIC_STRUCTURE_ID: u32 = 254;
+pub use crate::arch::x2apic::MAX_XAPIC_STRUCTURE_ID;
 
 /// The MADT structure of vCPU `id` (its `_UID`) at `apic_id` with `flags`
 /// (bit 0 enabled, bit 1 online-capable): a Local APIC structure where the

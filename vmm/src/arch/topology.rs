@@ -9,7 +9,16 @@
 //! have gaps (three cores per package use two bits: ids 0, 1, 2, then 4).
 //! KVM takes the APIC id as the vCPU's KVM id.
 
-use crate::config::{CpuTopology, CpusConfig};
+/// Cloud Hypervisor's `cpus.topology`: threads per core, cores per die,
+/// dies per package, packages (its field names, so the wire schema uses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuTopology {
+    pub threads_per_core: u16,
+    pub cores_per_die: u16,
+    pub dies_per_package: u16,
+    pub packages: u16,
+}
 
 /// Threads per core, cores per die, dies per package, packages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +54,16 @@ impl Topology {
         Topology { threads: 1, cores: max_vcpus.max(1), dies: 1, packages: 1 }
     }
 
-    pub fn from_config(cpus: &CpusConfig) -> Topology {
-        match cpus.topology {
+    /// `spec`, or without one [`Topology::flat`].
+    pub fn of(spec: Option<CpuTopology>, max_vcpus: u32) -> Topology {
+        match spec {
             Some(CpuTopology { threads_per_core, cores_per_die, dies_per_package, packages }) => Topology {
                 threads: u32::from(threads_per_core),
                 cores: u32::from(cores_per_die),
                 dies: u32::from(dies_per_package),
                 packages: u32::from(packages),
             },
-            None => Topology::flat(cpus.max_vcpus),
+            None => Topology::flat(max_vcpus),
         }
     }
 

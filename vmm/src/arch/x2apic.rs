@@ -27,7 +27,11 @@ use kvm_bindings::{kvm_cpuid_entry2, kvm_enable_cap, KVM_CAP_X2APIC_API};
 use kvm_ioctls::VmFd;
 
 use super::topology::Topology;
-use crate::acpi::cpu_aml::MAX_XAPIC_STRUCTURE_ID;
+
+/// The highest APIC id a Local APIC structure (type 0) may carry, and so
+/// the highest xAPIC id: 0xFF is the xAPIC broadcast id, so ACPI says 255
+/// and up take an x2APIC structure (and the vCPU x2APIC mode).
+pub const MAX_XAPIC_STRUCTURE_ID: u32 = 254;
 
 /// `KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK`.
 const X2APIC_API_FLAGS: u64 = 1 | 2;

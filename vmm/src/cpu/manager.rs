@@ -1,7 +1,9 @@
-//! The vCPU manager: the only writer of the vCPU table. It holds the desired
-//! vCPU count and drives the vCPUs towards it.
+//! The vCPU manager: carries the resize's plan out on KVM vCPUs and their
+//! threads. It writes the vCPU table from the main loop; the only other
+//! writer is [`HotplugHost`], which applies the guest's answers from vCPU
+//! threads (lock-free, per vCPU state word) and wakes the main loop.
 //!
-//! Resize, top to bottom: [`VcpuManager::resize`] sets the target →
+//! Resize, top to bottom: [`crate::resize::start`] sets the target →
 //! [`reconcile`](VcpuManager::reconcile) asks the [`reconciler`] what to do →
 //! each step is a [`lifecycle`] event → the CPU hotplug controller's pending
 //! bitmaps and the GED interrupt tell the guest → the guest's `_OST`/`_EJ0`
@@ -12,11 +14,9 @@
 //! unanswered add, an eject the guest did on its own) moves the target to
 //! what the guest really has, so the VMM never reports a count it does not run.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
 use log::{error, info, warn};
@@ -34,6 +34,7 @@ use super::vcpu::{Ready, StopFailed, VcpuContext, VcpuError, VcpuHandle};
 use crate::arch::topology::Topology;
 use crate::arch::{cpuid, regs, x2apic};
 use crate::counters::Latencies;
+use crate::resize::{Cause, Target, TargetStatus};
 
 /// How long `retire` waits for readers to leave their sections.
 const GRACE_PERIOD_LIMIT: Duration = Duration::from_secs(5);
@@ -45,12 +46,6 @@ const PROBE_LIMIT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    #[error("desired_vcpus must be between 1 and {max}, got {desired}")]
-    InvalidCount { desired: u32, max: u32 },
-    #[error("desired_vcpu_ids: {0}")]
-    InvalidIds(String),
-    #[error("the VM is paused; resume it before resizing")]
-    Paused,
     #[error("creating KVM vCPU {id}: {source}")]
     CreateVcpu { id: u32, source: kvm_ioctls::Error },
     #[error("configuring vCPU {id}: {source}")]
@@ -65,74 +60,6 @@ pub enum ManagerError {
     Table(#[from] TableError),
 }
 
-/// Why the target count last changed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "by")]
-pub enum Cause {
-    /// Set at boot.
-    Boot,
-    /// A `vm.resize`.
-    Resize,
-    /// The guest did not go along; the target follows what it has.
-    Rollback { vcpu: u32, reason: Reason },
-    /// Creating or starting a vCPU failed; the target follows what exists.
-    VmmError { vcpu: u32, error: String },
-}
-
-/// The target count and why it is what it is, shared lock-free with the API.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TargetStatus {
-    /// Bumped on every change of the target.
-    pub seq: u64,
-    pub desired: u32,
-    /// A targeted resize: exactly these vCPU ids (sorted), `desired` of them.
-    /// `None`: any `desired` ids (lowest free added, highest removed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vcpu_ids: Option<Vec<u32>>,
-    pub cause: Cause,
-}
-
-/// What the API reads of the target: a snapshot swapped in whole.
-pub struct Target {
-    status: ArcSwap<TargetStatus>,
-    seq: AtomicU64,
-    desired: AtomicU32,
-}
-
-impl Target {
-    pub(crate) fn new(desired: u32) -> Self {
-        Target {
-            status: ArcSwap::from_pointee(TargetStatus { seq: 0, desired, vcpu_ids: None, cause: Cause::Boot }),
-            seq: AtomicU64::new(0),
-            desired: AtomicU32::new(desired),
-        }
-    }
-
-    pub fn status(&self) -> Arc<TargetStatus> {
-        self.status.load_full()
-    }
-
-    pub fn desired(&self) -> u32 {
-        self.desired.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn set(&self, desired: u32, cause: Cause) -> u64 {
-        self.store(desired, None, cause)
-    }
-
-    /// A targeted resize: exactly `ids` (sorted, deduplicated).
-    pub(crate) fn set_ids(&self, ids: Vec<u32>, cause: Cause) -> u64 {
-        self.store(ids.len() as u32, Some(ids), cause)
-    }
-
-    fn store(&self, desired: u32, vcpu_ids: Option<Vec<u32>>, cause: Cause) -> u64 {
-        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        self.desired.store(desired, Ordering::Release);
-        self.status.store(Arc::new(TargetStatus { seq, desired, vcpu_ids, cause }));
-        seq
-    }
-}
-
 /// What one reconcile step set in motion.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ResizePlan {
@@ -142,9 +69,9 @@ pub struct ResizePlan {
     pub removing: Vec<u32>,
     /// vCPUs still being ejected that the count needs once they are free.
     pub waiting_for: Vec<u32>,
-    /// A vCPU could not be created or started (the target now counts only
-    /// what exists).
-    pub error: Option<String>,
+    /// A vCPU that could not be created or started, and why (the target
+    /// now counts only what exists).
+    pub error: Option<(u32, String)>,
 }
 
 /// Everything the manager is built from.
@@ -225,9 +152,13 @@ impl VcpuManager {
         }
     }
 
-    /// The target, for the API's lock-free reads.
+    /// The target, for the resize owner and the API's lock-free reads.
     pub fn target(&self) -> &Arc<Target> {
         &self.target
+    }
+
+    pub fn max_vcpus(&self) -> u32 {
+        self.max_vcpus
     }
 
     /// Creates and starts vCPUs `0..boot`; vCPU 0 starts at `entry` in long mode.
@@ -304,32 +235,9 @@ impl VcpuManager {
         Some(t)
     }
 
-    /// Sets the number of vCPUs the guest should have and starts driving
-    /// towards it. Returns at once; the guest completes the change
-    /// asynchronously. The same count again changes nothing.
-    pub fn resize(&mut self, desired: u32) -> Result<ResizePlan, ManagerError> {
-        self.resize_received(desired, Instant::now())
-    }
-
-    /// [`resize`](Self::resize) for a request that arrived at `received`:
-    /// records the VMM's share, request to GED interrupt.
-    pub fn resize_received(&mut self, desired: u32, received: Instant) -> Result<ResizePlan, ManagerError> {
-        if desired == 0 || desired > self.max_vcpus {
-            return Err(ManagerError::InvalidCount { desired, max: self.max_vcpus });
-        }
-        if self.paused_at.is_some() {
-            return Err(ManagerError::Paused);
-        }
-        if desired != self.target.desired() {
-            info!("resize: target {} -> {desired} vCPUs", self.target.desired());
-            self.target.set(desired, Cause::Resize);
-        }
-        Ok(self.reconcile_timed(received))
-    }
-
     /// Reconciles for a resize that arrived at `received`, recording the
     /// VMM's share: request to GED interrupt (if one was raised).
-    fn reconcile_timed(&mut self, received: Instant) -> ResizePlan {
+    pub fn reconcile_received(&mut self, received: Instant) -> ResizePlan {
         self.notified_at.set(None);
         let plan = self.reconcile();
         if let Some(at) = self.notified_at.get() {
@@ -337,28 +245,6 @@ impl VcpuManager {
             self.latencies.resize_notified(took, plan.added.len(), plan.removing.len());
         }
         plan
-    }
-
-    /// A targeted resize: the guest should run exactly the vCPUs `ids`
-    /// (any order, with vCPU 0, each below max). Otherwise as [`resize`](Self::resize).
-    pub fn resize_ids_received(&mut self, ids: &[u32], received: Instant) -> Result<ResizePlan, ManagerError> {
-        let mut ids = ids.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.first() != Some(&0) {
-            return Err(ManagerError::InvalidIds("must include vCPU 0, which is never removed".into()));
-        }
-        if let Some(&id) = ids.iter().find(|&&id| id >= self.max_vcpus) {
-            return Err(ManagerError::InvalidIds(format!("vCPU {id} is beyond max_vcpus ({})", self.max_vcpus)));
-        }
-        if self.paused_at.is_some() {
-            return Err(ManagerError::Paused);
-        }
-        if self.target.status().vcpu_ids.as_ref() != Some(&ids) {
-            info!("resize: target {} -> vCPUs {ids:?}", self.target.desired());
-            self.target.set_ids(ids, Cause::Resize);
-        }
-        Ok(self.reconcile_timed(received))
     }
 
     fn plan(&self, target: &TargetStatus, reclaim: bool) -> reconciler::Plan {
@@ -419,7 +305,7 @@ impl VcpuManager {
                 Err(e) => {
                     error!("vCPU {id}: hot-add failed: {e}");
                     self.target_follows(Cause::VmmError { vcpu: id, error: e.to_string() });
-                    plan.error = Some(format!("vCPU {id}: {e}; the target is now {}", self.target.desired()));
+                    plan.error = Some((id, e.to_string()));
                     break;
                 }
             }
@@ -443,7 +329,7 @@ impl VcpuManager {
                     self.notify_guest();
                 }
                 self.target_follows(Cause::VmmError { vcpu: id, error: e.to_string() });
-                plan.error = Some(format!("vCPU {id}: {e}; the target is now {}", self.target.desired()));
+                plan.error = Some((id, e.to_string()));
             }
         }
         if !plan.added.is_empty() || !plan.removing.is_empty() {
@@ -452,6 +338,8 @@ impl VcpuManager {
         if !plan.waiting_for.is_empty() {
             info!("reconcile towards {desired}: waiting for vCPUs {:?} to be ejected", plan.waiting_for);
         }
+        // States moved: whoever waits for the guest checks again.
+        self.target.progress().bump();
         plan
     }
 

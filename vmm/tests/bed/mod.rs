@@ -26,24 +26,26 @@ use std::time::Duration;
 
 use aml::value::{Args, MethodCode};
 use aml::{AmlContext, AmlName, AmlValue, DebugVerbosity, Handler};
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use devices::cpu_hotplug::{self, CpuHotplugController};
-use devices::ged::{Ged, GED_MMIO_LEN};
+use devices::cpu_hotplug::CpuHotplugController;
+use devices::ged::Ged;
 use devices::{Bus, EventFdTrigger};
 use vmm::acpi;
 use vmm::arch::regs;
 use vmm::arch::topology::Topology;
+use vmm::config::CpusConfig;
 use vmm::cpu::clock::ManualClock;
 use vmm::cpu::hotplug_host::HotplugHost;
-use vmm::cpu::manager::{ManagerParts, VcpuManager};
-use vmm::cpu::vcpu::{install_kick_handler, VcpuContext, VcpuHandle};
-use vmm::cpu::{FenceMode, Phase, State, VcpuTable};
+use vmm::cpu::manager::{ResizePlan, VcpuManager, STOP_LIMIT};
+use vmm::cpu::vcpu::{install_kick_handler, VcpuHandle};
+use vmm::cpu::{Phase, State, VcpuTable};
 use vmm::exit::ExitNotifier;
+use vmm::hotplug::{HotplugStack, VcpuParts};
 use vmm::memory;
+use vmm::resize::{self, ResizeError, Want};
 
 /// One bed at a time per process: thread counts are process-wide.
 static ONE_BED: Mutex<()> = Mutex::new(());
@@ -323,7 +325,9 @@ pub struct Bed {
     aml: AmlContext,
     accesses: Arc<AtomicU64>,
     notes: Arc<Mutex<Vec<(u32, u32)>>>,
-    ged_evt: EventFd,
+    ged: Arc<Ged<EventFdTrigger>>,
+    /// GED interrupts the model guest has handled (or ignored).
+    ged_seen: u64,
     wake: EventFd,
     pub vm: Arc<VmFd>,
     _memory: memory::GuestMemory,
@@ -355,15 +359,25 @@ fn ctfy_stand_in() -> Vec<u8> {
 }
 
 impl Bed {
-    /// A VM with `boot` of `max` vCPUs running (vCPU 0 halted in a loop).
+    /// A VM with `boot` of `max` vCPUs running (vCPU 0 halted in a loop),
+    /// its hotplug stack built by lithe's own constructor.
     pub fn new(boot: u32, max: u32) -> Bed {
+        Bed::with_stop_limit(boot, max, STOP_LIMIT)
+    }
+
+    /// [`Bed::new`], with `stop_limit` for how long a vCPU thread gets to
+    /// stop or pause: short only in tests whose thread is meant not to stop.
+    pub fn with_stop_limit(boot: u32, max: u32, stop_limit: Duration) -> Bed {
         assert!(max <= 512, "unscale() holds for up to 16 bitmap words");
         let one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
         install_kick_handler().unwrap();
         let kvm = Kvm::new().expect("/dev/kvm");
         let vm = Arc::new(kvm.create_vm().unwrap());
         vm.set_tss_address(memory::KVM_TSS_ADDR as usize).unwrap();
-        vm.create_irq_chip().unwrap();
+        let mut cpus = CpusConfig::new(boot, max);
+        cpus.eject_timeout_ms = TIMEOUT.as_millis() as u64;
+        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut stack = HotplugStack::new(&vm, &cpus, &wake).expect("lithe's hotplug stack");
         let mem = memory::create_guest_memory(4 << 20).unwrap();
         // SAFETY: the bed keeps `mem` until after the VM and its vCPUs are gone
         // (Drop stops the vCPUs; the fields drop in order).
@@ -378,47 +392,20 @@ impl Bed {
         pio.insert(DOORBELL_PORT, 4, doorbell.clone()).unwrap();
         pio.insert(BLOCKER_PORT, 1, blocker.clone()).unwrap();
 
-        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let ged_evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        // Expedited membarrier: microsecond grace periods keep the bed fast;
-        // the mode does not change what readers may see.
-        let table = Arc::new(VcpuTable::with_fence_mode(max, FenceMode::MembarrierExpedited));
-        let host = Arc::new(HotplugHost::new(table.clone(), wake.try_clone().unwrap()));
-        let controller = Arc::new(CpuHotplugController::new(max, host.clone()));
-        let ged = Arc::new(Ged::new(EventFdTrigger::new(ged_evt.try_clone().unwrap())));
-        let mut mmio = Bus::new();
-        mmio.insert(memory::GED_MMIO_BASE, GED_MMIO_LEN, ged.clone()).unwrap();
-        mmio.insert(memory::CPU_HOTPLUG_MMIO_BASE, cpu_hotplug::MMIO_LEN, controller.clone()).unwrap();
-        let mmio = Arc::new(mmio);
-        let on_started = {
-            let host = host.clone();
-            Arc::new(move |id| host.vcpu_started(id))
-        };
-        let exit = Arc::new(ExitNotifier::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let ctx = VcpuContext {
-            pio: Arc::new(pio),
-            mmio: mmio.clone(),
-            exit,
-            seccomp: None,
-            on_started: Some(on_started),
-            ioapic: None,
-        };
+        let mmio = Arc::new(std::mem::take(&mut stack.mmio));
         let clock = Arc::new(ManualClock::default());
-        let mut manager = VcpuManager::new(ManagerParts {
-            vm: vm.clone(),
-            table: table.clone(),
-            host: host.clone(),
-            controller: controller.clone(),
-            ged,
-            ctx,
-            supported_cpuid: kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap(),
-            topology: Topology::flat(max),
-            hotplug_timeout: TIMEOUT,
+        let parts = VcpuParts {
+            pio,
+            mmio: mmio.clone(),
+            exit: Arc::new(ExitNotifier::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+            seccomp: None,
             clock: clock.clone(),
-            stop_limit: Duration::from_millis(300),
+            stop_limit,
             latencies: Default::default(),
-        });
+        };
+        let mut manager = stack.manager(&kvm, &vm, &cpus, parts).expect("lithe's vCPU manager");
         manager.start_boot_vcpus(boot, entry).unwrap();
+        let HotplugStack { table, host, controller, ged, .. } = stack;
 
         let accesses = Arc::new(AtomicU64::new(0));
         let mut aml = AmlContext::new(Box::new(BusHandler(mmio, accesses.clone())), DebugVerbosity::None);
@@ -460,13 +447,31 @@ impl Bed {
             aml,
             accesses,
             notes,
-            ged_evt,
+            ged,
+            ged_seen: 0,
             wake,
             vm,
             _memory: mem,
             _kvm: kvm,
             _one: one,
         }
+    }
+
+    /// GED interrupts lithe raised so far (its irqfd goes to KVM, as in lithe).
+    fn ged_interrupts(&self) -> u64 {
+        self.ged.counters().iter().find(|(n, _)| *n == "interrupts").map_or(0, |(_, v)| *v)
+    }
+
+    /// A resize to `n` vCPUs, through the entry point the API uses.
+    pub fn resize(&mut self, n: u32) -> Result<ResizePlan, ResizeError> {
+        resize::start(&mut self.manager, &Want::Count(n), std::time::Instant::now())
+    }
+
+    /// A targeted resize to exactly `ids`, through the API's entry point
+    /// (validated as the API validates it).
+    pub fn resize_ids(&mut self, ids: &[u32]) -> Result<ResizePlan, ResizeError> {
+        let want = resize::ResizeRequest::ids(ids)?.want.expect("ids were given");
+        resize::start(&mut self.manager, &want, std::time::Instant::now())
     }
 
     /// MMIO accesses the guest's AML made so far.
@@ -504,9 +509,11 @@ impl Bed {
     /// runs the DSDT's scan, then each notification is handled per the
     /// guest's behaviour. Returns whether there was one.
     pub fn guest_handles_interrupt(&mut self) -> bool {
-        if self.ged_evt.read().is_err() || self.guest.ignore_interrupts {
+        let raised = self.ged_interrupts();
+        if raised == self.ged_seen || self.guest.ignore_interrupts {
             return false;
         }
+        self.ged_seen = raised;
         self.call(name("\\_SB_.GED_._EVT"), vec![int(u64::from(acpi::GED_IRQ))]);
         let notes = std::mem::take(&mut *self.notes.lock().unwrap());
         for (id, event) in notes {
@@ -679,7 +686,9 @@ impl Bed {
         // (A joined thread can linger in /proc for a moment after its join.)
         let live = self.live();
         let mut threads = Self::vcpu_threads();
-        for _ in 0..100 {
+        // A generous bound: a loaded machine may take long to reap it, and
+        // the loop ends as soon as the two agree.
+        for _ in 0..10_000 {
             if threads == live {
                 break;
             }
@@ -694,18 +703,18 @@ impl Bed {
     pub fn check_settled(&self) {
         self.check_always();
         assert_eq!(self.live(), self.guest.cpus, "VMM's vCPUs vs the guest's CPUs: {:?}", self.phases());
-        let states = self.table.states();
+        // CPUs the guest added but did not start stay acknowledged: that is
+        // the guest's doing, not the VMM's. Counted as running, the rest must
+        // have converged, always.
+        let mut states = self.table.states();
+        for &id in self.guest.cpus.difference(&self.guest.started) {
+            assert_eq!(states[id as usize].phase, Phase::Acknowledged, "vCPU {id}: added, not started");
+            states[id as usize] = State::new(Phase::Running);
+        }
         let desired = self.manager.target().desired();
-        let unstarted = self.guest.cpus.difference(&self.guest.started).count();
-        assert!(
-            vmm::cpu::reconciler::converged(desired, &states) || unstarted > 0,
-            "not converged on {desired}: {states:?}"
-        );
+        assert!(vmm::cpu::reconciler::converged(desired, &states), "not converged on {desired}: {states:?}");
         if let Some(ids) = &self.manager.target().status().vcpu_ids {
-            assert!(
-                vmm::cpu::reconciler::converged_ids(ids, &states) || unstarted > 0,
-                "not converged on vCPUs {ids:?}: {states:?}"
-            );
+            assert!(vmm::cpu::reconciler::converged_ids(ids, &states), "not converged on vCPUs {ids:?}: {states:?}");
         }
         for id in &self.guest.started {
             assert_eq!(self.state(*id).phase, Phase::Running, "vCPU {id} runs in the guest");

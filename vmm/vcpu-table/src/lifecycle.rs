@@ -57,6 +57,20 @@ pub enum Phase {
     Stuck = 7,
 }
 
+impl Phase {
+    /// Every phase, in order (docs and API checks list them from here).
+    pub const ALL: [Phase; 8] = [
+        Phase::Absent,
+        Phase::Adding,
+        Phase::Acknowledged,
+        Phase::Running,
+        Phase::Removing,
+        Phase::Ejected,
+        Phase::Parked,
+        Phase::Stuck,
+    ];
+}
+
 /// Why a vCPU is where it is, when that is not what was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,6 +89,19 @@ pub enum Reason {
     AddCancelled = 5,
     /// The guest ejected the vCPU without being asked.
     EjectedByGuest = 6,
+}
+
+impl Reason {
+    /// Every reason, in order.
+    pub const ALL: [Reason; 7] = [
+        Reason::None,
+        Reason::EjectRefused,
+        Reason::EjectTimeout,
+        Reason::AddFailed,
+        Reason::AddTimeout,
+        Reason::AddCancelled,
+        Reason::EjectedByGuest,
+    ];
 }
 
 /// The full state of one id: phase, the phase a removal would roll back to,
@@ -250,25 +277,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    const PHASES: [Phase; 8] = [
-        Phase::Absent,
-        Phase::Adding,
-        Phase::Acknowledged,
-        Phase::Running,
-        Phase::Removing,
-        Phase::Ejected,
-        Phase::Parked,
-        Phase::Stuck,
-    ];
-    const REASONS: [Reason; 7] = [
-        Reason::None,
-        Reason::EjectRefused,
-        Reason::EjectTimeout,
-        Reason::AddFailed,
-        Reason::AddTimeout,
-        Reason::AddCancelled,
-        Reason::EjectedByGuest,
-    ];
+    const PHASES: [Phase; 8] = Phase::ALL;
+    const REASONS: [Reason; 7] = Reason::ALL;
     const EVENTS: [Event; 15] = [
         Event::Add,
         Event::AddAcked,

@@ -127,20 +127,20 @@ fn stress_seqcst_fences() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri has no membarrier system call")]
 fn stress_expedited_membarrier() {
     if !FenceMode::MembarrierExpedited.is_available() {
-        eprintln!("skipped: this kernel offers no private expedited membarrier");
-        return;
+        return prereq::missing("stress_expedited_membarrier", "this kernel offers no private expedited membarrier");
     }
     stress(FenceMode::MembarrierExpedited, 254, rounds(), 3);
 }
 
 /// Global membarrier grace periods take milliseconds: fewer rounds.
 #[test]
+#[cfg_attr(miri, ignore = "Miri has no membarrier system call")]
 fn stress_global_membarrier() {
     if !FenceMode::MembarrierGlobal.is_available() {
-        eprintln!("skipped: this kernel offers no global membarrier (nohz_full?)");
-        return;
+        return prereq::missing("stress_global_membarrier", "this kernel offers no global membarrier (nohz_full?)");
     }
     stress(FenceMode::MembarrierGlobal, 254, rounds() / 10, 3);
 }

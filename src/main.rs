@@ -1,6 +1,8 @@
 //! `lithe`: boot a VM from the command line or over the API, or drive a
 //! running one with `lithe remote`.
 
+mod cli;
+
 fn main() -> std::process::ExitCode {
     app::main()
 }
@@ -14,8 +16,8 @@ mod app {
     use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
     use log::{error, warn};
 
+    use crate::cli::{Cli, Command, RemoteAction, RemoteArgs, SeccompMode};
     use vmm::api_bridge::{ApiBridge, VmmShared};
-    use vmm::cli::{Cli, Command, RemoteAction, RemoteArgs, SeccompMode};
     use vmm::seccomp::Filters;
     use vmm::vmm::Vmm;
 
@@ -62,18 +64,23 @@ mod app {
         Failure { code: 2, message: e.to_string() }
     }
 
+    /// A bad configuration, naming the flag it came from.
+    fn bad_flag(e: vmm::config::ConfigError) -> Failure {
+        usage(format!("{}: {e}", e.flag()))
+    }
+
     fn fatal(e: impl std::fmt::Display) -> Failure {
         Failure { code: 1, message: e.to_string() }
     }
 
     /// Boots the VM (if configured) and runs the main loop; returns the exit code.
     fn serve(cli: &Cli) -> Result<u8, Failure> {
-        let config = cli.vm.to_config().map_err(usage)?;
+        let config = cli.vm.to_config().map_err(bad_flag)?;
         if config.is_none() && cli.vm.api_socket.is_none() {
             return Err(usage("give --kernel to boot a VM, or --api-socket to configure one over the API"));
         }
         if let Some(c) = &config {
-            c.validate(vmm::config::KvmLimits::probe()).map_err(usage)?;
+            c.validate(vmm::config::KvmLimits::probe()).map_err(bad_flag)?;
         }
         let monitor = cli.vm.event_monitor.as_deref().map(vmm::events::open).transpose().map_err(usage)?;
 
@@ -151,7 +158,7 @@ mod app {
             RemoteAction::Ping => ("GET", "vmm.ping", None, 10),
             RemoteAction::Info => ("GET", "vm.info", None, 10),
             RemoteAction::Resize { cpus, vcpu_ids, wait, wait_ms } => {
-                let wait = wait_ms.or(wait.then_some(api::types::DEFAULT_RESIZE_WAIT_MS));
+                let wait = wait_ms.or(wait.then_some(vmm::resize::DEFAULT_WAIT.as_millis() as u64));
                 let mut b = json!({});
                 if let Some(n) = cpus {
                     b["desired_vcpus"] = json!(n);

@@ -9,13 +9,13 @@
 
 use std::path::PathBuf;
 
-use api::vm_config as wire;
 use serde_json::Value;
-
-use crate::config::{
+use vmm::config::{
     CpusConfig, MemoryConfig, PayloadConfig, PlatformConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE,
     DEFAULT_EJECT_TIMEOUT_MS,
 };
+
+use crate::vm_config as wire;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -304,7 +304,7 @@ mod tests {
     }
 
     fn kata_body() -> Value {
-        serde_json::from_str(api::vm_config::KATA_VM_CREATE).unwrap()
+        serde_json::from_str(crate::vm_config::KATA_VM_CREATE).unwrap()
     }
 
     #[test]
@@ -321,7 +321,7 @@ mod tests {
         assert_eq!((c.cpus.boot_vcpus, c.cpus.max_vcpus, c.memory.size), (1, 4, 256 << 20));
         assert_eq!(c.memory.hotplug_size, Some(4 << 30), "a capacity is stored");
         assert_eq!(c.platform.num_pci_segments, 2);
-        assert_eq!(c.cpus.topology.map(crate::config::topology_text).as_deref(), Some("1:4:1:1"));
+        assert_eq!(c.cpus.topology.map(vmm::config::topology_text).as_deref(), Some("1:4:1:1"));
         assert_eq!(c.serial, SerialConfig::Tty);
     }
 
