@@ -4,9 +4,9 @@
 # corpus, so runs do not grow the repository. Installs nightly and
 # cargo-fuzz if they are missing. Prints each target's executions; a crash
 # fails the script and leaves its input in fuzz/artifacts/<target>/.
-# --dev builds the targets unoptimized: for a smoke run of a few seconds,
-# whose build then takes 42 s instead of 71 s (82 CPU-s instead of 133);
-# long runs want the optimized build's speed.
+# --dev builds the targets unoptimized: for a smoke run of a few seconds the
+# build is most of the time (docs/testing.md has the figures); long runs
+# want the optimized build's speed.
 #   scripts/fuzz.sh [--dev] [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -34,10 +34,15 @@ pub struct UartEvents {
     lost: AtomicU64,
     /// Written when the guest empties the input FIFO.
     input_room: Option<EventFd>,
+    /// Input bytes handed to the UART, and read from it by the guest.
+    input_queued: AtomicU64,
+    input_read: AtomicU64,
 }
 
 impl SerialEvents for UartEvents {
-    fn buffer_read(&self) {}
+    fn buffer_read(&self) {
+        self.input_read.fetch_add(1, Ordering::Relaxed);
+    }
 
     fn out_byte(&self) {
         if self.failing.swap(false, Ordering::AcqRel) {
@@ -99,7 +104,12 @@ impl SerialDevice {
 
     /// Name and value of each counter, for `vm.counters`.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![("lost_bytes", self.lost_bytes()), ("output_failing", u64::from(self.output_failing()))]
+        vec![
+            ("lost_bytes", self.lost_bytes()),
+            ("output_failing", u64::from(self.output_failing())),
+            ("input_queued_bytes", self.health.input_queued.load(Ordering::Relaxed)),
+            ("input_read_bytes", self.health.input_read.load(Ordering::Relaxed)),
+        ]
     }
 
     /// Queues host input (stdin) for the guest; returns how many bytes fit in the FIFO.
@@ -109,7 +119,10 @@ impl SerialDevice {
         if room == 0 {
             return Ok(0);
         }
-        uart.enqueue_raw_bytes(&bytes[..room]).map_err(|e| io::Error::other(format!("serial input: {e:?}")))
+        let taken =
+            uart.enqueue_raw_bytes(&bytes[..room]).map_err(|e| io::Error::other(format!("serial input: {e:?}")))?;
+        self.health.input_queued.fetch_add(taken as u64, Ordering::Relaxed);
+        Ok(taken)
     }
 }
 

@@ -23,11 +23,9 @@ use std::time::{Duration, Instant};
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const HOTPLUG_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// How many guests run at once: `$LITHE_TEST_GUESTS`, default 2. One guest at
-/// a time kept this machine's two cores ~58 % busy (a guest waits on its own
-/// hotplug and reboot steps); two at a time took the guest tests from 384 s
-/// to 265 s and 249 s. The one deadline on the guest's speed, hotplug.rs's
-/// 5 s eject timeout, holds with two.
+/// How many guests run at once: `$LITHE_TEST_GUESTS`, default 2 (one guest
+/// leaves a core idle while it waits on its own hotplug and reboot steps;
+/// docs/testing.md has the measurements).
 static GUEST_SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
 
 /// Panics (failing the test that asked, with the reason) on a value that is

@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::rpc::VmCounters;
 use devices::cpu_hotplug::CpuHotplugController;
 use devices::ged::Ged;
 use devices::serial::SerialDevice;
 use devices::EventFdTrigger;
+
+/// `vm.counters`: counter name to value, per device (Cloud Hypervisor's shape).
+pub type VmCounters = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
 /// Nanoseconds from process start to the first `KVM_RUN`; 0 until then.

@@ -31,11 +31,25 @@ use crate::cpu::VcpuTable;
 use crate::exit::ExitNotifier;
 use crate::memory;
 use crate::seccomp::Filter;
-use crate::vm::{kvm_call, VmError};
+
+
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    #[error("{what}: {source}")]
+    KvmCall { what: &'static str, source: kvm_ioctls::Error },
+    #[error("creating an event fd: {0}")]
+    EventFd(std::io::Error),
+    #[error("mapping the hotplug devices: {0}")]
+    Bus(#[from] devices::BusError),
+}
+
+fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> HotplugError {
+    move |source| HotplugError::KvmCall { what, source }
+}
 
 /// An eventfd registered with KVM as the interrupt for `gsi`.
-pub fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFdTrigger, VmError> {
-    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+pub fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFdTrigger, HotplugError> {
+    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(HotplugError::EventFd)?;
     vm.register_irqfd(&fd, gsi).map_err(kvm_call("KVM_IRQFD"))?;
     Ok(EventFdTrigger::new(fd))
 }
@@ -69,7 +83,7 @@ impl HotplugStack {
     /// Interrupts first (split irqchip, x2APIC ids when the topology needs
     /// them, the IOAPIC), then the hotplug devices. `hotplug_evt` wakes the
     /// main loop whenever the guest changes a vCPU.
-    pub fn new(vm: &Arc<VmFd>, cpus: &CpusConfig, hotplug_evt: &EventFd) -> Result<HotplugStack, VmError> {
+    pub fn new(vm: &Arc<VmFd>, cpus: &CpusConfig, hotplug_evt: &EventFd) -> Result<HotplugStack, HotplugError> {
         // LAPICs in KVM, lithe's own IOAPIC, no PIC or PIT (arch/irq_routing.rs).
         irq_routing::enable_split_irqchip(vm).map_err(kvm_call("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
         let topology = cpus.layout();
@@ -83,7 +97,7 @@ impl HotplugStack {
         let ioapic = Arc::new(Ioapic::new(Arc::new(irq_routing::KvmMsiRoutes(vm.clone()))));
         let table = Arc::new(VcpuTable::new(cpus.max_vcpus));
         info!("vCPU table: {} slots, grace periods by {:?}", cpus.max_vcpus, table.fence_mode());
-        let host = Arc::new(HotplugHost::new(table.clone(), hotplug_evt.try_clone().map_err(VmError::EventFd)?));
+        let host = Arc::new(HotplugHost::new(table.clone(), hotplug_evt.try_clone().map_err(HotplugError::EventFd)?));
         let controller = Arc::new(CpuHotplugController::new(cpus.max_vcpus, host.clone()));
         let ged = Arc::new(Ged::new(irqfd(vm, GED_IRQ)?));
         let mut mmio = Bus::new();
@@ -94,7 +108,7 @@ impl HotplugStack {
     }
 
     /// The vCPU manager over this stack, with the CPUID every vCPU gets.
-    pub fn manager(&self, kvm: &Kvm, vm: &Arc<VmFd>, cpus: &CpusConfig, p: VcpuParts) -> Result<VcpuManager, VmError> {
+    pub fn manager(&self, kvm: &Kvm, vm: &Arc<VmFd>, cpus: &CpusConfig, p: VcpuParts) -> Result<VcpuManager, HotplugError> {
         let mut supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
         if !cpus.nested {

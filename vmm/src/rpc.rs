@@ -7,8 +7,6 @@
 //! answered on the API thread from lock-free state (`api_bridge`); a
 //! [`Command`] changes the VM and runs on the main loop (`vmm`).
 
-use std::collections::BTreeMap;
-
 use crate::config::{ConfigError, VmConfig};
 use crate::resize::{ResizeError, ResizeReport, ResizeRequest, TargetStatus, VcpuInfo};
 use crate::vm::VmError;
@@ -89,8 +87,7 @@ pub struct HotplugInfo {
     pub vcpus: Vec<VcpuInfo>,
 }
 
-/// `vm.counters`: counter name to value, per device.
-pub type VmCounters = BTreeMap<String, BTreeMap<String, u64>>;
+pub use crate::counters::VmCounters;
 
 /// What an action returns.
 #[derive(Debug, Clone, PartialEq)]

@@ -58,11 +58,13 @@ pub enum VmError {
     Signal(vmm_sys_util::errno::Error),
     #[error(transparent)]
     Manager(#[from] crate::cpu::manager::ManagerError),
+    #[error(transparent)]
+    Hotplug(#[from] crate::hotplug::HotplugError),
     #[error("no VM is configured")]
     NotConfigured,
 }
 
-pub(crate) fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::KvmCall { what, source }
 }
 

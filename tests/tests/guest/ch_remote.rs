@@ -67,15 +67,32 @@ fn ch_remote_drives_a_running_vm() {
     assert!(counters["cpu-hotplug"]["ejects"].as_u64() >= Some(2), "{counters}");
     assert!(counters["vmm"]["last_eject_to_joined_ns"].as_u64() > Some(0), "{counters}");
 
-    // Pause: the guest does not answer its console; resume: it does.
+    // Pause: console input reaches the UART but the guest does not read it;
+    // resume: it does, and answers. The event waited for is lithe handing
+    // the input to the UART; at that moment the guest has read none of it.
+    // (An absence has no event of its own: a broken pause would show here as
+    // a read byte or a pong, at once or within the guest's reaction time.)
     ch_ok(&bin, &g, &["pause"]);
     assert_eq!(ch_json(&bin, &g, &["info"])["state"], json!("Paused"));
+    let serial = |g: &Guest| ch_json(&bin, g, &["counters"])["serial"].clone();
+    let before = serial(&g);
     let mark = g.console_lines();
     g.send("ping");
-    std::thread::sleep(Duration::from_secs(3));
+    let queued = before["input_queued_bytes"].as_u64().unwrap() + 5;
+    let deadline = std::time::Instant::now() + HOTPLUG_TIMEOUT;
+    let during = loop {
+        let now = serial(&g);
+        if now["input_queued_bytes"].as_u64() >= Some(queued) {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "lithe never queued the console input: {now}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(during["input_read_bytes"], before["input_read_bytes"], "a paused guest read its console");
     assert!(!g.console_since(mark).iter().any(|l| l.contains("LITHE-GUEST pong")), "a paused guest answered");
     ch_ok(&bin, &g, &["resume"]);
     g.wait_console_after(mark, "LITHE-GUEST pong", HOTPLUG_TIMEOUT);
+    assert!(serial(&g)["input_read_bytes"].as_u64() >= Some(queued), "resumed, the guest read its input");
 
     // Reboot: the guest boots again, with the count it had.
     let mark = g.console_lines();

@@ -34,7 +34,7 @@ use super::vcpu::{Ready, StopFailed, VcpuContext, VcpuError, VcpuHandle};
 use crate::arch::topology::Topology;
 use crate::arch::{cpuid, regs, x2apic};
 use crate::counters::Latencies;
-use crate::resize::{Cause, Target, TargetStatus};
+use crate::resize::target::{Cause, Target, TargetStatus};
 
 /// How long `retire` waits for readers to leave their sections.
 const GRACE_PERIOD_LIMIT: Duration = Duration::from_secs(5);
