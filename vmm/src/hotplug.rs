@@ -32,7 +32,6 @@ use crate::exit::ExitNotifier;
 use crate::memory;
 use crate::seccomp::Filter;
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum HotplugError {
     #[error("{what}: {source}")]
@@ -108,7 +107,13 @@ impl HotplugStack {
     }
 
     /// The vCPU manager over this stack, with the CPUID every vCPU gets.
-    pub fn manager(&self, kvm: &Kvm, vm: &Arc<VmFd>, cpus: &CpusConfig, p: VcpuParts) -> Result<VcpuManager, HotplugError> {
+    pub fn manager(
+        &self,
+        kvm: &Kvm,
+        vm: &Arc<VmFd>,
+        cpus: &CpusConfig,
+        p: VcpuParts,
+    ) -> Result<VcpuManager, HotplugError> {
         let mut supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
         if !cpus.nested {
