@@ -12,6 +12,7 @@ pub mod interrupt;
 pub mod ioapic;
 pub mod power;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use interrupt::{EventFdTrigger, InterruptTrigger};
