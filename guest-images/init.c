@@ -437,6 +437,131 @@ static const struct toggle {
 };
 
 /* Runs cmd if it is a toggle; says how it went. 0 if it is not one. */
+/* ---- devices: the virtio disk and rng --------------------------------- */
+
+/* The disk pattern: byte i of a write seeded with `seed`. The host side
+ * (tests/src/lib.rs, disk_pattern) computes the same to check the image. */
+static unsigned char pattern_byte(unsigned long seed, unsigned long i)
+{
+	return (unsigned char)((seed + i * 131 + (i >> 9) * 17) % 251);
+}
+
+static unsigned long number(const char **p)
+{
+	unsigned long v = 0;
+
+	while (**p == ' ')
+		(*p)++;
+	while (**p >= '0' && **p <= '9')
+		v = v * 10 + (unsigned long)(*(*p)++ - '0');
+	return v;
+}
+
+/* disk-write SEED SECTORS / disk-read SEED SECTORS on /dev/vda, from its
+ * start: a write is fsync'ed (the device sees a FLUSH) before it is
+ * reported; a read compares every byte with the pattern. */
+static void disk(const char *args, int write_it)
+{
+	static unsigned char buf[64 * 1024];
+	unsigned long seed = number(&args), sectors = number(&args);
+	unsigned long total = sectors * 512, done = 0, sum = 0;
+	struct line l = { .len = 0 };
+	int fd = open("/dev/vda", write_it ? O_RDWR : O_RDONLY, 0);
+
+	if (fd < 0) {
+		say2("error: cannot open /dev/vda", "");
+		return;
+	}
+	while (done < total) {
+		unsigned long n = total - done < sizeof(buf) ? total - done : sizeof(buf);
+
+		if (write_it) {
+			for (unsigned long i = 0; i < n; i++)
+				buf[i] = pattern_byte(seed, done + i);
+			if (write(fd, buf, n) != (long)n)
+				break;
+		} else {
+			if (read(fd, buf, n) != (long)n)
+				break;
+			for (unsigned long i = 0; i < n; i++) {
+				if (buf[i] != pattern_byte(seed, done + i)) {
+					put(&l, "LITHE-GUEST disk-read mismatch at byte ");
+					put_num(&l, (long)(done + i));
+					say(&l);
+					close(fd);
+					return;
+				}
+			}
+		}
+		for (unsigned long i = 0; i < n; i++)
+			sum += buf[i];
+		done += n;
+	}
+	if (write_it && my_syscall1(__NR_fsync, fd) != 0)
+		done = 0;
+	close(fd);
+	put(&l, write_it ? "LITHE-GUEST disk-write" : "LITHE-GUEST disk-read");
+	put(&l, done == total ? " ok bytes=" : " failed bytes=");
+	put_num(&l, (long)done);
+	put(&l, " sum=");
+	put_num(&l, (long)sum);
+	say(&l);
+}
+
+/* disk-info: the disk's size in sectors and the serial the device gave. */
+static void disk_info(void)
+{
+	char size[32], serial[64];
+	struct line l = { .len = 0 };
+
+	if (read_file("/sys/block/vda/size", size, sizeof(size)) < 0) {
+		say2("error: no /sys/block/vda", "");
+		return;
+	}
+	if (read_file("/sys/block/vda/serial", serial, sizeof(serial)) < 0)
+		serial[0] = 0;
+	put(&l, "LITHE-GUEST disk sectors=");
+	put(&l, trim(size));
+	put(&l, " serial=");
+	put(&l, trim(serial));
+	say(&l);
+}
+
+/* rng N: N bytes from the virtio-rng (/dev/hwrng); how many came and how
+ * many distinct values among them. */
+static void rng(const char *args)
+{
+	unsigned char buf[256], seen[256] = { 0 };
+	unsigned long want = number(&args);
+	long got = 0, distinct = 0;
+	struct line l = { .len = 0 };
+	int fd = open("/dev/hwrng", O_RDONLY, 0);
+
+	if (want > sizeof(buf))
+		want = sizeof(buf);
+	if (fd < 0) {
+		say2("error: cannot open /dev/hwrng", "");
+		return;
+	}
+	while (got < (long)want) {
+		long n = read(fd, buf + got, want - (unsigned long)got);
+
+		if (n <= 0)
+			break;
+		got += n;
+	}
+	close(fd);
+	for (long i = 0; i < got; i++) {
+		distinct += !seen[buf[i]];
+		seen[buf[i]] = 1;
+	}
+	put(&l, "LITHE-GUEST rng bytes=");
+	put_num(&l, got);
+	put(&l, " distinct=");
+	put_num(&l, distinct);
+	say(&l);
+}
+
 static int toggle(const char *cmd)
 {
 	for (unsigned int i = 0; i < sizeof(toggles) / sizeof(toggles[0]); i++) {
@@ -484,6 +609,14 @@ static void run_command(char *cmd, char **envp)
 		serial_irq_count();
 	} else if (strcmp(cmd, "ping") == 0) {
 		say2("pong", "");
+	} else if (starts_with(cmd, "disk-write ")) {
+		disk(cmd + 11, 1);
+	} else if (starts_with(cmd, "disk-read ")) {
+		disk(cmd + 10, 0);
+	} else if (strcmp(cmd, "disk-info") == 0) {
+		disk_info();
+	} else if (starts_with(cmd, "rng ")) {
+		rng(cmd + 4);
 	} else {
 		say2("unknown-command=", cmd);
 	}

@@ -39,6 +39,13 @@ pub struct VmArgs {
     /// Guest RAM: size=128M, and thp=off to not ask for transparent huge pages.
     #[arg(long, value_name = "size=SIZE[,thp=on|off]", default_value = "size=128M")]
     pub memory: String,
+    /// A virtio-blk disk on a raw image (repeatable):
+    /// path=PATH[,readonly=on][,direct=on][,id=ID][,serial=SERIAL].
+    #[arg(long, value_name = "path=PATH[,readonly=on][,direct=on]")]
+    pub disk: Vec<String>,
+    /// A virtio-rng device, filled from src (default /dev/urandom).
+    #[arg(long, value_name = "src=PATH", num_args = 0..=1, default_missing_value = "")]
+    pub rng: Option<String>,
     /// Serial console: tty (stdout/stdin), file=PATH, or off.
     #[arg(long, value_name = "tty|file=PATH|off", default_value = "tty")]
     pub serial: String,
@@ -193,6 +200,10 @@ impl VmArgs {
             memory: config::parse_memory(&self.memory)?,
             serial: config::parse_serial(&self.serial)?,
             platform: Default::default(),
+            devices: config::DevicesConfig {
+                disks: self.disk.iter().map(|d| config::parse_disk(d)).collect::<Result<_, _>>()?,
+                rng: self.rng.as_deref().map(config::parse_rng).transpose()?,
+            },
         }))
     }
 }

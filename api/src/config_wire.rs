@@ -151,9 +151,8 @@ pub fn from_wire(w: &wire::VmConfig) -> Result<VmConfig, WireError> {
     };
 
     no.list("rate_limit_groups", &w.rate_limit_groups, "no rate limiters");
-    no.list("disks", &w.disks, "lithe has no block devices");
     no.list("net", &w.net, "lithe has no network devices");
-    no.value("rng", &w.rng, "lithe has no virtio-rng");
+    let devices = crate::config_wire_devices::devices_from(&w.disks, &w.rng, &mut no.0)?;
     no.value("balloon", &w.balloon, "lithe has no balloon");
     no.list("fs", &w.fs, "lithe has no virtio-fs");
     no.list("generic_vhost_user", &w.generic_vhost_user, "lithe has no vhost-user devices");
@@ -232,12 +231,14 @@ pub fn from_wire(w: &wire::VmConfig) -> Result<VmConfig, WireError> {
         memory,
         serial,
         platform,
+        devices,
     })
 }
 
 /// The config as `vm.info` reports it: Cloud Hypervisor's shape, with its
 /// defaults for what lithe does not have.
 pub fn to_wire(c: &VmConfig) -> wire::VmConfig {
+    let (disks, rng) = crate::config_wire_devices::devices_to(&c.devices);
     let serial = match &c.serial {
         SerialConfig::Tty => wire::ConsoleConfig::mode("Tty"),
         SerialConfig::Off => wire::ConsoleConfig::mode("Null"),
@@ -284,6 +285,8 @@ pub fn to_wire(c: &VmConfig) -> wire::VmConfig {
         watchdog: Some(false),
         pvpanic: Some(false),
         landlock_enable: Some(false),
+        disks,
+        rng,
         platform: Some(wire::PlatformConfig {
             num_pci_segments: Some(c.platform.num_pci_segments),
             tdx: Some(false),
@@ -311,7 +314,7 @@ mod tests {
     fn katas_body_names_exactly_the_devices_lithe_lacks() {
         let Err(WireError::Unsupported(fields)) = decode(kata_body()) else { panic!("must be refused") };
         let named: Vec<&str> = fields.iter().map(|f| f.split(' ').next().unwrap()).collect();
-        assert_eq!(named, ["rng", "fs", "vsock"], "{fields:?}");
+        assert_eq!(named, ["fs", "vsock"], "{fields:?}");
 
         let mut body = kata_body();
         for device in ["rng", "fs", "vsock"] {
@@ -340,7 +343,7 @@ mod tests {
 
         let Err(WireError::Unsupported(f)) = decode(json!({
             "payload": {"kernel": "/k", "firmware": "/fw"},
-            "disks": [{"path": "/d"}], "iommu": true, "memory": {"size": 1, "shared": true, "hugepages": true},
+            "disks": [{"path": "/d", "vhost_user": true}], "iommu": true, "memory": {"size": 1, "shared": true, "hugepages": true},
             "cpus": {"boot_vcpus": 1, "max_vcpus": 1, "kvm_hyperv": true, "affinity": [{"vcpu": 0, "host_cpus": [1]}]},
             "console": {"mode": "Tty"}, "serial": {"mode": "Pty"}, "platform": {"uuid": "x"}
         })) else {
@@ -349,7 +352,7 @@ mod tests {
         let text = f.join("|");
         for field in [
             "payload.firmware",
-            "disks",
+            "disks[0].vhost_user",
             "iommu",
             "memory.shared",
             "memory.hugepages",

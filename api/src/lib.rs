@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod config_wire;
+pub mod config_wire_devices;
 pub mod http;
 pub mod responses;
 pub mod routes;

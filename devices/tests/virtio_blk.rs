@@ -82,7 +82,13 @@ impl Driver {
     }
 
     /// Queues one request chain, notifies, waits for the interrupt; the status byte.
-    fn request(&mut self, queue: &MockSplitQueue<GuestMemoryMmap>, kind: u32, sector: u64, data: &[(u64, u32, bool)]) -> u8 {
+    fn request(
+        &mut self,
+        queue: &MockSplitQueue<GuestMemoryMmap>,
+        kind: u32,
+        sector: u64,
+        data: &[(u64, u32, bool)],
+    ) -> u8 {
         let mut hdr = [0u8; 16];
         hdr[0..4].copy_from_slice(&kind.to_le_bytes());
         hdr[8..16].copy_from_slice(&sector.to_le_bytes());

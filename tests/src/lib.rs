@@ -480,6 +480,12 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(Instant::now())
 }
 
+/// The guest init's disk pattern (init.c, `pattern_byte`): byte `i` of a
+/// `disk-write SEED …`.
+pub fn disk_pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| ((seed + i * 131 + (i >> 9) * 17) % 251) as u8).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The VM's configuration, shared by the CLI and the `vm.create` API call,
 //! and the parsers for the CLI's `key=value` flags.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,10 @@ pub enum ConfigError {
     Initramfs { path: PathBuf, reason: String },
     #[error("{0}")]
     Cmdline(String),
+    #[error("{0}")]
+    Disk(String),
+    #[error("{0}")]
+    Rng(String),
 }
 
 impl ConfigError {
@@ -48,6 +53,8 @@ impl ConfigError {
             ConfigError::Kernel { .. } => "--kernel",
             ConfigError::Initramfs { .. } => "--initramfs",
             ConfigError::Cmdline(_) => "--cmdline",
+            ConfigError::Disk(_) => "--disk",
+            ConfigError::Rng(_) => "--rng",
         }
     }
 
@@ -60,6 +67,8 @@ impl ConfigError {
             ConfigError::Kernel { .. } => "payload.kernel",
             ConfigError::Initramfs { .. } => "payload.initramfs",
             ConfigError::Cmdline(_) => "payload.cmdline",
+            ConfigError::Disk(_) => "disks",
+            ConfigError::Rng(_) => "rng",
         }
     }
 }
@@ -180,7 +189,48 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     #[serde(default)]
     pub platform: PlatformConfig,
+    #[serde(default)]
+    pub devices: DevicesConfig,
 }
+
+/// The virtio devices a VM gets (virtio-mmio, in this order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DevicesConfig {
+    pub disks: Vec<DiskConfig>,
+    pub rng: Option<RngConfig>,
+}
+
+/// A virtio-blk disk on a raw image file (Cloud Hypervisor's `DiskConfig`
+/// fields lithe honours).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub readonly: bool,
+    /// Open with `O_DIRECT` (no host page cache).
+    #[serde(default)]
+    pub direct: bool,
+    #[serde(default)]
+    pub id: Option<String>,
+    /// What the guest's `GET_ID` reads (`/sys/block/vdX/serial`).
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+impl DiskConfig {
+    pub fn new(path: impl Into<PathBuf>) -> DiskConfig {
+        DiskConfig { path: path.into(), readonly: false, direct: false, id: None, serial: None }
+    }
+}
+
+/// virtio-rng, filled from `src`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngConfig {
+    pub src: PathBuf,
+}
+
+/// Cloud Hypervisor's default entropy source.
+pub const DEFAULT_RNG_SRC: &str = "/dev/urandom";
 
 impl VmConfig {
     /// Checks values and that the files exist; `kvm` is what the host's KVM allows.
@@ -196,6 +246,17 @@ impl VmConfig {
         };
         check(&self.payload.kernel)
             .map_err(|reason| ConfigError::Kernel { path: self.payload.kernel.clone(), reason })?;
+        for (i, d) in self.devices.disks.iter().enumerate() {
+            let opened = std::fs::OpenOptions::new().read(true).write(!d.readonly).open(&d.path);
+            match opened.and_then(|f| f.metadata()) {
+                Ok(m) if m.is_file() || m.file_type().is_block_device() => {}
+                Ok(_) => return Err(ConfigError::Disk(format!("disk {i}: {}: not a file", d.path.display()))),
+                Err(e) => return Err(ConfigError::Disk(format!("disk {i}: {}: {e}", d.path.display()))),
+            }
+        }
+        if let Some(r) = &self.devices.rng {
+            std::fs::File::open(&r.src).map_err(|e| ConfigError::Rng(format!("src {}: {e}", r.src.display())))?;
+        }
         if let Some(i) = &self.payload.initramfs {
             check(i).map_err(|reason| ConfigError::Initramfs { path: i.clone(), reason })?;
         }
@@ -320,6 +381,48 @@ fn pairs<'a>(s: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, Stri
         out.push((k, v));
     }
     Ok(out)
+}
+
+fn on_off(k: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("{k}={v:?}: expected on or off")),
+    }
+}
+
+/// Cloud Hypervisor's `--disk path=P[,readonly=on][,direct=on][,id=I][,serial=S]`
+/// (`num_queues=1` and `pci_segment=N` are accepted: one queue, no PCI).
+pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
+    let keys = ["path", "readonly", "direct", "id", "serial", "num_queues", "pci_segment"];
+    let mut d = DiskConfig::new("");
+    for (k, v) in pairs(s, &keys).map_err(ConfigError::Disk)? {
+        match k {
+            "path" => d.path = PathBuf::from(v),
+            "readonly" => d.readonly = on_off(k, v).map_err(ConfigError::Disk)?,
+            "direct" => d.direct = on_off(k, v).map_err(ConfigError::Disk)?,
+            "id" => d.id = Some(v.to_string()),
+            "serial" => d.serial = Some(v.to_string()),
+            "num_queues" if v == "1" => {}
+            "num_queues" => return Err(ConfigError::Disk(format!("num_queues={v}: lithe's disks have one queue"))),
+            _ => {} // pci_segment: there is no PCI
+        }
+    }
+    if d.path.as_os_str().is_empty() {
+        return Err(ConfigError::Disk("path= is required".into()));
+    }
+    Ok(d)
+}
+
+/// Cloud Hypervisor's `--rng [src=PATH]`.
+pub fn parse_rng(s: &str) -> Result<RngConfig, ConfigError> {
+    let mut r = RngConfig { src: PathBuf::from(DEFAULT_RNG_SRC) };
+    if !s.is_empty() {
+        for (_, v) in pairs(s, &["src"]).map_err(ConfigError::Rng)? {
+            r.src = PathBuf::from(v);
+        }
+    }
+    Ok(r)
 }
 
 /// `boot=N[,max=M][,eject_timeout_ms=T]` (or just `N`); max defaults to boot.

@@ -95,6 +95,7 @@ pub struct CounterSources {
     pub ged: Arc<Ged<EventFdTrigger>>,
     pub serial: Arc<SerialDevice>,
     pub latencies: Arc<Latencies>,
+    pub devices: Arc<crate::device_manager::DeviceManager>,
 }
 
 impl CounterSources {
@@ -111,6 +112,7 @@ impl CounterSources {
         out.insert("ged".into(), to_map(self.ged.counters()));
         out.insert("serial".into(), to_map(self.serial.counters()));
         out.insert("vmm".into(), to_map(self.latencies.snapshot()));
+        out.extend(self.devices.counters());
         out
     }
 }

@@ -46,11 +46,9 @@ fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> HotplugErro
     move |source| HotplugError::KvmCall { what, source }
 }
 
-/// An eventfd registered with KVM as the interrupt for `gsi`.
-pub fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFdTrigger, HotplugError> {
-    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(HotplugError::EventFd)?;
-    vm.register_irqfd(&fd, gsi).map_err(kvm_call("KVM_IRQFD"))?;
-    Ok(EventFdTrigger::new(fd))
+/// [`irq_routing::irqfd`], as this stack's error.
+fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFdTrigger, HotplugError> {
+    irq_routing::irqfd(vm, gsi).map_err(HotplugError::EventFd)
 }
 
 pub struct HotplugStack {

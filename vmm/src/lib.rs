@@ -6,6 +6,7 @@ pub mod arch;
 pub mod config;
 pub mod counters;
 pub mod cpu;
+pub mod device_manager;
 pub mod events;
 pub mod exit;
 pub mod hotplug;

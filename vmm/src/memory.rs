@@ -41,7 +41,9 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const FOUR_GIB: u64 = 0x1_0000_0000;
 pub const MMIO_HOLE_SIZE: u64 = FOUR_GIB - MMIO_HOLE_START;
 
-/// Device MMIO blocks inside the hole.
+/// Device MMIO blocks inside the hole. Virtio-mmio devices get one 4 KiB
+/// window each from here (the device manager hands them out in order).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 pub const GED_MMIO_BASE: u64 = 0xfeb0_0000;
 pub const CPU_HOTPLUG_MMIO_BASE: u64 = 0xfeb0_1000;
 pub const IOAPIC_BASE: u64 = 0xfec0_0000;

@@ -50,6 +50,9 @@ pub struct Filters {
     pub api: Arc<Filter>,
     /// The event monitor's writer: it only writes what it is sent.
     pub monitor: Arc<Filter>,
+    /// A virtio device's worker: waits on its queues' eventfds, reads and
+    /// writes guest memory and its backing file (already open), flushes it.
+    pub device: Arc<Filter>,
 }
 
 /// One compiled filter and the thread kind it is for.
@@ -151,7 +154,8 @@ impl Filters {
             main: Arc::new(main),
             vcpu: Arc::new(without_files("vCPU", vcpu_rules(), on_mismatch.clone())?),
             api: Arc::new(without_files("API", api_rules(), on_mismatch.clone())?),
-            monitor: Arc::new(without_files("event monitor", allow_all(&[RUNTIME]), on_mismatch)?),
+            monitor: Arc::new(without_files("event monitor", allow_all(&[RUNTIME]), on_mismatch.clone())?),
+            device: Arc::new(without_files("device", allow_all(&[RUNTIME, DEVICE_IO]), on_mismatch)?),
         })
     }
 }
@@ -239,6 +243,24 @@ const API_IO: &[libc::c_long] = &[
     libc::SYS_shutdown,
     libc::SYS_fcntl,
     libc::SYS_poll,
+];
+
+/// A device worker's I/O: its event loop (made after the filter is in
+/// place, with the eventfd event-manager keeps), eventfds, and positional
+/// reads, writes and flushes of its file.
+const DEVICE_IO: &[libc::c_long] = &[
+    libc::SYS_epoll_create1,
+    libc::SYS_eventfd2,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_read,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
 ];
 
 /// What the main loop does besides [`RUNTIME`]: wait for events, build and

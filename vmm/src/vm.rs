@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use devices::virtio::ThreadInit;
 use kvm_ioctls::{Kvm, VmFd};
 use log::info;
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::eventfd::EventFd;
 
 use devices::ged::Ged;
@@ -26,8 +28,9 @@ use crate::cpu::hotplug_host::HotplugHost;
 use crate::cpu::manager::VcpuManager;
 use crate::cpu::vcpu::{install_kick_handler, VcpuHandle};
 use crate::cpu::VcpuTable;
+use crate::device_manager::DeviceManager;
 use crate::exit::{ExitNotifier, VmExit};
-use crate::hotplug::{irqfd, HotplugStack, VcpuParts};
+use crate::hotplug::{HotplugStack, VcpuParts};
 use crate::memory::{self, GuestMemory};
 use crate::resize::Target;
 use crate::seccomp::Filters;
@@ -60,6 +63,8 @@ pub enum VmError {
     Manager(#[from] crate::cpu::manager::ManagerError),
     #[error(transparent)]
     Hotplug(#[from] crate::hotplug::HotplugError),
+    #[error(transparent)]
+    Devices(#[from] crate::device_manager::DeviceError),
     #[error("no VM is configured")]
     NotConfigured,
 }
@@ -123,6 +128,7 @@ pub struct Vm {
     view: Arc<VmView>,
     exit: Arc<ExitNotifier>,
     ged: Arc<Ged<EventFdTrigger>>,
+    virtio: Arc<DeviceManager>,
     // Dropped after the manager has stopped every vCPU thread (see Drop).
     _vm_fd: Arc<VmFd>,
     _memory: GuestMemory,
@@ -192,12 +198,25 @@ impl Vm {
             ),
         };
         let room = input_room.try_clone().map_err(VmError::EventFd)?;
-        let serial = Arc::new(SerialDevice::with_input_room(irqfd(&vm_fd, COM1_IRQ)?, out, room));
+        let serial = Arc::new(SerialDevice::with_input_room(
+            crate::arch::irq_routing::irqfd(&vm_fd, COM1_IRQ).map_err(VmError::EventFd)?,
+            out,
+            room,
+        ));
         let mut pio = Bus::new();
         pio.insert(u64::from(COM1_PORT), COM1_PORT_LEN, serial.clone())?;
         let i8042 = Arc::new(I8042Device::new(power.clone()));
         pio.insert(u64::from(I8042_DATA_PORT), I8042_LEN, i8042)?;
         pio.insert(u64::from(ACPI_POWER_PORT), ACPI_POWER_LEN, Arc::new(AcpiPowerDevice::new(power)))?;
+
+        // Virtio devices, on worker threads of their own under the device filter.
+        let device_init: Option<ThreadInit> = seccomp.map(|f| {
+            let filter = f.device.clone();
+            Arc::new(move || filter.apply().map_err(|e| e.to_string())) as ThreadInit
+        });
+        let guest_memory = GuestMemoryAtomic::new(mem.clone());
+        let virtio =
+            Arc::new(DeviceManager::new(&config.devices, &vm_fd, &guest_memory, &mut stack.mmio, device_init)?);
 
         // Payload and firmware tables.
         let p = &config.payload;
@@ -205,7 +224,7 @@ impl Vm {
         let entry = boot::load_payload(&mem, &p.kernel, p.initramfs.as_deref(), &p.cmdline, config.memory.size)?;
         let t_payload = t0.elapsed();
         regs::write_boot_tables(&mem)?;
-        acpi::build(cpus.boot_vcpus, &stack.topology)?.write(&mem)?;
+        acpi::build(cpus.boot_vcpus, &stack.topology, &virtio.windows())?.write(&mem)?;
         let t_tables = t0.elapsed();
 
         let latencies = Arc::new(Latencies::default());
@@ -214,6 +233,7 @@ impl Vm {
             ged: stack.ged.clone(),
             serial: serial.clone(),
             latencies: latencies.clone(),
+            devices: virtio.clone(),
         };
         let mmio = Arc::new(std::mem::take(&mut stack.mmio));
         let mut manager = stack.manager(
@@ -251,7 +271,7 @@ impl Vm {
         );
         let target = manager.target().clone();
         let view = Arc::new(VmView::new(config.clone(), stack.table, stack.host, target, Some(counters)));
-        Ok(Vm { manager, serial, view, exit, ged: stack.ged, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
+        Ok(Vm { manager, serial, view, exit, ged: stack.ged, virtio, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
     }
 
     pub fn manager(&mut self) -> &mut VcpuManager {
@@ -281,5 +301,7 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.manager.stop_all();
+        // No vCPU writes a register any more: the devices let go of guest memory.
+        self.virtio.reset_all();
     }
 }

@@ -89,3 +89,23 @@ fn api_threads_may_serve_sockets_but_not_open_files_or_touch_kvm() {
     assert_eq!(in_child(&f.api, || syscall(libc::SYS_connect, -1, 0, 0)), BLOCKED_SYSCALL_EXIT);
     assert_eq!(in_child(&f.api, || syscall(libc::SYS_execve, 0, 0, 0)), BLOCKED_SYSCALL_EXIT);
 }
+
+#[test]
+fn device_threads_may_do_file_io_and_wait_but_not_ioctl_or_spawn() {
+    let f = Filters::new().expect("filters");
+    // What a virtio worker does: its event loop, eventfds, positional I/O, flushes.
+    let allowed = in_child(&f.device, || {
+        syscall(libc::SYS_epoll_create1, 0, 0, 0);
+        syscall(libc::SYS_epoll_wait, -1, 0, 0);
+        syscall(libc::SYS_read, -1, 0, 0);
+        syscall(libc::SYS_pread64, -1, 0, 0);
+        syscall(libc::SYS_pwrite64, -1, 0, 0);
+        syscall(libc::SYS_fdatasync, -1, 0, 0);
+    });
+    assert_eq!(allowed, 0);
+    assert_eq!(in_child(&f.device, open_fails_with_eacces), 0);
+    assert_eq!(in_child(&f.device, || syscall(libc::SYS_ioctl, -1, KVM_RUN, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.device, || syscall(libc::SYS_socket, libc::AF_UNIX as _, 1, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.device, || syscall(libc::SYS_clone, 0, 0, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.device, || syscall(libc::SYS_execve, 0, 0, 0)), BLOCKED_SYSCALL_EXIT);
+}

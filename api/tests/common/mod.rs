@@ -33,6 +33,7 @@ pub fn info(boot: u32, max: u32) -> VmmData {
         memory: MemoryConfig::new(1 << 28),
         serial: SerialConfig::Off,
         platform: Default::default(),
+        devices: Default::default(),
     };
     VmmData::VmInfo(Box::new(VmInfo { config, state: VmState::Running, memory_actual_size: 1 << 28, hotplug: None }))
 }

@@ -55,7 +55,9 @@ struct State {
 pub struct MmioTransport {
     state: Mutex<State>,
     /// One per queue: what KVM's ioeventfd writes for `QueueNotify` = index.
-    notifiers: Vec<EventFd>,
+    /// Shared with the device's worker, never duplicated: activation runs in a
+    /// vCPU's MMIO exit, whose seccomp filter allows no `dup`.
+    notifiers: Vec<Arc<EventFd>>,
     interrupt: Arc<VirtioInterrupt>,
     mem: GuestMemoryHandle,
     name: String,
@@ -69,7 +71,8 @@ impl MmioTransport {
     ) -> std::io::Result<MmioTransport> {
         let sizes = device.queue_max_sizes().to_vec();
         let queues = sizes.iter().map(|&s| Queue::new(s).expect("a device's queue sizes are powers of two")).collect();
-        let notifiers = sizes.iter().map(|_| EventFd::new(libc::EFD_NONBLOCK)).collect::<Result<_, _>>()?;
+        let notifiers =
+            sizes.iter().map(|_| EventFd::new(libc::EFD_NONBLOCK).map(Arc::new)).collect::<Result<_, _>>()?;
         let name = device.name().to_string();
         let state = State {
             device,
@@ -86,7 +89,7 @@ impl MmioTransport {
     }
 
     /// The eventfd that queue `index`'s notifications should write.
-    pub fn notifiers(&self) -> &[EventFd] {
+    pub fn notifiers(&self) -> &[Arc<EventFd>] {
         &self.notifiers
     }
 
@@ -188,10 +191,7 @@ impl MmioTransport {
                 Err(e) => return self.needs_reset(s, &format!("queue {i}: {e:?}")),
             };
             q.set_event_idx(false);
-            match self.notifiers[i].try_clone() {
-                Ok(n) => queues.push((q, n)),
-                Err(e) => return self.needs_reset(s, &format!("cannot clone queue {i}'s notifier: {e}")),
-            }
+            queues.push((q, self.notifiers[i].clone()));
         }
         let a = Activation {
             mem: self.mem.clone(),

@@ -42,7 +42,7 @@ pub struct Activation {
     pub mem: GuestMemoryHandle,
     /// The queues the guest made ready, in order, each with the eventfd its
     /// notifications arrive on (KVM's ioeventfd on `QueueNotify`).
-    pub queues: Vec<(Queue, EventFd)>,
+    pub queues: Vec<(Queue, Arc<EventFd>)>,
     pub interrupt: Arc<VirtioInterrupt>,
     /// The features the driver accepted.
     pub features: u64,

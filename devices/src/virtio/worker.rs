@@ -9,7 +9,7 @@
 //! takes them back and returns only once the thread has let go of them.
 
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(5);
 const CONTROL: u32 = u32::MAX;
 
 enum Control<H> {
-    Start(H, Vec<EventFd>),
+    Start(H, Vec<Arc<EventFd>>),
     Stop(SyncSender<()>),
     Exit,
 }
@@ -38,7 +38,7 @@ enum Control<H> {
 struct Subscriber<H> {
     control: Receiver<Control<H>>,
     wake: EventFd,
-    serving: Option<(H, Vec<EventFd>)>,
+    serving: Option<(H, Vec<Arc<EventFd>>)>,
     exit: bool,
     name: String,
 }
@@ -51,7 +51,7 @@ impl<H: QueueHandler> Subscriber<H> {
                 Control::Start(mut handler, notifiers) => {
                     self.stop_serving(ops);
                     for (i, n) in notifiers.iter().enumerate() {
-                        if let Err(e) = ops.add(Events::with_data(n, i as u32, EventSet::IN)) {
+                        if let Err(e) = ops.add(Events::with_data(n.as_ref(), i as u32, EventSet::IN)) {
                             log::error!("{}: cannot watch queue {i}: {e:?}", self.name);
                         }
                     }
@@ -76,7 +76,7 @@ impl<H: QueueHandler> Subscriber<H> {
     fn stop_serving(&mut self, ops: &mut EventOps) {
         if let Some((_, notifiers)) = self.serving.take() {
             for n in &notifiers {
-                let _ = ops.remove(Events::empty(n));
+                let _ = ops.remove(Events::empty(n.as_ref()));
             }
         }
     }
@@ -150,7 +150,7 @@ impl<H: QueueHandler> Worker<H> {
     }
 
     /// Hands the thread a handler and its queues' notifiers.
-    pub fn start(&self, handler: H, notifiers: Vec<EventFd>) -> std::io::Result<()> {
+    pub fn start(&self, handler: H, notifiers: Vec<Arc<EventFd>>) -> std::io::Result<()> {
         if self.send(Control::Start(handler, notifiers)) {
             Ok(())
         } else {

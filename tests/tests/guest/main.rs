@@ -7,6 +7,7 @@ mod api;
 mod boot;
 mod ch_remote;
 mod cli;
+mod devices;
 mod faults;
 mod hostile_guest;
 mod hotplug;

@@ -5,6 +5,7 @@
 //! registers.
 
 pub mod cpu_aml;
+pub mod virtio_aml;
 
 use acpi_tables::aml::{self, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Method};
 use acpi_tables::aml::{And, Device, EISAName, Interrupt, Local, MethodCall, Name, OpRegion, OpRegionSpace, Package};
@@ -134,9 +135,14 @@ pub fn dsdt_body(topology: &Topology) -> Vec<u8> {
     out
 }
 
-fn dsdt(topology: &Topology) -> Vec<u8> {
+fn dsdt(topology: &Topology, virtio: &[virtio_aml::MmioDevice]) -> Vec<u8> {
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     sdt.append_slice(&dsdt_body(topology));
+    if !virtio.is_empty() {
+        let devices = virtio_aml::devices(virtio);
+        let refs: Vec<&dyn Aml> = devices.iter().map(|d| d as &dyn Aml).collect();
+        sdt.append_slice(&bytes(&aml::Scope::new("\\_SB_".into(), refs)).0);
+    }
     sdt.update_checksum();
     sdt.as_slice().to_vec()
 }
@@ -204,7 +210,7 @@ fn align8(v: u64) -> u64 {
 }
 
 /// Builds all tables for a VM with `boot_vcpus` of `topology`'s vCPUs present.
-pub fn build(boot_vcpus: u32, topology: &Topology) -> Result<AcpiTables, AcpiError> {
+pub fn build(boot_vcpus: u32, topology: &Topology, virtio: &[virtio_aml::MmioDevice]) -> Result<AcpiTables, AcpiError> {
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align8(rsdp_addr + Rsdp::len() as u64);
     // XSDT with two entries: header (36) + 2 * 8.
@@ -216,7 +222,7 @@ pub fn build(boot_vcpus: u32, topology: &Topology) -> Result<AcpiTables, AcpiErr
         return Err(AcpiError::TooLarge { table: "MADT", needed: end - ACPI_START, available: ACPI_END - ACPI_START });
     }
     let dsdt_addr = ACPI_DSDT_START;
-    let dsdt = dsdt(topology);
+    let dsdt = dsdt(topology, virtio);
     if dsdt.len() as u64 > ACPI_DSDT_END - ACPI_DSDT_START {
         return Err(AcpiError::TooLarge {
             table: "DSDT",
@@ -256,7 +262,7 @@ mod tests {
     #[test]
     fn tables_fit_and_checksum() {
         for (boot, max) in [(1, 1), (2, 4), (1, 254), (1, 288), (1, 1024)] {
-            let t = build(boot, &Topology::flat(max)).unwrap();
+            let t = build(boot, &Topology::flat(max), &[]).unwrap();
             for (name, addr, data) in &t.tables {
                 let (start, end) =
                     if *name == "DSDT" { (ACPI_DSDT_START, ACPI_DSDT_END) } else { (ACPI_START, ACPI_END) };
@@ -294,7 +300,7 @@ mod tests {
 
     #[test]
     fn madt_lists_every_possible_vcpu() {
-        let t = build(2, &Topology::flat(4)).unwrap();
+        let t = build(2, &Topology::flat(4), &[]).unwrap();
         let madt = t.get("APIC").unwrap();
         assert_eq!(madt[8], MADT_REVISION);
         assert_eq!(madt_processors(madt), vec![(0, 0, 0, 1), (0, 1, 1, 1), (0, 2, 2, 2), (0, 3, 3, 2)]);
@@ -302,7 +308,7 @@ mod tests {
 
     #[test]
     fn apic_ids_past_254_get_x2apic_structures() {
-        let t = build(1, &Topology::flat(300)).unwrap();
+        let t = build(1, &Topology::flat(300), &[]).unwrap();
         let madt = t.get("APIC").unwrap();
         assert!(checksum_ok(madt));
         let procs = madt_processors(madt);
@@ -316,7 +322,7 @@ mod tests {
         // A sparse topology reaches x2APIC ids with fewer vCPUs: 2 packages
         // of 129 cores use 8 core bits, so package 1 starts at APIC id 256.
         let sparse = Topology { threads: 1, cores: 129, dies: 1, packages: 2 };
-        let procs = madt_processors(build(1, &sparse).unwrap().get("APIC").unwrap());
+        let procs = madt_processors(build(1, &sparse, &[]).unwrap().get("APIC").unwrap());
         assert_eq!(procs[128], (0, 128, 128, MADT_ONLINE_CAPABLE));
         assert_eq!(procs[129], (9, 129, 256, MADT_ONLINE_CAPABLE));
     }
@@ -325,10 +331,10 @@ mod tests {
     fn tables_that_do_not_fit_are_refused_with_the_table_named() {
         // lithe's own limit fits, with the widest _MAT structures.
         let limit = crate::config::MAX_SUPPORTED_VCPUS;
-        build(limit, &Topology::flat(limit)).unwrap();
-        build(1, &Topology { threads: 2, cores: limit / 4, dies: 1, packages: 2 }).unwrap();
+        build(limit, &Topology::flat(limit), &[]).unwrap();
+        build(1, &Topology { threads: 2, cores: limit / 4, dies: 1, packages: 2 }, &[]).unwrap();
         // The controller's 4096 do not: about 500 KiB of DSDT.
-        match build(1, &Topology::flat(devices::cpu_hotplug::MAX_CPUS)) {
+        match build(1, &Topology::flat(devices::cpu_hotplug::MAX_CPUS), &[]) {
             Err(AcpiError::TooLarge { table, needed, .. }) => assert_eq!((table, needed > 400_000), ("DSDT", true)),
             other => panic!("expected the DSDT to be too large, got {:?}", other.map(|_| ())),
         }
@@ -340,6 +346,22 @@ mod tests {
         let has = |s: &[u8]| body.windows(s.len()).any(|w| w == s);
         assert!(has(b"C000") && has(b"C013") && !has(b"C014"));
         assert!(has(b"ACPI0013") && has(b"ACPI0010") && has(b"_S5_") && has(b"CSCN") && has(b"PWRB"));
+    }
+
+    const VIRTIO_SAMPLE: [virtio_aml::MmioDevice; 2] = [
+        virtio_aml::MmioDevice { base: 0xd000_0000, len: 0x1000, gsi: 16 },
+        virtio_aml::MmioDevice { base: 0xd000_1000, len: 0x1000, gsi: 17 },
+    ];
+
+    #[test]
+    fn virtio_devices_are_lnro0005_with_their_window_and_interrupt() {
+        let t = build(1, &Topology::flat(2), &VIRTIO_SAMPLE).unwrap();
+        let dsdt = t.get("DSDT").unwrap();
+        let has = |s: &[u8]| dsdt.windows(s.len()).any(|w| w == s);
+        assert!(has(b"VR00") && has(b"VR01") && has(b"LNRO0005"));
+        assert!(has(&0xd000_1000u32.to_le_bytes()), "the second window");
+        let none = build(1, &Topology::flat(2), &[]).unwrap();
+        assert!(!none.get("DSDT").unwrap().windows(8).any(|w| w == b"LNRO0005"));
     }
 
     /// Disassembles every table with ACPICA and recompiles the DSDT: both must
@@ -354,7 +376,7 @@ mod tests {
         {
             let max = topology.vcpus();
             let dir = tempfile::tempdir().unwrap();
-            let t = build(boot, &topology).unwrap();
+            let t = build(boot, &topology, &VIRTIO_SAMPLE).unwrap();
             for (name, _, data) in &t.tables {
                 if *name == "RSDP" {
                     continue;

@@ -67,6 +67,14 @@ impl MsiRoutes for KvmMsiRoutes {
     }
 }
 
+/// An eventfd registered with KVM as the interrupt for `gsi` (through the
+/// IOAPIC's route for that pin).
+pub fn irqfd(vm: &VmFd, gsi: u32) -> std::io::Result<devices::EventFdTrigger> {
+    let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&fd, gsi).map_err(|e| std::io::Error::other(format!("KVM_IRQFD for GSI {gsi}: {e}")))?;
+    Ok(devices::EventFdTrigger::new(fd))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

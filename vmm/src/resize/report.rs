@@ -178,6 +178,7 @@ mod tests {
             memory: MemoryConfig::new(64 << 20),
             serial: SerialConfig::Off,
             platform: Default::default(),
+            devices: Default::default(),
         };
         let table = Arc::new(VcpuTable::new(2));
         table.set_state(0, State::new(Phase::Running)).unwrap();

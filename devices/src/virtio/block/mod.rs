@@ -17,8 +17,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::worker::{QueueHandler, Worker};
-use super::{read_config_bytes, ActivateError, Activation, ThreadInit, VirtioDevice, VirtioInterrupt, TYPE_BLOCK};
 use super::VIRTIO_F_VERSION_1;
+use super::{read_config_bytes, ActivateError, Activation, ThreadInit, VirtioDevice, VirtioInterrupt, TYPE_BLOCK};
 use crate::guest_warn;
 use request::{fail_chain, Kind, Limits, Request, RequestError, ID_BYTES, SECTOR_SIZE, S_IOERR, S_OK, S_UNSUPP};
 
@@ -198,7 +198,7 @@ impl QueueHandler for Handler {
         let mut used = false;
         while let Some(chain) = self.queue.pop_descriptor_chain(&*mem) {
             let head = chain.head_index();
-            let len = match Request::parse(&*mem, chain.clone(), &self.limits) {
+            let len = match Request::parse(&mem, chain.clone(), &self.limits) {
                 Ok(mut req) => {
                     let status = self.serve(&mut req);
                     req.finish(status)
@@ -208,7 +208,7 @@ impl QueueHandler for Handler {
                     if !matches!(e, RequestError::ReadOnly) {
                         guest_warn!("{}: bad request: {e}", self.name);
                     }
-                    fail_chain(&*mem, chain)
+                    fail_chain(&mem, chain)
                 }
             };
             if self.queue.add_used(&*mem, head, len).is_err() {

@@ -5,8 +5,8 @@
 
 use std::io::{Read, Write};
 
-use virtio_queue::{Reader, Writer};
 use virtio_queue::DescriptorChain;
+use virtio_queue::{Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 /// A chain over lithe's guest memory.
@@ -101,7 +101,7 @@ impl<'a> Request<'a> {
             return Err(RequestError::TooManySegments { segments: segments - 2, seg_max: limits.seg_max });
         }
         let ranged = |len: usize| -> Result<u64, RequestError> {
-            if len as u64 % SECTOR_SIZE != 0 {
+            if !(len as u64).is_multiple_of(SECTOR_SIZE) {
                 return Err(RequestError::Unaligned { len });
             }
             if len > limits.max_bytes {

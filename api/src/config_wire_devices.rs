@@ -1,0 +1,143 @@
+//! The device lists of Cloud Hypervisor's `VmConfig` (`disks`, `rng`) to
+//! lithe's [`DevicesConfig`] and back: what lithe honours is taken, what it
+//! accepts at Cloud Hypervisor's default is ignored, anything else is
+//! named, field by field, as in the rest of `vm.create`.
+
+use serde_json::{json, Map, Value};
+use vmm::config::{DevicesConfig, DiskConfig, RngConfig, DEFAULT_RNG_SRC};
+
+use crate::config_wire::WireError;
+
+/// What a disk or rng object may carry besides what lithe honours, and
+/// which values of it mean "nothing" (Cloud Hypervisor's defaults).
+fn default_only(key: &str, v: &Value) -> Option<bool> {
+    let ok = match key {
+        // One queue, no PCI: a segment number and a queue count of one say nothing lithe lacks.
+        "pci_segment" => v.is_u64(),
+        "num_queues" => v.is_null() || v.as_u64() == Some(1),
+        "queue_size" => v.is_null() || v.as_u64().is_some_and(|n| n.is_power_of_two() && n <= 256),
+        "iommu" | "vhost_user" => v.is_null() || v == &Value::Bool(false),
+        // Synchronous I/O either way; sparse files are what a raw image is.
+        "disable_io_uring" | "disable_aio" | "sparse" => v.is_null() || v.is_boolean(),
+        "image_type" => v.is_null() || v.as_str() == Some("Raw"),
+        "vhost_socket" | "rate_limiter_config" | "rate_limit_group" | "queue_affinity" | "backing_files" => v.is_null(),
+        _ => return None,
+    };
+    Some(ok)
+}
+
+fn string(obj: &Map<String, Value>, field: &str, key: &str) -> Result<Option<String>, WireError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(WireError::Invalid(format!("{field}.{key} must be a string"))),
+    }
+}
+
+fn flag(obj: &Map<String, Value>, field: &str, key: &str) -> Result<bool, WireError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(WireError::Invalid(format!("{field}.{key} must be true or false"))),
+    }
+}
+
+/// Refuses every key of `obj` that is neither honoured nor at its default.
+fn check_rest(obj: &Map<String, Value>, field: &str, honoured: &[&str], refused: &mut Vec<String>) {
+    for (k, v) in obj {
+        if honoured.contains(&k.as_str()) {
+            continue;
+        }
+        match default_only(k, v) {
+            Some(true) => {}
+            Some(false) => refused.push(format!(
+                "{field}.{k} ({v}: lithe has one queue of up to 256, no IOMMU, no vhost-user disks, no rate limits)"
+            )),
+            None => refused.push(format!("{field}.{k} (not a field lithe knows)")),
+        }
+    }
+}
+
+pub fn devices_from(
+    disks: &Option<Vec<Value>>,
+    rng: &Option<Value>,
+    refused: &mut Vec<String>,
+) -> Result<DevicesConfig, WireError> {
+    let mut out = DevicesConfig::default();
+    for (i, d) in disks.iter().flatten().enumerate() {
+        let field = format!("disks[{i}]");
+        let Some(obj) = d.as_object() else { return Err(WireError::Invalid(format!("{field} must be an object"))) };
+        let Some(path) = string(obj, &field, "path")? else {
+            return Err(WireError::Invalid(format!("{field}.path is required")));
+        };
+        out.disks.push(DiskConfig {
+            path: path.into(),
+            readonly: flag(obj, &field, "readonly")?,
+            direct: flag(obj, &field, "direct")?,
+            id: string(obj, &field, "id")?,
+            serial: string(obj, &field, "serial")?,
+        });
+        check_rest(obj, &field, &["path", "readonly", "direct", "id", "serial"], refused);
+    }
+    match rng {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(obj)) => {
+            let src = string(obj, "rng", "src")?.unwrap_or_else(|| DEFAULT_RNG_SRC.into());
+            out.rng = Some(RngConfig { src: src.into() });
+            check_rest(obj, "rng", &["src"], refused);
+        }
+        Some(_) => return Err(WireError::Invalid("rng must be an object".into())),
+    }
+    Ok(out)
+}
+
+/// `vm.info`'s device lists.
+pub fn devices_to(d: &DevicesConfig) -> (Option<Vec<Value>>, Option<Value>) {
+    let disks = d
+        .disks
+        .iter()
+        .map(|d| {
+            json!({"path": d.path.display().to_string(), "readonly": d.readonly, "direct": d.direct,
+                   "id": d.id, "serial": d.serial, "num_queues": 1, "queue_size": 256, "iommu": false})
+        })
+        .collect::<Vec<_>>();
+    let rng = d.rng.as_ref().map(|r| json!({"src": r.src.display().to_string(), "iommu": false}));
+    ((!disks.is_empty()).then_some(disks), rng)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_and_rng_are_honoured_and_the_rest_named() {
+        let mut refused = Vec::new();
+        let disks = Some(vec![
+            json!({"path": "/d0", "readonly": true, "direct": true, "id": "root", "serial": "s0", "num_queues": 1,
+                   "queue_size": 128, "pci_segment": 1, "iommu": false}),
+            json!({"path": "/d1", "num_queues": 2, "vhost_user": true, "frob": 1}),
+        ]);
+        let d = devices_from(&disks, &Some(json!({"src": "/dev/random", "iommu": false})), &mut refused).unwrap();
+        assert_eq!(
+            d.disks[0],
+            DiskConfig {
+                readonly: true,
+                direct: true,
+                id: Some("root".into()),
+                serial: Some("s0".into()),
+                ..DiskConfig::new("/d0")
+            }
+        );
+        assert_eq!(d.rng, Some(RngConfig { src: "/dev/random".into() }));
+        let text = refused.join("|");
+        for f in ["disks[1].num_queues", "disks[1].vhost_user", "disks[1].frob"] {
+            assert!(text.contains(f), "{f} not named: {text}");
+        }
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(devices_from(&Some(vec![json!({})]), &None, &mut refused).is_err(), "a disk needs a path");
+        let (wire_disks, wire_rng) = devices_to(&d);
+        let mut again = Vec::new();
+        assert_eq!(devices_from(&wire_disks, &wire_rng, &mut again).unwrap(), d, "vm.info decodes to the same");
+        assert!(again.is_empty(), "{again:?}");
+    }
+}

@@ -1,0 +1,148 @@
+//! The VM's virtio devices: it makes each device from the configuration,
+//! gives it an MMIO window and a GSI, wires its queue notifications in
+//! through KVM ioeventfds and its interrupt out through an irqfd into
+//! lithe's IOAPIC, describes it in the DSDT, and resets it when the VM goes.
+//!
+//! Adding a device kind is its file under `devices/src/virtio/` and one arm
+//! in [`DeviceManager::new`].
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use log::info;
+
+use devices::virtio::block::{Block, DiskConfig as BlockConfig};
+use devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use devices::virtio::rng::Rng;
+use devices::virtio::{GuestMemoryHandle, ThreadInit, VirtioDevice, VirtioInterrupt};
+use devices::{Bus, BusError};
+
+use crate::acpi::virtio_aml::MmioDevice;
+use crate::arch::irq_routing::irqfd;
+use crate::config::DevicesConfig;
+use crate::memory::VIRTIO_MMIO_BASE;
+
+/// The first GSI virtio devices get; the IOAPIC has pins up to 23.
+pub const VIRTIO_GSI_BASE: u32 = 16;
+/// How many virtio devices fit the IOAPIC's pins.
+pub const MAX_DEVICES: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("disk {index} ({path}): {source}")]
+    Disk { index: usize, path: String, source: std::io::Error },
+    #[error("rng source {path}: {source}")]
+    Rng { path: String, source: std::io::Error },
+    #[error("{name}: {source}")]
+    Create { name: String, source: std::io::Error },
+    #[error("{name}: KVM_IOEVENTFD for queue {queue}: {source}")]
+    IoEvent { name: String, queue: usize, source: kvm_ioctls::Error },
+    #[error("{name}: its interrupt: {source}")]
+    Interrupt { name: String, source: std::io::Error },
+    #[error("mapping a virtio device: {0}")]
+    Bus(#[from] BusError),
+    #[error("{count} virtio devices, but lithe has interrupts for {MAX_DEVICES}")]
+    TooMany { count: usize },
+}
+
+/// One device on the bus.
+pub struct VirtioSlot {
+    pub name: String,
+    pub window: MmioDevice,
+    pub transport: Arc<MmioTransport>,
+}
+
+#[derive(Default)]
+pub struct DeviceManager {
+    slots: Vec<VirtioSlot>,
+}
+
+impl DeviceManager {
+    /// Makes every configured device and maps it on `mmio`. Files are
+    /// opened here, on the main thread, before any seccomp filter; each
+    /// device's worker thread runs `thread_init` first.
+    pub fn new(
+        config: &DevicesConfig,
+        vm: &VmFd,
+        mem: &GuestMemoryHandle,
+        mmio: &mut Bus,
+        thread_init: Option<ThreadInit>,
+    ) -> Result<DeviceManager, DeviceError> {
+        let mut made: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        for (index, d) in config.disks.iter().enumerate() {
+            let path = d.path.display().to_string();
+            let disk_err = |source| DeviceError::Disk { index, path: path.clone(), source };
+            let mut open = OpenOptions::new();
+            open.read(true).write(!d.readonly);
+            if d.direct {
+                open.custom_flags(libc::O_DIRECT);
+            }
+            let file = open.open(&d.path).map_err(disk_err)?;
+            let serial = d.serial.clone().or_else(|| d.id.clone()).unwrap_or_default();
+            let name = format!("virtio-blk{index}");
+            let cfg = BlockConfig { read_only: d.readonly, direct: d.direct, serial };
+            made.push(Box::new(Block::new(&name, file, cfg, thread_init.clone()).map_err(disk_err)?));
+        }
+        if let Some(r) = &config.rng {
+            let path = r.src.display().to_string();
+            let file = std::fs::File::open(&r.src).map_err(|source| DeviceError::Rng { path: path.clone(), source })?;
+            made.push(Box::new(
+                Rng::new(file, thread_init.clone()).map_err(|source| DeviceError::Rng { path, source })?,
+            ));
+        }
+        if made.len() > MAX_DEVICES {
+            return Err(DeviceError::TooMany { count: made.len() });
+        }
+        let mut slots = Vec::new();
+        for (i, device) in made.into_iter().enumerate() {
+            let window = MmioDevice {
+                base: VIRTIO_MMIO_BASE + i as u64 * MMIO_LEN,
+                len: MMIO_LEN,
+                gsi: VIRTIO_GSI_BASE + i as u32,
+            };
+            let name = device.name().to_string();
+            let trigger =
+                irqfd(vm, window.gsi).map_err(|source| DeviceError::Interrupt { name: name.clone(), source })?;
+            let interrupt = Arc::new(VirtioInterrupt::new(Box::new(trigger)));
+            let transport = Arc::new(
+                MmioTransport::new(device, mem.clone(), interrupt)
+                    .map_err(|source| DeviceError::Create { name: name.clone(), source })?,
+            );
+            for (queue, notifier) in transport.notifiers().iter().enumerate() {
+                let addr = IoEventAddress::Mmio(window.base + NOTIFY_OFFSET);
+                vm.register_ioevent(notifier.as_ref(), &addr, queue as u32).map_err(|source| DeviceError::IoEvent {
+                    name: name.clone(),
+                    queue,
+                    source,
+                })?;
+            }
+            mmio.insert(window.base, window.len, transport.clone())?;
+            info!("{name}: virtio-mmio at {:#x}, GSI {}", window.base, window.gsi);
+            slots.push(VirtioSlot { name, window, transport });
+        }
+        Ok(DeviceManager { slots })
+    }
+
+    /// Where each device is, for the DSDT.
+    pub fn windows(&self) -> Vec<MmioDevice> {
+        self.slots.iter().map(|s| s.window).collect()
+    }
+
+    /// Each device's counters, by name (`vm.counters`).
+    pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), s.transport.counters().into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+            .collect()
+    }
+
+    /// Stops every device (the VM is going): their workers let go of guest memory.
+    pub fn reset_all(&self) {
+        for s in &self.slots {
+            s.transport.reset();
+        }
+    }
+}
