@@ -5,7 +5,8 @@
 
 use tests::{disk_pattern, Guest, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
 
-const SECTORS: usize = 256;
+/// 2 MiB: long enough for a resize to land while it is written.
+const SECTORS: usize = 4096;
 
 #[test]
 fn a_disk_keeps_what_the_guest_flushed_across_kill_9_and_the_rng_serves() {
@@ -32,9 +33,26 @@ fn a_disk_keeps_what_the_guest_flushed_across_kill_9_and_the_rng_serves() {
     let distinct: u32 = line.rsplit('=').next().unwrap().trim().parse().unwrap();
     assert!(distinct > 32, "128 random bytes with {distinct} distinct values: {line}");
 
+    // vCPUs come and go under the I/O: a second vCPU, then a write with a
+    // removal issued right behind it, a read-back, and the parked vCPU
+    // brought back. The devices' ioeventfds and irqfds belong to the VM,
+    // not to any vCPU.
+    let (s, r) = g.api("PUT", "vm.resize?wait=true", serde_json::json!({ "desired_vcpus": 2 }));
+    assert_eq!((s, r["complete"].as_bool()), (200, Some(true)), "{r}");
     g.send(&format!("disk-write 7 {SECTORS}"));
+    let (s, r) = g.api("PUT", "vm.resize", serde_json::json!({ "desired_vcpus": 1 }));
+    assert_eq!(s, 204, "{r}");
     let wrote = g.wait_console("LITHE-GUEST disk-write ", HOTPLUG_TIMEOUT);
     assert!(wrote.contains(&format!("ok bytes={}", SECTORS * 512)), "{wrote}");
+    g.wait_cpus("0", "0", HOTPLUG_TIMEOUT);
+    g.send(&format!("disk-read 7 {SECTORS}"));
+    let read = g.wait_console("LITHE-GUEST disk-read ", HOTPLUG_TIMEOUT);
+    assert!(read.contains(&format!("ok bytes={}", SECTORS * 512)), "{read}");
+    let (s, r) = g.api("PUT", "vm.resize?wait=true", serde_json::json!({ "desired_vcpus": 2 }));
+    assert_eq!((s, r["complete"].as_bool()), (200, Some(true)), "the parked vCPU comes back: {r}");
+    let mark = g.console_lines();
+    g.send("rng 16");
+    g.wait_console_after(mark, "LITHE-GUEST rng bytes=16 ", HOTPLUG_TIMEOUT);
     let (_, counters) = g.api("GET", "vm.counters", serde_json::Value::Null);
     let blk = &counters["virtio-blk0"];
     assert!(blk["write_bytes"].as_u64() >= Some((SECTORS * 512) as u64), "{counters}");
