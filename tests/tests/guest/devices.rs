@@ -1,7 +1,8 @@
 //! The virtio devices in a real guest: Linux finds them in the DSDT
 //! (virtio-mmio, `LNRO0005`), reads and writes the disk, reads the rng; what
 //! the guest flushed is in the image file after `kill -9`, and a new VM on
-//! the same image, read-only this time, reads it back and cannot write.
+//! the same image, read-only and `O_DIRECT` this time, reads it back and
+//! cannot write. vCPUs are added and removed while the disk is busy.
 
 use tests::{disk_pattern, Guest, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
 
@@ -68,9 +69,10 @@ fn a_disk_keeps_what_the_guest_flushed_across_kill_9_and_the_rng_serves() {
     assert!(on_disk[..SECTORS * 512] == disk_pattern(7, SECTORS * 512)[..], "the flushed pattern is in the image");
     drop(g);
 
-    // A new VM on the same image, read-only: it reads the pattern back and
-    // cannot change it.
-    let disk = format!("path={},readonly=on", image.display());
+    // A new VM on the same image, read-only and with O_DIRECT (no host page
+    // cache: the bytes come from the file itself): it reads the pattern back
+    // and cannot change it.
+    let disk = format!("path={},readonly=on,direct=on", image.display());
     let mut g = Guest::launch(Launch {
         cpus: "boot=1,max=2",
         with_kernel: true,
