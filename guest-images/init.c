@@ -322,55 +322,80 @@ static void topology(void)
 }
 
 /* The console's line of /proc/interrupts, blanks trimmed. */
-static void find_serial_irq(const char *line, void *arg)
+struct irq_find {
+	const char *name;
+	char *line;
+};
+
+static void find_irq(const char *line, void *arg)
 {
-	if (contains(line, "ttyS0"))
-		strlcpy(arg, trim((char *)line), LINE_MAX);
+	struct irq_find *f = arg;
+
+	if (contains(line, f->name))
+		strlcpy(f->line, trim((char *)line), LINE_MAX);
 }
 
-/* The console's line of /proc/interrupts into line (LINE_MAX), or "". */
-static void serial_irq_line(char *line)
+/* The /proc/interrupts line of the interrupt named `name` (ttyS0, virtio0)
+ * into line (LINE_MAX), or "". */
+static void irq_line(const char *name, char *line)
 {
+	struct irq_find f = { .name = name, .line = line };
+
 	line[0] = 0;
-	each_line("/proc/interrupts", find_serial_irq, line);
+	each_line("/proc/interrupts", find_irq, &f);
 }
 
-/* Steers the console's interrupt to one CPU (by logical number): lithe's
- * IOAPIC must then reach that CPU's APIC id. */
-static void serial_irq(const char *cpu)
+/* Steers the interrupt named `name` to one CPU (by logical number): lithe's
+ * IOAPIC must then reach that CPU's APIC id. Says `label`IRQ cpu=N. */
+static void steer_irq(const char *name, const char *cpu, const char *label)
 {
-	static char irq_line[LINE_MAX];
+	static char line[LINE_MAX];
 	char path[64], value[32], *colon;
 
-	serial_irq_line(irq_line);
-	colon = strchr(irq_line, ':');
+	irq_line(name, line);
+	colon = strchr(line, ':');
 	if (colon) {
 		*colon = 0;
-		join(path, sizeof(path), "/proc/irq/", irq_line, "/smp_affinity_list");
+		join(path, sizeof(path), "/proc/irq/", line, "/smp_affinity_list");
 		join(value, sizeof(value), cpu, "\n", "");
 		if (write_file(path, value) == 0) {
 			struct line l = { .len = 0 };
 
-			put(&l, "LITHE-GUEST serial-irq=");
-			put(&l, irq_line);
+			put(&l, "LITHE-GUEST ");
+			put(&l, label);
+			put(&l, line);
 			put(&l, " cpu=");
 			put(&l, cpu);
 			say(&l);
 			return;
 		}
 	}
-	say2("error: serial-irq failed for cpu ", cpu);
+	say2("error: steering failed for ", name);
 }
 
-static void serial_irq_count(void)
+/* `irq-to NAME CPU`. */
+static void irq_to(char *args)
 {
-	static char irq_line[LINE_MAX];
+	char *cpu = strchr(args, ' ');
 
-	serial_irq_line(irq_line);
-	if (irq_line[0])
-		say2("serial-irq-count ", irq_line);
+	if (!cpu) {
+		say2("error: usage: irq-to NAME CPU", "");
+		return;
+	}
+	*cpu++ = 0;
+	steer_irq(args, trim(cpu), "irq-to=");
+}
+
+/* The /proc/interrupts line of `name`: a count per online CPU. */
+static void irq_count(const char *name, const char *label)
+{
+	static char line[LINE_MAX];
+
+	irq_line(name, line);
+	if (line[0])
+		say2(label, line);
 	else
-		say2("error: ", "no ttyS0 line in /proc/interrupts");
+		say2("error: no such line in /proc/interrupts: ", name);
 }
 
 struct eject {
@@ -604,9 +629,13 @@ static void run_command(char *cmd, char **envp)
 	} else if (strcmp(cmd, "topology") == 0) {
 		topology();
 	} else if (starts_with(cmd, "serial-irq ")) {
-		serial_irq(trim(cmd + 11));
+		steer_irq("ttyS0", trim(cmd + 11), "serial-irq=");
 	} else if (strcmp(cmd, "serial-irq-count") == 0) {
-		serial_irq_count();
+		irq_count("ttyS0", "serial-irq-count ");
+	} else if (starts_with(cmd, "irq-to ")) {
+		irq_to(trim(cmd + 7));
+	} else if (starts_with(cmd, "irq-count ")) {
+		irq_count(trim(cmd + 10), "irq-count ");
 	} else if (strcmp(cmd, "ping") == 0) {
 		say2("pong", "");
 	} else if (starts_with(cmd, "disk-write ")) {
