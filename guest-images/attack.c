@@ -9,6 +9,13 @@
  *     through /dev/mem: random offsets across both pages, widths 1/2/4/8,
  *     random values; ejects (EJECT, 0x600) of vCPU 0, absent and out-of-range
  *     ids; _OST storms (OST_SELECT/EVENT/STATUS) for any id;
+ *   - the virtio-mmio devices (0xd0000000, one 4 KiB window each, when the VM
+ *     has them): random reads and writes, and whole device setups with
+ *     random features and queue sizes whose rings sit in a page of the
+ *     attacker's own memory (its physical address from /proc/self/pagemap),
+ *     filled with random descriptors: loops, overlaps, lengths past the end,
+ *     addresses outside guest memory. Buffers a device could write stay in
+ *     that page (or outside RAM), so the guest only ever hurts that page;
  *   - the ACPI power block (ports 0x600..0x603) and the i8042 (0x60, 0x64),
  *     through /dev/port (one byte per port): random bytes, except the two
  *     that really power off or reset (S5 with SLP_EN, the reset value), which
@@ -46,6 +53,12 @@
 #define REG_OST_EVENT 0x608
 #define REG_OST_STATUS 0x60c
 #define REG_BLOCK 0x200 /* PRESENT, INSERT, REMOVE, then the control block */
+#define VIRTIO_BASE 0xd0000000UL
+#define VIRTIO_WINDOW 0x2000UL /* two devices: the test's disk and rng */
+#define RING_USED 0x7f8 /* a used ring of up to 256 entries (2054 bytes) ends below 0x1000 */
+#define SYS_lseek 8
+#define MAP_PRIVATE 2
+#define MAP_ANONYMOUS 0x20
 #define MAX_PROTECTED 64
 
 static long sys6(long n, long a, long b, long c, long d, long e, long f)
@@ -182,6 +195,89 @@ static int powers_off(unsigned long port, unsigned char v)
 	return port == 0x64 && v == 0xfe;
 }
 
+static volatile unsigned char *ring; /* the attacker's own page */
+static unsigned long ring_phys;      /* its guest-physical address, 0 if unknown */
+
+/* One page of our own memory and its physical address (root reads PFNs). */
+static void own_page(void)
+{
+	long p = sys6(SYS_mmap, 0, 4096, PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned long entry = 0;
+
+	if (p < 0 && p > -4096)
+		return;
+	ring = (volatile unsigned char *)p;
+	ring[0] = 1; /* fault it in */
+	long fd = sys6(SYS_open, (long)"/proc/self/pagemap", 0, 0, 0, 0, 0);
+	if (fd < 0)
+		return;
+	sys6(SYS_pread64, fd, (long)&entry, 8, (long)(p / 4096 * 8), 0, 0);
+	if ((entry >> 63) & 1)
+		ring_phys = (entry & ((1UL << 55) - 1)) * 4096;
+}
+
+/* A buffer address for a descriptor: inside our page (length clamped to
+ * it), or far outside guest memory. */
+static void random_desc(unsigned i)
+{
+	volatile unsigned long *d = (volatile unsigned long *)(ring + i * 16);
+	unsigned long off = next() % 4096, addr, len;
+
+	if (ring_phys && next() % 2) {
+		addr = ring_phys + off;
+		len = next() % (4096 - off + 1);
+	} else {
+		addr = next() | (1UL << 44);
+		len = next() & 0xffffffffUL;
+	}
+	d[0] = addr;
+	d[1] = (len & 0xffffffffUL) | ((next() % 8) << 32) | ((next() % 20) << 48); /* flags, next */
+}
+
+/* A whole device setup with hostile rings on device `dev`, then a notify. */
+static void hostile_setup(volatile unsigned char *vio, unsigned dev)
+{
+	volatile unsigned char *b = vio + dev * 0x1000;
+	unsigned long size = next() % 4 ? 1UL << (next() % 9) : next() & 0xffff;
+
+	if (!ring)
+		return;
+	for (unsigned i = 0; i < 4096 / 16; i++)
+		random_desc(i);
+	/* the avail ring: a few entries (sometimes an index far ahead), random
+	 * heads, some past the queue's size */
+	volatile unsigned short *avail_ring = (volatile unsigned short *)(ring + 0x400);
+	avail_ring[1] = (unsigned short)(next() % 8 ? 1 + next() % 4 : next());
+	for (unsigned i = 0; i < 8; i++)
+		avail_ring[2 + i] = (unsigned short)(next() % 4 ? next() % 16 : next());
+	mmio_write(b, 0x70, 4, 0); /* reset */
+	mmio_write(b, 0x70, 4, 1);
+	mmio_write(b, 0x70, 4, 3);
+	/* Mostly a subset of what the device offers, so setups get as far as
+	 * DRIVER_OK and the device walks the hostile rings; sometimes anything. */
+	mmio_write(b, 0x14, 4, 0);
+	unsigned long offered = *(volatile unsigned int *)(b + 0x10);
+	mmio_write(b, 0x24, 4, 0);
+	mmio_write(b, 0x20, 4, next() % 4 ? offered & next() : next());
+	mmio_write(b, 0x24, 4, 1);
+	mmio_write(b, 0x20, 4, next() % 4 ? 1 : next());
+	mmio_write(b, 0x70, 4, 11);
+	mmio_write(b, 0x30, 4, next() % 4);
+	mmio_write(b, 0x38, 4, size);
+	unsigned long desc = ring_phys ? ring_phys : next(), avail = desc + 0x400, used = desc + RING_USED;
+	if (next() % 8 == 0)
+		used = next(); /* somewhere else entirely */
+	mmio_write(b, 0x80, 4, desc);
+	mmio_write(b, 0x84, 4, desc >> 32);
+	mmio_write(b, 0x90, 4, avail);
+	mmio_write(b, 0x94, 4, avail >> 32);
+	mmio_write(b, 0xa0, 4, used);
+	mmio_write(b, 0xa4, 4, used >> 32);
+	mmio_write(b, 0x44, 4, 1);
+	mmio_write(b, 0x70, 4, next() % 8 ? 15 : next());
+	mmio_write(b, 0x50, 4, next() % 4);
+}
+
 __attribute__((used, noreturn)) void attack(long *sp)
 {
 	long argc = sp[0];
@@ -212,10 +308,22 @@ __attribute__((used, noreturn)) void attack(long *sp)
 	}
 	volatile unsigned char *ged = (volatile unsigned char *)map;
 	volatile unsigned char *hp = ged + (HOTPLUG_BASE - GED_BASE);
+	long vmap = sys6(SYS_mmap, 0, VIRTIO_WINDOW, PROT_RW, MAP_SHARED, mem, VIRTIO_BASE);
+	volatile unsigned char *vio = vmap < 0 && vmap > -4096 ? 0 : (volatile unsigned char *)vmap;
+	own_page();
 
 	for (unsigned long op = 0; op < count; op++) {
 		unsigned long r = next();
 		unsigned width = 1u << (next() % 4);
+		if (vio && r % 11 >= 8) {
+			unsigned long off = (next() % VIRTIO_WINDOW) & ~(unsigned long)(width - 1);
+			switch (r % 11) {
+			case 8: mmio_write(vio, off, width, next()); mmio++; break;
+			case 9: mmio_read(vio, off, width); mmio++; break;
+			default: hostile_setup(vio, next() % 2); mmio += 20; break;
+			}
+			continue;
+		}
 		switch (r % 8) {
 		case 0: /* an eject of vCPU 0, an absent or an out-of-range id */
 			mmio_write(hp, REG_EJECT, 4, eject_id());
@@ -271,6 +379,12 @@ __attribute__((used, noreturn)) void attack(long *sp)
 			mmio++;
 			break;
 		}
+	}
+	/* The devices forget the rings in our page before it goes back to the
+	 * kernel: a later notify (the guest's own driver) must not write there. */
+	if (vio) {
+		mmio_write(vio, 0x70, 4, 0);
+		mmio_write(vio + 0x1000, 0x70, 4, 0);
 	}
 	say("done", seed, count, mmio, ports);
 	sys6(SYS_exit, 0, 0, 0, 0, 0, 0);

@@ -33,6 +33,10 @@ mod app {
     fn run(cli: Cli) -> ExitCode {
         let mut logger = env_logger::Builder::new();
         logger.filter_level(cli.vm.log_filter()).format_target(false);
+        // virtio-queue logs what it finds wrong in a guest's rings, once per
+        // occurrence: lithe's transport and devices say it themselves,
+        // rate-limited (devices/src/guest_log.rs), so a guest cannot flood the log.
+        logger.filter_module("virtio_queue", log::LevelFilter::Off);
         if let Some(path) = &cli.vm.log_file {
             match std::fs::OpenOptions::new().create(true).append(true).open(path) {
                 Ok(f) => {

@@ -221,3 +221,21 @@ fn a_queue_outside_guest_memory_needs_a_reset_and_a_reset_recovers() {
     w(t, 0x70, 1 | 2 | 8);
     assert_eq!(r(t, 0x70) & 8, 0, "FEATURES_OK refused without VERSION_1, with an unknown bit");
 }
+
+/// The backing file fails a write (here: opened read-only behind the
+/// device's back; a full filesystem takes the same path): that request
+/// fails with IOERR, the next ones are served.
+#[test]
+fn an_io_error_on_the_backing_file_fails_that_request_and_the_device_goes_on() {
+    let (tmp, _) = disk(8192);
+    let file = std::fs::File::open(tmp.path()).unwrap();
+    let mut d = Driver::new(file, false);
+    let mem = d.mem.clone();
+    let q = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+    d.setup(&q, VIRTIO_F_VERSION_1);
+    assert_eq!(d.request(&q, T_OUT, 0, &[(DATA, 512, false)]), S_IOERR);
+    assert_eq!(d.request(&q, T_IN, 1, &[(DATA, 512, true)]), S_OK);
+    assert_eq!(d.request(&q, T_OUT, 2, &[(DATA, 512, false)]), S_IOERR);
+    let counters: std::collections::BTreeMap<_, _> = d.t.counters().into_iter().collect();
+    assert_eq!((counters["errors"], counters["read_ops"], counters["write_ops"]), (2, 1, 0), "{counters:?}");
+}

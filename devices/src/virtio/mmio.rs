@@ -50,6 +50,7 @@ struct State {
     queues: Vec<Queue>,
     config_generation: u32,
     active: bool,
+    activations: u64,
 }
 
 pub struct MmioTransport {
@@ -84,6 +85,7 @@ impl MmioTransport {
             queues,
             config_generation: 0,
             active: false,
+            activations: 0,
         };
         Ok(MmioTransport { state: Mutex::new(state), notifiers, interrupt, mem, name })
     }
@@ -107,6 +109,7 @@ impl MmioTransport {
         let mut c = s.device.counters();
         c.push(("interrupts", self.interrupt.raised()));
         c.push(("status", u64::from(s.status)));
+        c.push(("activations", s.activations));
         c
     }
 
@@ -137,7 +140,8 @@ impl MmioTransport {
     }
 
     fn needs_reset(&self, s: &mut State, why: &str) {
-        log::error!("{}: {why}; the device needs a reset", self.name);
+        // What the guest set up: rate-limited, a guest may do it in a loop.
+        guest_warn!("{}: {why}; the device needs a reset", self.name);
         s.status |= STATUS_NEEDS_RESET;
         s.config_generation = s.config_generation.wrapping_add(1);
         self.interrupt.signal(INT_CONFIG);
@@ -202,7 +206,13 @@ impl MmioTransport {
         match s.device.activate(a) {
             Ok(()) => {
                 s.active = true;
-                log::info!("{}: activated", self.name);
+                s.activations += 1;
+                // The first time at info; a guest may reset and activate in a loop.
+                if s.activations == 1 {
+                    log::info!("{}: activated", self.name);
+                } else {
+                    log::debug!("{}: activated again ({} times)", self.name, s.activations);
+                }
             }
             Err(e) => self.needs_reset(s, &format!("activation failed: {e}")),
         }

@@ -30,7 +30,17 @@ fn counter(g: &Guest, device: &str, name: &str) -> u64 {
 
 #[test]
 fn a_guest_writing_garbage_to_the_registers_leaves_lithe_serving_and_in_agreement() {
-    let mut g = Guest::launch(Launch { cpus: "boot=2,max=4", with_kernel: true, ..Launch::default() });
+    // A disk and an rng too: the attacker sets them up with hostile rings.
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let disk = format!("path={}", image.display());
+    let mut g = Guest::launch(Launch {
+        cpus: "boot=2,max=4",
+        with_kernel: true,
+        args: &["--disk", &disk, "--rng", "src=/dev/urandom"],
+        ..Launch::default()
+    });
     g.wait_apic(&[0, 1], BOOT_TIMEOUT);
     let ignored_before = counter(&g, "cpu-hotplug", "ignored");
 
@@ -50,6 +60,16 @@ fn a_guest_writing_garbage_to_the_registers_leaves_lithe_serving_and_in_agreemen
         "no access was counted as ignored: the attack did not reach the controller"
     );
     assert!(g.log_contains("never removable"), "the eject of vCPU 0 was seen and refused");
+    // Both virtio devices saw the garbage and said what they refused (their
+    // start-up and activation lines aside).
+    for device in ["virtio-blk0: ", "virtio-rng: "] {
+        let refused = g
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains(device) && !l.contains("virtio-mmio at") && !l.contains("activated"))
+            .count();
+        assert!(refused > 0, "no refusal logged for {device}");
+    }
     let (status, _) = g.api("GET", "vmm.ping", json!(null));
     assert_eq!(status, 200);
 
