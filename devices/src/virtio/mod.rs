@@ -12,6 +12,7 @@ pub mod block;
 pub mod interrupt;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::Arc;

@@ -19,10 +19,38 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::ThreadInit;
 
-/// What a device does when its queues are notified.
+/// What a device does when its queues are notified, and (for a device with
+/// host-side connections, vsock) when one of its own fds is ready.
 pub trait QueueHandler: Send + 'static {
     /// Queue `index` was notified (its eventfd is already drained).
-    fn process_queue(&mut self, index: usize);
+    fn process_queue(&mut self, index: usize, fds: &mut Fds<'_, '_>);
+    /// Once, when the queues are handed over: register the device's own fds.
+    fn started(&mut self, _fds: &mut Fds<'_, '_>) {}
+    /// A fd registered with `token` is ready (`events`).
+    fn process_fd(&mut self, _token: u32, _events: EventSet, _fds: &mut Fds<'_, '_>) {}
+}
+
+/// The first token a device's own fds may use: queue indices and the
+/// worker's control event sit below it.
+pub const FIRST_FD_TOKEN: u32 = 0x1000;
+
+/// A device's handle on its worker's event loop: watch or forget its own fds.
+pub struct Fds<'a, 'b> {
+    ops: &'a mut EventOps<'b>,
+}
+
+impl Fds<'_, '_> {
+    /// Watches `fd` for `events`; `token` (at least [`FIRST_FD_TOKEN`]) names it.
+    pub fn watch(&mut self, fd: i32, token: u32, events: EventSet) -> bool {
+        debug_assert!(token >= FIRST_FD_TOKEN && token != CONTROL);
+        let _ = self.ops.remove(Events::empty_raw(fd));
+        self.ops.add(Events::with_data_raw(fd, token, events)).is_ok()
+    }
+
+    /// Stops watching `fd`.
+    pub fn forget(&mut self, fd: i32) {
+        let _ = self.ops.remove(Events::empty_raw(fd));
+    }
 }
 
 /// How long a reset waits for the worker to let go of the queues.
@@ -55,9 +83,11 @@ impl<H: QueueHandler> Subscriber<H> {
                             log::error!("{}: cannot watch queue {i}: {e:?}", self.name);
                         }
                     }
+                    let mut fds = Fds { ops };
+                    handler.started(&mut fds);
                     // What the guest queued before the thread watched.
                     for i in 0..notifiers.len() {
-                        handler.process_queue(i);
+                        handler.process_queue(i, &mut fds);
                     }
                     self.serving = Some((handler, notifiers));
                 }
@@ -92,11 +122,15 @@ impl<H: QueueHandler> MutEventSubscriber for Subscriber<H> {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             CONTROL => self.on_control(ops),
+            t if t >= FIRST_FD_TOKEN => {
+                let Some((handler, _)) = self.serving.as_mut() else { return };
+                handler.process_fd(t, events.event_set(), &mut Fds { ops });
+            }
             i => {
                 let Some((handler, notifiers)) = self.serving.as_mut() else { return };
                 let Some(n) = notifiers.get(i as usize) else { return };
                 let _ = n.read();
-                handler.process_queue(i as usize);
+                handler.process_queue(i as usize, &mut Fds { ops });
             }
         }
     }
