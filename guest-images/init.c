@@ -587,6 +587,90 @@ static void rng(const char *args)
 	say(&l);
 }
 
+/* ---- vsock: the agent's side of Kata's channel -------------------------- */
+
+#define AF_VSOCK 40
+#define VMADDR_CID_ANY 0xffffffffU
+#define VMADDR_CID_HOST 2
+#define VSOCK_ECHO_PORT 1024
+
+struct sockaddr_vm {
+	unsigned short svm_family;
+	unsigned short svm_reserved1;
+	unsigned int svm_port;
+	unsigned int svm_cid;
+	unsigned char svm_flags;
+	unsigned char svm_zero[3];
+};
+
+static int vsock_socket(void)
+{
+	return (int)my_syscall3(__NR_socket, AF_VSOCK, 1 /* SOCK_STREAM */, 0);
+}
+
+/* The echo service on vsock port 1024, in a process of its own: each
+ * connection gets back every byte it sends, until it closes. */
+static void start_vsock_echo(void)
+{
+	struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_port = VSOCK_ECHO_PORT, .svm_cid = VMADDR_CID_ANY };
+	int fd = vsock_socket();
+
+	if (fd < 0)
+		return; /* no vsock device: nothing to serve */
+	if (my_syscall3(__NR_bind, fd, &a, sizeof(a)) != 0 || my_syscall2(__NR_listen, fd, 8) != 0) {
+		say2("error: ", "cannot listen on vsock port 1024");
+		close(fd);
+		return;
+	}
+	if (fork() != 0) {
+		close(fd);
+		return;
+	}
+	for (;;) {
+		char buf[4096];
+		int c = (int)my_syscall3(__NR_accept, fd, 0, 0);
+		long n;
+
+		if (c < 0)
+			continue;
+		while ((n = read(c, buf, sizeof(buf))) > 0)
+			if (write(c, buf, n) != n)
+				break;
+		close(c);
+	}
+}
+
+/* vsock-connect PORT WORD: a connection to the host's port PORT (its Unix
+ * socket <socket>_PORT), WORD and a newline sent, one line read back. */
+static void vsock_connect(char *args)
+{
+	const char *p = args;
+	unsigned long port = number(&p);
+	struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_port = (unsigned int)port, .svm_cid = VMADDR_CID_HOST };
+	char reply[256];
+	long n, got = 0;
+	struct line l = { .len = 0 };
+	int fd = vsock_socket();
+
+	while (*p == ' ')
+		p++;
+	if (fd < 0 || my_syscall3(__NR_connect, fd, &a, sizeof(a)) != 0) {
+		say2("error: vsock-connect failed for port ", args);
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	write(fd, p, strlen(p));
+	write(fd, "\n", 1);
+	while (got < (long)sizeof(reply) - 1 && (n = read(fd, reply + got, 1)) == 1 && reply[got] != '\n')
+		got++;
+	reply[got] = 0;
+	close(fd);
+	put(&l, "LITHE-GUEST vsock-reply=");
+	put(&l, reply);
+	say(&l);
+}
+
 static int toggle(const char *cmd)
 {
 	for (unsigned int i = 0; i < sizeof(toggles) / sizeof(toggles[0]); i++) {
@@ -646,6 +730,8 @@ static void run_command(char *cmd, char **envp)
 		disk_info();
 	} else if (starts_with(cmd, "rng ")) {
 		rng(cmd + 4);
+	} else if (starts_with(cmd, "vsock-connect ")) {
+		vsock_connect(cmd + 14);
 	} else {
 		say2("unknown-command=", cmd);
 	}
@@ -780,6 +866,7 @@ int main(int argc, char **argv, char **envp)
 		say2("error: ", "no CPU events: hot-added CPUs will not be onlined");
 	each_entry(CPU_DIR, "cpu", online_if_offline, 0);
 
+	start_vsock_echo();
 	say2("ready", "");
 	report();
 	for (;;) {

@@ -46,6 +46,10 @@ pub struct VmArgs {
     /// A virtio-rng device, filled from src (default /dev/urandom).
     #[arg(long, value_name = "src=PATH", num_args = 0..=1, default_missing_value = "")]
     pub rng: Option<String>,
+    /// Hybrid vsock: the guest's CID and the host's Unix socket
+    /// (a host process writes `CONNECT <port>`; guest connects go to SOCKET_<port>).
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    pub vsock: Option<String>,
     /// Serial console: tty (stdout/stdin), file=PATH, or off.
     #[arg(long, value_name = "tty|file=PATH|off", default_value = "tty")]
     pub serial: String,
@@ -203,6 +207,7 @@ impl VmArgs {
             devices: config::DevicesConfig {
                 disks: self.disk.iter().map(|d| config::parse_disk(d)).collect::<Result<_, _>>()?,
                 rng: self.rng.as_deref().map(config::parse_rng).transpose()?,
+                vsock: self.vsock.as_deref().map(config::parse_vsock).transpose()?,
             },
         }))
     }

@@ -152,7 +152,7 @@ pub fn from_wire(w: &wire::VmConfig) -> Result<VmConfig, WireError> {
 
     no.list("rate_limit_groups", &w.rate_limit_groups, "no rate limiters");
     no.list("net", &w.net, "lithe has no network devices");
-    let devices = crate::config_wire_devices::devices_from(&w.disks, &w.rng, &mut no.0)?;
+    let devices = crate::config_wire_devices::devices_from(&w.disks, &w.rng, &w.vsock, &mut no.0)?;
     no.value("balloon", &w.balloon, "lithe has no balloon");
     no.list("fs", &w.fs, "lithe has no virtio-fs");
     no.list("generic_vhost_user", &w.generic_vhost_user, "lithe has no vhost-user devices");
@@ -160,7 +160,6 @@ pub fn from_wire(w: &wire::VmConfig) -> Result<VmConfig, WireError> {
     no.list("devices", &w.devices, "lithe has no VFIO");
     no.list("user_devices", &w.user_devices, "lithe has no vfio-user");
     no.list("vdpa", &w.vdpa, "lithe has no vDPA");
-    no.value("vsock", &w.vsock, "lithe has no vsock");
     no.list("numa", &w.numa, "lithe has no NUMA nodes");
     no.flag("iommu", w.iommu, false, "lithe has no IOMMU");
     no.flag("watchdog", w.watchdog, false, "lithe has no watchdog");
@@ -238,7 +237,7 @@ pub fn from_wire(w: &wire::VmConfig) -> Result<VmConfig, WireError> {
 /// The config as `vm.info` reports it: Cloud Hypervisor's shape, with its
 /// defaults for what lithe does not have.
 pub fn to_wire(c: &VmConfig) -> wire::VmConfig {
-    let (disks, rng) = crate::config_wire_devices::devices_to(&c.devices);
+    let (disks, rng, vsock) = crate::config_wire_devices::devices_to(&c.devices);
     let serial = match &c.serial {
         SerialConfig::Tty => wire::ConsoleConfig::mode("Tty"),
         SerialConfig::Off => wire::ConsoleConfig::mode("Null"),
@@ -287,6 +286,7 @@ pub fn to_wire(c: &VmConfig) -> wire::VmConfig {
         landlock_enable: Some(false),
         disks,
         rng,
+        vsock,
         platform: Some(wire::PlatformConfig {
             num_pci_segments: Some(c.platform.num_pci_segments),
             tdx: Some(false),
@@ -314,7 +314,7 @@ mod tests {
     fn katas_body_names_exactly_the_devices_lithe_lacks() {
         let Err(WireError::Unsupported(fields)) = decode(kata_body()) else { panic!("must be refused") };
         let named: Vec<&str> = fields.iter().map(|f| f.split(' ').next().unwrap()).collect();
-        assert_eq!(named, ["fs", "vsock"], "{fields:?}");
+        assert_eq!(named, ["fs"], "{fields:?}");
 
         let mut body = kata_body();
         for device in ["rng", "fs", "vsock"] {

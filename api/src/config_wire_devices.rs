@@ -4,7 +4,7 @@
 //! named, field by field, as in the rest of `vm.create`.
 
 use serde_json::{json, Map, Value};
-use vmm::config::{DevicesConfig, DiskConfig, RngConfig, DEFAULT_RNG_SRC};
+use vmm::config::{DevicesConfig, DiskConfig, RngConfig, VsockConfig, DEFAULT_RNG_SRC};
 
 use crate::config_wire::WireError;
 
@@ -61,6 +61,7 @@ fn check_rest(obj: &Map<String, Value>, field: &str, honoured: &[&str], refused:
 pub fn devices_from(
     disks: &Option<Vec<Value>>,
     rng: &Option<Value>,
+    vsock: &Option<Value>,
     refused: &mut Vec<String>,
 ) -> Result<DevicesConfig, WireError> {
     let mut out = DevicesConfig::default();
@@ -88,11 +89,26 @@ pub fn devices_from(
         }
         Some(_) => return Err(WireError::Invalid("rng must be an object".into())),
     }
+    match vsock {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(obj)) => {
+            let cid = match obj.get("cid") {
+                Some(v) => v.as_u64().ok_or_else(|| WireError::Invalid("vsock.cid must be a number".into()))?,
+                None => return Err(WireError::Invalid("vsock.cid is required".into())),
+            };
+            let Some(socket) = string(obj, "vsock", "socket")? else {
+                return Err(WireError::Invalid("vsock.socket is required".into()));
+            };
+            out.vsock = Some(VsockConfig { cid, socket: socket.into() });
+            check_rest(obj, "vsock", &["cid", "socket", "id"], refused);
+        }
+        Some(_) => return Err(WireError::Invalid("vsock must be an object".into())),
+    }
     Ok(out)
 }
 
-/// `vm.info`'s device lists.
-pub fn devices_to(d: &DevicesConfig) -> (Option<Vec<Value>>, Option<Value>) {
+/// `vm.info`'s device lists: disks, rng, vsock.
+pub fn devices_to(d: &DevicesConfig) -> (Option<Vec<Value>>, Option<Value>, Option<Value>) {
     let disks = d
         .disks
         .iter()
@@ -102,7 +118,9 @@ pub fn devices_to(d: &DevicesConfig) -> (Option<Vec<Value>>, Option<Value>) {
         })
         .collect::<Vec<_>>();
     let rng = d.rng.as_ref().map(|r| json!({"src": r.src.display().to_string(), "iommu": false}));
-    ((!disks.is_empty()).then_some(disks), rng)
+    let vsock =
+        d.vsock.as_ref().map(|v| json!({"cid": v.cid, "socket": v.socket.display().to_string(), "iommu": false}));
+    ((!disks.is_empty()).then_some(disks), rng, vsock)
 }
 
 #[cfg(test)]
@@ -117,7 +135,10 @@ mod tests {
                    "queue_size": 128, "pci_segment": 1, "iommu": false}),
             json!({"path": "/d1", "num_queues": 2, "vhost_user": true, "frob": 1}),
         ]);
-        let d = devices_from(&disks, &Some(json!({"src": "/dev/random", "iommu": false})), &mut refused).unwrap();
+        let vsock = Some(json!({"cid": 3, "socket": "/run/v.sock", "iommu": false}));
+        let d =
+            devices_from(&disks, &Some(json!({"src": "/dev/random", "iommu": false})), &vsock, &mut refused).unwrap();
+        assert_eq!(d.vsock, Some(VsockConfig { cid: 3, socket: "/run/v.sock".into() }));
         assert_eq!(
             d.disks[0],
             DiskConfig {
@@ -134,10 +155,12 @@ mod tests {
             assert!(text.contains(f), "{f} not named: {text}");
         }
         assert_eq!(refused.len(), 3, "{refused:?}");
-        assert!(devices_from(&Some(vec![json!({})]), &None, &mut refused).is_err(), "a disk needs a path");
-        let (wire_disks, wire_rng) = devices_to(&d);
+        assert!(devices_from(&Some(vec![json!({})]), &None, &None, &mut refused).is_err(), "a disk needs a path");
+        assert!(devices_from(&None, &None, &Some(json!({"cid": 3})), &mut refused).is_err(), "a vsock needs a socket");
+        let (wire_disks, wire_rng, wire_vsock) = devices_to(&d);
         let mut again = Vec::new();
-        assert_eq!(devices_from(&wire_disks, &wire_rng, &mut again).unwrap(), d, "vm.info decodes to the same");
+        let back = devices_from(&wire_disks, &wire_rng, &wire_vsock, &mut again).unwrap();
+        assert_eq!(back, d, "vm.info decodes to the same");
         assert!(again.is_empty(), "{again:?}");
     }
 }

@@ -219,6 +219,9 @@ fn a_host_connect_and_a_guest_connect_carry_data_both_ways() {
     host.write_all(b"hello").unwrap();
     let p = g.recv();
     assert_eq!((p.op, p.data.as_slice()), (OP_RW, &b"hello"[..]), "{p:?}");
+    // Only the guest's own bytes count as forwarded, not lithe's OK line:
+    // a guest would otherwise see negative credit and never send.
+    assert_eq!(p.fwd_cnt, 0, "{p:?}");
     g.send(conn(OP_RW, b"world"));
     let mut got = [0u8; 5];
     host.read_exact(&mut got).unwrap();

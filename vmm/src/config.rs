@@ -41,6 +41,8 @@ pub enum ConfigError {
     Disk(String),
     #[error("{0}")]
     Rng(String),
+    #[error("{0}")]
+    Vsock(String),
 }
 
 impl ConfigError {
@@ -55,6 +57,7 @@ impl ConfigError {
             ConfigError::Cmdline(_) => "--cmdline",
             ConfigError::Disk(_) => "--disk",
             ConfigError::Rng(_) => "--rng",
+            ConfigError::Vsock(_) => "--vsock",
         }
     }
 
@@ -69,6 +72,7 @@ impl ConfigError {
             ConfigError::Cmdline(_) => "payload.cmdline",
             ConfigError::Disk(_) => "disks",
             ConfigError::Rng(_) => "rng",
+            ConfigError::Vsock(_) => "vsock",
         }
     }
 }
@@ -198,6 +202,15 @@ pub struct VmConfig {
 pub struct DevicesConfig {
     pub disks: Vec<DiskConfig>,
     pub rng: Option<RngConfig>,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+}
+
+/// Hybrid vsock: the guest's CID and the host's Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockConfig {
+    pub cid: u64,
+    pub socket: PathBuf,
 }
 
 /// A virtio-blk disk on a raw image file (Cloud Hypervisor's `DiskConfig`
@@ -252,6 +265,16 @@ impl VmConfig {
                 Ok(m) if m.is_file() || m.file_type().is_block_device() => {}
                 Ok(_) => return Err(ConfigError::Disk(format!("disk {i}: {}: not a file", d.path.display()))),
                 Err(e) => return Err(ConfigError::Disk(format!("disk {i}: {}: {e}", d.path.display()))),
+            }
+        }
+        if let Some(v) = &self.devices.vsock {
+            // 0, 1 and 2 are the hypervisor, local and host; u32::MAX is "any".
+            if v.cid < 3 || v.cid >= u64::from(u32::MAX) {
+                return Err(ConfigError::Vsock(format!("cid={} must be between 3 and 4294967294", v.cid)));
+            }
+            let dir = v.socket.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            if !dir.is_dir() {
+                return Err(ConfigError::Vsock(format!("socket {}: no such directory", v.socket.display())));
             }
         }
         if let Some(r) = &self.devices.rng {
@@ -412,6 +435,22 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
         return Err(ConfigError::Disk("path= is required".into()));
     }
     Ok(d)
+}
+
+/// Cloud Hypervisor's `--vsock cid=N,socket=PATH` (`id` and `pci_segment` accepted).
+pub fn parse_vsock(s: &str) -> Result<VsockConfig, ConfigError> {
+    let (mut cid, mut socket) = (None, None);
+    for (k, v) in pairs(s, &["cid", "socket", "id", "pci_segment"]).map_err(ConfigError::Vsock)? {
+        match k {
+            "cid" => cid = Some(v.parse().map_err(|_| ConfigError::Vsock(format!("cid={v:?} is not a number")))?),
+            "socket" => socket = Some(PathBuf::from(v)),
+            _ => {}
+        }
+    }
+    match (cid, socket) {
+        (Some(cid), Some(socket)) => Ok(VsockConfig { cid, socket }),
+        _ => Err(ConfigError::Vsock("cid= and socket= are required".into())),
+    }
 }
 
 /// Cloud Hypervisor's `--rng [src=PATH]`.

@@ -17,6 +17,7 @@ use log::info;
 use devices::virtio::block::{Block, DiskConfig as BlockConfig};
 use devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::Vsock;
 use devices::virtio::{GuestMemoryHandle, ThreadInit, VirtioDevice, VirtioInterrupt};
 use devices::{Bus, BusError};
 
@@ -36,6 +37,8 @@ pub enum DeviceError {
     Disk { index: usize, path: String, source: std::io::Error },
     #[error("rng source {path}: {source}")]
     Rng { path: String, source: std::io::Error },
+    #[error("vsock socket {path}: {source}")]
+    Vsock { path: String, source: std::io::Error },
     #[error("{name}: {source}")]
     Create { name: String, source: std::io::Error },
     #[error("{name}: KVM_IOEVENTFD for queue {queue}: {source}")]
@@ -46,6 +49,15 @@ pub enum DeviceError {
     Bus(#[from] BusError),
     #[error("{count} virtio devices, but lithe has interrupts for {MAX_DEVICES}")]
     TooMany { count: usize },
+}
+
+/// What each kind of device worker runs first (its seccomp filter).
+#[derive(Default, Clone)]
+pub struct WorkerInit {
+    /// Disks and the rng: their files only.
+    pub device: Option<ThreadInit>,
+    /// vsock: Unix sockets too.
+    pub vsock: Option<ThreadInit>,
 }
 
 /// One device on the bus.
@@ -61,16 +73,17 @@ pub struct DeviceManager {
 }
 
 impl DeviceManager {
-    /// Makes every configured device and maps it on `mmio`. Files are
-    /// opened here, on the main thread, before any seccomp filter; each
-    /// device's worker thread runs `thread_init` first.
+    /// Makes every configured device and maps it on `mmio`. Files and the
+    /// vsock socket are opened here, on the main thread, before any seccomp
+    /// filter; each device's worker thread runs its `init` first.
     pub fn new(
         config: &DevicesConfig,
         vm: &VmFd,
         mem: &GuestMemoryHandle,
         mmio: &mut Bus,
-        thread_init: Option<ThreadInit>,
+        init: &WorkerInit,
     ) -> Result<DeviceManager, DeviceError> {
+        let thread_init = init.device.clone();
         let mut made: Vec<Box<dyn VirtioDevice>> = Vec::new();
         for (index, d) in config.disks.iter().enumerate() {
             let path = d.path.display().to_string();
@@ -92,6 +105,12 @@ impl DeviceManager {
             made.push(Box::new(
                 Rng::new(file, thread_init.clone()).map_err(|source| DeviceError::Rng { path, source })?,
             ));
+        }
+        if let Some(v) = &config.vsock {
+            let path = v.socket.display().to_string();
+            let dev = Vsock::new(v.cid, &v.socket, init.vsock.clone())
+                .map_err(|source| DeviceError::Vsock { path, source })?;
+            made.push(Box::new(dev));
         }
         if made.len() > MAX_DEVICES {
             return Err(DeviceError::TooMany { count: made.len() });

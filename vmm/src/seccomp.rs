@@ -53,6 +53,9 @@ pub struct Filters {
     /// A virtio device's worker: waits on its queues' eventfds, reads and
     /// writes guest memory and its backing file (already open), flushes it.
     pub device: Arc<Filter>,
+    /// The vsock worker: a device's, plus its Unix sockets (accept on its
+    /// listener, connect to `<socket>_<port>`, non-blocking, shut down).
+    pub vsock: Arc<Filter>,
 }
 
 /// One compiled filter and the thread kind it is for.
@@ -155,7 +158,8 @@ impl Filters {
             vcpu: Arc::new(without_files("vCPU", vcpu_rules(), on_mismatch.clone())?),
             api: Arc::new(without_files("API", api_rules(), on_mismatch.clone())?),
             monitor: Arc::new(without_files("event monitor", allow_all(&[RUNTIME]), on_mismatch.clone())?),
-            device: Arc::new(without_files("device", allow_all(&[RUNTIME, DEVICE_IO]), on_mismatch)?),
+            device: Arc::new(without_files("device", allow_all(&[RUNTIME, DEVICE_IO]), on_mismatch.clone())?),
+            vsock: Arc::new(without_files("vsock", vsock_rules(), on_mismatch)?),
         })
     }
 }
@@ -338,6 +342,23 @@ fn vcpu_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     let set_gsi_routing = ioctl(1 << 30 | 8 << 16 | kvmio | 0x6a); // _IOW(KVMIO, 0x6a, struct kvm_irq_routing)
     let get_regs = ioctl(2 << 30 | 144 << 16 | kvmio | 0x81); // _IOR(KVMIO, 0x81, struct kvm_regs)
     rules.insert(libc::SYS_ioctl, vec![kvm_run, get_mp_state, set_gsi_routing, get_regs]);
+    rules
+}
+
+fn vsock_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
+    // Stream I/O on a Unix socket is recvfrom/sendto as well as read/write.
+    let sockets = &[
+        libc::SYS_accept4,
+        libc::SYS_connect,
+        libc::SYS_shutdown,
+        libc::SYS_fcntl,
+        libc::SYS_recvfrom,
+        libc::SYS_sendto,
+    ];
+    let mut rules = allow_all(&[RUNTIME, DEVICE_IO, sockets]);
+    rules.insert(libc::SYS_socket, vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)]);
+    // std sets a socket non-blocking with FIONBIO.
+    rules.insert(libc::SYS_ioctl, vec![arg_rule(1, SeccompCmpOp::Eq, libc::FIONBIO)]);
     rules
 }
 

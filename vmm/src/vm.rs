@@ -28,7 +28,7 @@ use crate::cpu::hotplug_host::HotplugHost;
 use crate::cpu::manager::VcpuManager;
 use crate::cpu::vcpu::{install_kick_handler, VcpuHandle};
 use crate::cpu::VcpuTable;
-use crate::device_manager::DeviceManager;
+use crate::device_manager::{DeviceManager, WorkerInit};
 use crate::exit::{ExitNotifier, VmExit};
 use crate::hotplug::{HotplugStack, VcpuParts};
 use crate::memory::{self, GuestMemory};
@@ -209,14 +209,16 @@ impl Vm {
         pio.insert(u64::from(I8042_DATA_PORT), I8042_LEN, i8042)?;
         pio.insert(u64::from(ACPI_POWER_PORT), ACPI_POWER_LEN, Arc::new(AcpiPowerDevice::new(power)))?;
 
-        // Virtio devices, on worker threads of their own under the device filter.
-        let device_init: Option<ThreadInit> = seccomp.map(|f| {
-            let filter = f.device.clone();
-            Arc::new(move || filter.apply().map_err(|e| e.to_string())) as ThreadInit
-        });
+        // Virtio devices, on worker threads of their own under their filters.
+        let init = |f: &Arc<crate::seccomp::Filter>| -> ThreadInit {
+            let filter = f.clone();
+            Arc::new(move || filter.apply().map_err(|e| e.to_string()))
+        };
+        let worker_init =
+            WorkerInit { device: seccomp.map(|f| init(&f.device)), vsock: seccomp.map(|f| init(&f.vsock)) };
         let guest_memory = GuestMemoryAtomic::new(mem.clone());
         let virtio =
-            Arc::new(DeviceManager::new(&config.devices, &vm_fd, &guest_memory, &mut stack.mmio, device_init)?);
+            Arc::new(DeviceManager::new(&config.devices, &vm_fd, &guest_memory, &mut stack.mmio, &worker_init)?);
 
         // Payload and firmware tables.
         let p = &config.payload;

@@ -109,3 +109,22 @@ fn device_threads_may_do_file_io_and_wait_but_not_ioctl_or_spawn() {
     assert_eq!(in_child(&f.device, || syscall(libc::SYS_clone, 0, 0, 0)), BLOCKED_SYSCALL_EXIT);
     assert_eq!(in_child(&f.device, || syscall(libc::SYS_execve, 0, 0, 0)), BLOCKED_SYSCALL_EXIT);
 }
+
+#[test]
+fn the_vsock_thread_may_use_unix_sockets_only() {
+    let f = Filters::new().expect("filters");
+    let allowed = in_child(&f.vsock, || {
+        syscall(libc::SYS_socket, libc::AF_UNIX as _, libc::SOCK_STREAM as _, 0);
+        syscall(libc::SYS_accept4, -1, 0, 0);
+        syscall(libc::SYS_connect, -1, 0, 0);
+        syscall(libc::SYS_ioctl, -1, libc::FIONBIO as _, 0);
+        syscall(libc::SYS_recvfrom, -1, 0, 0);
+        syscall(libc::SYS_sendto, -1, 0, 0);
+        syscall(libc::SYS_pread64, -1, 0, 0);
+    });
+    assert_eq!(allowed, 0);
+    assert_eq!(in_child(&f.vsock, || syscall(libc::SYS_socket, libc::AF_INET as _, 1, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.vsock, || syscall(libc::SYS_ioctl, -1, KVM_RUN, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.vsock, open_fails_with_eacces), 0);
+    assert_eq!(in_child(&f.vsock, || syscall(libc::SYS_execve, 0, 0, 0)), BLOCKED_SYSCALL_EXIT);
+}

@@ -12,4 +12,5 @@ mod faults;
 mod hostile_guest;
 mod hotplug;
 mod topology;
+mod vsock;
 mod x2apic;

@@ -70,6 +70,9 @@ struct Conn {
     from_host: Vec<u8>,
     /// From the guest, not yet written to the host socket.
     to_host: Vec<u8>,
+    /// lithe's own bytes for the host socket (the `OK` line), written
+    /// before the guest's and not counted as the guest's.
+    preamble: Vec<u8>,
     peer_buf_alloc: u32,
     peer_fwd_cnt: u32,
     /// Bytes sent to the guest, and bytes of the guest's written to the host.
@@ -198,7 +201,7 @@ impl Muxer {
         if c.state == State::AwaitingConnect || wants_data {
             ev |= EventSet::IN;
         }
-        if !c.to_host.is_empty() {
+        if !c.to_host.is_empty() || !c.preamble.is_empty() {
             ev |= EventSet::OUT;
         }
         if ev.is_empty() {
@@ -223,6 +226,7 @@ impl Muxer {
                         line: Vec::new(),
                         from_host: Vec::new(),
                         to_host: Vec::new(),
+                        preamble: Vec::new(),
                         peer_buf_alloc: 0,
                         peer_fwd_cnt: 0,
                         rx_cnt: 0,
@@ -275,14 +279,22 @@ impl Muxer {
     /// Writes what the guest sent to the host socket, as far as it takes it.
     fn flush_to_host(&mut self, token: u32, fds: &mut Fds<'_, '_>) {
         let Some(c) = self.conns.get_mut(&token) else { return };
+        // lithe's own line first; only the guest's bytes count towards the
+        // credit the guest is given back (fwd_cnt).
+        while !c.preamble.is_empty() {
+            match c.stream.write(&c.preamble) {
+                Ok(0) => return self.reset(token, fds),
+                Ok(n) => drop(c.preamble.drain(..n)),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return self.rewatch(token, fds),
+                Err(_) => return self.reset(token, fds),
+            }
+        }
         while !c.to_host.is_empty() {
             match c.stream.write(&c.to_host) {
                 Ok(0) => return self.reset(token, fds),
                 Ok(n) => {
                     c.to_host.drain(..n);
-                    if c.state == State::Established {
-                        c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
-                    }
+                    c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => return self.reset(token, fds),
@@ -396,6 +408,7 @@ impl Muxer {
                     self.fill_from_host(token, fds);
                 }
             }
+            log::trace!("vsock: to the guest: op {} ({len} bytes)", pkt.op());
             let _ = self.queues[RX].add_used(&*mem, head, PKT_HEADER_SIZE as u32 + len);
             used = true;
         }
@@ -407,6 +420,7 @@ impl Muxer {
     /// One packet from the guest.
     fn on_tx(&mut self, pkt: &VsockPacket<'_, ()>, fds: &mut Fds<'_, '_>) {
         let (local, peer) = (pkt.dst_port(), pkt.src_port());
+        log::trace!("vsock: from the guest: op {} {peer} -> {local}, {} bytes", pkt.op(), pkt.len());
         let reply = |op| Ctl { op, local_port: local, peer_port: peer, flags: 0, fwd_cnt: 0 };
         if pkt.dst_cid() != HOST_CID || pkt.src_cid() != self.guest_cid || pkt.type_() != TYPE_STREAM {
             guest_warn!(
@@ -438,6 +452,7 @@ impl Muxer {
                             line: Vec::new(),
                             from_host: Vec::new(),
                             to_host: Vec::new(),
+                            preamble: Vec::new(),
                             peer_buf_alloc: pkt.buf_alloc(),
                             peer_fwd_cnt: pkt.fwd_cnt(),
                             rx_cnt: 0,
@@ -458,7 +473,7 @@ impl Muxer {
             (OP_RESPONSE, Some(t)) if self.conns[&t].state == State::Requesting => {
                 let c = self.conns.get_mut(&t).expect("by_ports names it");
                 c.state = State::Established;
-                c.to_host.extend_from_slice(format!("OK {}\n", c.local_port).as_bytes());
+                c.preamble.extend_from_slice(format!("OK {}\n", c.local_port).as_bytes());
                 self.flush_to_host(t, fds);
             }
             (OP_RW, Some(t)) if self.conns[&t].state == State::Established => {
