@@ -10,7 +10,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::worker::{Fds, QueueHandler, Worker};
+use super::worker::{QueueHandler, Watch, Worker};
 use super::{ActivateError, Activation, ThreadInit, VirtioDevice, VirtioInterrupt, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::guest_warn;
 
@@ -79,7 +79,7 @@ impl Handler {
 }
 
 impl QueueHandler for Handler {
-    fn process_queue(&mut self, _index: usize, _fds: &mut Fds<'_, '_>) {
+    fn process_queue(&mut self, _index: usize, _fds: &mut dyn Watch) {
         let mem = self.mem.memory();
         let mut used = false;
         while let Some(chain) = self.queue.pop_descriptor_chain(&*mem) {

@@ -23,11 +23,20 @@ use super::ThreadInit;
 /// host-side connections, vsock) when one of its own fds is ready.
 pub trait QueueHandler: Send + 'static {
     /// Queue `index` was notified (its eventfd is already drained).
-    fn process_queue(&mut self, index: usize, fds: &mut Fds<'_, '_>);
+    fn process_queue(&mut self, index: usize, fds: &mut dyn Watch);
     /// Once, when the queues are handed over: register the device's own fds.
-    fn started(&mut self, _fds: &mut Fds<'_, '_>) {}
+    fn started(&mut self, _fds: &mut dyn Watch) {}
     /// A fd registered with `token` is ready (`events`).
-    fn process_fd(&mut self, _token: u32, _events: EventSet, _fds: &mut Fds<'_, '_>) {}
+    fn process_fd(&mut self, _token: u32, _events: EventSet, _fds: &mut dyn Watch) {}
+}
+
+/// What a device may ask of the loop it runs in: watch or forget its own
+/// fds. [`Fds`] on the worker; tests and fuzz targets have their own.
+pub trait Watch {
+    /// Watches `fd` for `events`; `token` (at least [`FIRST_FD_TOKEN`]) names it.
+    fn watch(&mut self, fd: i32, token: u32, events: EventSet) -> bool;
+    /// Stops watching `fd`.
+    fn forget(&mut self, fd: i32);
 }
 
 /// The first token a device's own fds may use: queue indices and the
@@ -39,16 +48,14 @@ pub struct Fds<'a, 'b> {
     ops: &'a mut EventOps<'b>,
 }
 
-impl Fds<'_, '_> {
-    /// Watches `fd` for `events`; `token` (at least [`FIRST_FD_TOKEN`]) names it.
-    pub fn watch(&mut self, fd: i32, token: u32, events: EventSet) -> bool {
+impl Watch for Fds<'_, '_> {
+    fn watch(&mut self, fd: i32, token: u32, events: EventSet) -> bool {
         debug_assert!(token >= FIRST_FD_TOKEN && token != CONTROL);
         let _ = self.ops.remove(Events::empty_raw(fd));
         self.ops.add(Events::with_data_raw(fd, token, events)).is_ok()
     }
 
-    /// Stops watching `fd`.
-    pub fn forget(&mut self, fd: i32) {
+    fn forget(&mut self, fd: i32) {
         let _ = self.ops.remove(Events::empty_raw(fd));
     }
 }

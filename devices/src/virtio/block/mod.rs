@@ -16,7 +16,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::worker::{Fds, QueueHandler, Worker};
+use super::worker::{QueueHandler, Watch, Worker};
 use super::VIRTIO_F_VERSION_1;
 use super::{read_config_bytes, ActivateError, Activation, ThreadInit, VirtioDevice, VirtioInterrupt, TYPE_BLOCK};
 use crate::guest_warn;
@@ -192,7 +192,7 @@ impl Handler {
 }
 
 impl QueueHandler for Handler {
-    fn process_queue(&mut self, _index: usize, _fds: &mut Fds<'_, '_>) {
+    fn process_queue(&mut self, _index: usize, _fds: &mut dyn Watch) {
         let t0 = thread_cpu_ns();
         let mem = self.mem.memory();
         let mut used = false;

@@ -29,7 +29,7 @@ use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::guest_warn;
-use crate::virtio::worker::{Fds, QueueHandler, FIRST_FD_TOKEN};
+use crate::virtio::worker::{QueueHandler, Watch, FIRST_FD_TOKEN};
 use crate::virtio::VirtioInterrupt;
 
 pub const HOST_CID: u64 = 2;
@@ -147,7 +147,7 @@ impl Muxer {
         }
     }
 
-    fn add_conn(&mut self, c: Conn, fds: &mut Fds<'_, '_>) -> u32 {
+    fn add_conn(&mut self, c: Conn, fds: &mut dyn Watch) -> u32 {
         let token = self.next_token;
         self.next_token = self.next_token.checked_add(1).unwrap_or(LISTENER + 1);
         fds.watch(c.stream.as_raw_fd(), token, EventSet::IN);
@@ -159,7 +159,7 @@ impl Muxer {
         token
     }
 
-    fn remove(&mut self, token: u32, fds: &mut Fds<'_, '_>) {
+    fn remove(&mut self, token: u32, fds: &mut dyn Watch) {
         if let Some(c) = self.conns.remove(&token) {
             fds.forget(c.stream.as_raw_fd());
             self.by_ports.remove(&(c.local_port, c.peer_port));
@@ -167,7 +167,7 @@ impl Muxer {
     }
 
     /// Ends a connection: the guest is told (`RST`), the host socket closed.
-    fn reset(&mut self, token: u32, fds: &mut Fds<'_, '_>) {
+    fn reset(&mut self, token: u32, fds: &mut dyn Watch) {
         if let Some(c) = self.conns.get(&token) {
             if c.state != State::AwaitingConnect {
                 self.pending.push_back(Ctl {
@@ -194,7 +194,7 @@ impl Muxer {
     }
 
     /// What the watch on a connection's socket should be now.
-    fn rewatch(&self, token: u32, fds: &mut Fds<'_, '_>) {
+    fn rewatch(&self, token: u32, fds: &mut dyn Watch) {
         let Some(c) = self.conns.get(&token) else { return };
         let mut ev = EventSet::empty();
         let wants_data = c.state == State::Established && c.from_host.is_empty() && !c.host_eof && c.credit() > 0;
@@ -211,7 +211,7 @@ impl Muxer {
         }
     }
 
-    fn on_listener(&mut self, fds: &mut Fds<'_, '_>) {
+    fn on_listener(&mut self, fds: &mut dyn Watch) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -247,7 +247,7 @@ impl Muxer {
 
     /// A host process's `CONNECT <port>\n`, a byte at a time (nothing past
     /// the line may be consumed: it is the connection's first data).
-    fn read_connect(&mut self, token: u32, fds: &mut Fds<'_, '_>) {
+    fn read_connect(&mut self, token: u32, fds: &mut dyn Watch) {
         let Some(c) = self.conns.get_mut(&token) else { return };
         let mut byte = [0u8];
         loop {
@@ -277,7 +277,7 @@ impl Muxer {
     }
 
     /// Writes what the guest sent to the host socket, as far as it takes it.
-    fn flush_to_host(&mut self, token: u32, fds: &mut Fds<'_, '_>) {
+    fn flush_to_host(&mut self, token: u32, fds: &mut dyn Watch) {
         let Some(c) = self.conns.get_mut(&token) else { return };
         // lithe's own line first; only the guest's bytes count towards the
         // credit the guest is given back (fwd_cnt).
@@ -316,7 +316,7 @@ impl Muxer {
     }
 
     /// Reads what the host sent, up to what the guest can take.
-    fn fill_from_host(&mut self, token: u32, fds: &mut Fds<'_, '_>) {
+    fn fill_from_host(&mut self, token: u32, fds: &mut dyn Watch) {
         let Some(c) = self.conns.get_mut(&token) else { return };
         if c.state != State::Established || !c.from_host.is_empty() || c.host_eof {
             return self.rewatch(token, fds);
@@ -349,7 +349,7 @@ impl Muxer {
     }
 
     /// Fills the guest's RX buffers: control packets first, then data.
-    fn deliver(&mut self, fds: &mut Fds<'_, '_>) {
+    fn deliver(&mut self, fds: &mut dyn Watch) {
         let mem = self.mem.memory();
         let mut used = false;
         loop {
@@ -418,7 +418,7 @@ impl Muxer {
     }
 
     /// One packet from the guest.
-    fn on_tx(&mut self, pkt: &VsockPacket<'_, ()>, fds: &mut Fds<'_, '_>) {
+    fn on_tx(&mut self, pkt: &VsockPacket<'_, ()>, fds: &mut dyn Watch) {
         let (local, peer) = (pkt.dst_port(), pkt.src_port());
         log::trace!("vsock: from the guest: op {} {peer} -> {local}, {} bytes", pkt.op(), pkt.len());
         let reply = |op| Ctl { op, local_port: local, peer_port: peer, flags: 0, fwd_cnt: 0 };
@@ -509,7 +509,7 @@ impl Muxer {
         }
     }
 
-    fn on_tx_queue(&mut self, fds: &mut Fds<'_, '_>) {
+    fn on_tx_queue(&mut self, fds: &mut dyn Watch) {
         let mem = self.mem.memory();
         let mut used = false;
         while let Some(mut chain) = self.queues[TX].pop_descriptor_chain(&*mem) {
@@ -528,11 +528,11 @@ impl Muxer {
 }
 
 impl QueueHandler for Muxer {
-    fn started(&mut self, fds: &mut Fds<'_, '_>) {
+    fn started(&mut self, fds: &mut dyn Watch) {
         fds.watch(self.listener.as_raw_fd(), LISTENER, EventSet::IN);
     }
 
-    fn process_queue(&mut self, index: usize, fds: &mut Fds<'_, '_>) {
+    fn process_queue(&mut self, index: usize, fds: &mut dyn Watch) {
         if index == TX {
             self.on_tx_queue(fds);
         }
@@ -544,7 +544,7 @@ impl QueueHandler for Muxer {
         self.deliver(fds);
     }
 
-    fn process_fd(&mut self, token: u32, events: EventSet, fds: &mut Fds<'_, '_>) {
+    fn process_fd(&mut self, token: u32, events: EventSet, fds: &mut dyn Watch) {
         if token == LISTENER {
             return self.on_listener(fds);
         }
