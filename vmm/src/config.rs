@@ -631,6 +631,27 @@ mod tests {
     }
 
     #[test]
+    fn device_flags_parse_as_cloud_hypervisor_spells_them() {
+        let d = parse_disk("path=/d.raw,readonly=on,direct=true,id=root,serial=s0,num_queues=1,pci_segment=0").unwrap();
+        let want = DiskConfig {
+            readonly: true,
+            direct: true,
+            id: Some("root".into()),
+            serial: Some("s0".into()),
+            ..DiskConfig::new("/d.raw")
+        };
+        assert_eq!(d, want);
+        for bad in ["readonly=on", "path=/d,readonly=maybe", "path=/d,num_queues=2", "path=/d,frob=1"] {
+            assert!(matches!(parse_disk(bad), Err(ConfigError::Disk(_))), "{bad:?}");
+        }
+        assert_eq!(parse_rng("").unwrap().src, PathBuf::from(DEFAULT_RNG_SRC));
+        assert_eq!(parse_rng("src=/dev/random").unwrap().src, PathBuf::from("/dev/random"));
+        let v = parse_vsock("cid=3,socket=/run/v.sock").unwrap();
+        assert_eq!(v, VsockConfig { cid: 3, socket: "/run/v.sock".into() });
+        assert!(parse_vsock("cid=3").is_err() && parse_vsock("cid=x,socket=/s").is_err());
+    }
+
+    #[test]
     fn serial() {
         assert_eq!(parse_serial("tty"), Ok(SerialConfig::Tty));
         assert_eq!(parse_serial("off"), Ok(SerialConfig::Off));
@@ -661,6 +682,23 @@ mod tests {
         let mut long = c.clone();
         long.payload.cmdline = "x".repeat(5000);
         assert!(matches!(long.validate(HOST), Err(ConfigError::Cmdline(_))));
+        // Devices: a disk that is not there, a vsock CID that is reserved or a
+        // socket in no directory, an rng source that cannot be read.
+        let mut disk = c.clone();
+        disk.devices.disks.push(DiskConfig::new(dir.path().join("no-disk.raw")));
+        let e = disk.validate(HOST).unwrap_err();
+        assert!(matches!(&e, ConfigError::Disk(m) if m.contains("no-disk.raw")), "{e}");
+        assert_eq!((e.flag(), e.field()), ("--disk", "disks"));
+        let mut vsock = c.clone();
+        vsock.devices.vsock = Some(VsockConfig { cid: 2, socket: dir.path().join("v.sock") });
+        assert!(matches!(vsock.validate(HOST), Err(ConfigError::Vsock(_))), "CID 2 is the host's");
+        vsock.devices.vsock = Some(VsockConfig { cid: 3, socket: dir.path().join("no-dir/v.sock") });
+        assert!(matches!(vsock.validate(HOST), Err(ConfigError::Vsock(_))));
+        vsock.devices.vsock = Some(VsockConfig { cid: 3, socket: dir.path().join("v.sock") });
+        vsock.validate(HOST).unwrap();
+        let mut rng = c.clone();
+        rng.devices.rng = Some(RngConfig { src: dir.path().join("no-rng") });
+        assert!(matches!(rng.validate(HOST), Err(ConfigError::Rng(_))));
         assert!(serde_json::from_str::<VmConfig>(r#"{"cpus":{"boot_vcpus":1,"max_vcpus":1}}"#).is_err());
         let unknown = json.replace(r#""memory""#, r#""bogus":1,"memory""#);
         assert!(serde_json::from_str::<VmConfig>(&unknown).is_err());

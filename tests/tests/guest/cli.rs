@@ -24,6 +24,10 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
         (&["--kernel", k, "--serial", "pty"], "--serial"),
         (&["--kernel", "/nonexistent/vmlinux"], "--kernel"),
         (&["--kernel", k, "--initramfs", "/nonexistent.cpio"], "--initramfs"),
+        (&["--kernel", k, "--disk", "path=/nonexistent.raw"], "--disk"),
+        (&["--kernel", k, "--disk", "readonly=on"], "--disk"),
+        (&["--kernel", k, "--vsock", "cid=2,socket=/tmp/lithe-test.vsock"], "--vsock"),
+        (&["--kernel", k, "--rng", "src=/nonexistent-rng"], "--rng"),
         (&[], "--kernel"),
     ];
     for (args, flag) in cases {
