@@ -3,6 +3,7 @@
 #   out/vmlinux         Linux 6.1 from linux-source-6.1, tinyconfig + kernel.config + patches/
 #   out/bzImage         the same kernel as a bzImage (LZ4: its decompressor runs emulated on PVM)
 #   out/initramfs.cpio  uncompressed cpio: init, cpu-event and attack, built from their .c files
+#   out/rootfs.ext4     the same files as an ext4 root disk (mke2fs -d), booted with root=/dev/vda
 # Rebuilds only what changed: the kernel when kernel.config, patches/ or this
 # script change; the initramfs when init.c, cpu-event.c or attack.c change. Prints the output folder.
 set -euo pipefail
@@ -16,7 +17,7 @@ log() { echo "guest-images: $*" >&2; }
 
 need_pkgs=()
 [ -f /usr/src/linux-source-6.1.tar.xz ] || need_pkgs+=(linux-source-6.1)
-for tool in gcc make flex bison bc cpio xz lz4 patch perl; do
+for tool in gcc make flex bison bc cpio xz lz4 patch perl mke2fs; do
 	command -v "$tool" >/dev/null || need_pkgs+=("$tool")
 done
 [ -f /usr/include/libelf.h ] || need_pkgs+=(libelf-dev)
@@ -24,7 +25,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 	# map tool names to Debian packages
 	pkgs=()
 	for p in "${need_pkgs[@]}"; do
-		case $p in gcc|make) pkgs+=(build-essential) ;; xz) pkgs+=(xz-utils) ;; *) pkgs+=("$p") ;; esac
+		case $p in gcc|make) pkgs+=(build-essential) ;; xz) pkgs+=(xz-utils) ;; mke2fs) pkgs+=(e2fsprogs) ;; *) pkgs+=("$p") ;; esac
 	done
 	if [ "$(id -u)" != 0 ]; then
 		log "missing Debian packages: ${pkgs[*]} (run as root, or apt-get install them)"
@@ -88,7 +89,7 @@ fi
 # linux-source package): no busybox, no glibc (init.c says why).
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || echo unknown)
 istamp=$(echo "$srcver" | stamp_of - "$here/init.c" "$here/cpu-event.c" "$here/attack.c" "$here/build.sh")
-if [ -f "$out/initramfs.cpio" ] && [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" = "$istamp" ]; then
+if [ -f "$out/initramfs.cpio" ] && [ -f "$out/rootfs.ext4" ] && [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" = "$istamp" ]; then
 	log "initramfs up to date ($out/initramfs.cpio)"
 else
 	work=$(mktemp -d)
@@ -109,7 +110,12 @@ else
 	chmod 755 "$root/init" "$root/bin/cpu-event" "$root/bin/attack"
 	(cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) > "$out/initramfs.cpio.tmp"
 	mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
+	# The same files as an ext4 root disk, as Kata boots its guest image:
+	# root=/dev/vda rw init=/init (tests/tests/guest/devices.rs).
+	rm -f "$out/rootfs.ext4.tmp"
+	mke2fs -q -t ext4 -d "$root" -F "$out/rootfs.ext4.tmp" 16M
+	mv "$out/rootfs.ext4.tmp" "$out/rootfs.ext4"
 	echo "$istamp" > "$out/initramfs.stamp"
-	log "initramfs built: $out/initramfs.cpio"
+	log "initramfs and root disk built: $out/initramfs.cpio, $out/rootfs.ext4"
 fi
 echo "$out"

@@ -8,7 +8,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 patch perl
-	linux-source-6.1 acpica-tools curl)
+	linux-source-6.1 acpica-tools curl e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -92,6 +92,8 @@ pub struct GuestImage {
     /// The same kernel as a bzImage.
     pub bzimage: PathBuf,
     pub initramfs: PathBuf,
+    /// The initramfs's files as an ext4 root disk.
+    pub rootfs: PathBuf,
     pub cmdline: String,
 }
 
@@ -104,13 +106,14 @@ impl GuestImage {
             kernel: dir.join("vmlinux"),
             bzimage: dir.join("bzImage"),
             initramfs: dir.join("initramfs.cpio"),
+            rootfs: dir.join("rootfs.ext4"),
             cmdline: std::fs::read_to_string(workspace().join("guest-images/cmdline"))
                 .expect("guest-images/cmdline")
                 .trim()
                 .to_string(),
         };
         assert!(
-            image.kernel.exists() && image.bzimage.exists() && image.initramfs.exists(),
+            image.kernel.exists() && image.bzimage.exists() && image.initramfs.exists() && image.rootfs.exists(),
             "guest image missing in {}: run guest-images/build.sh (scripts/test.sh does)",
             dir.display()
         );
@@ -182,6 +185,8 @@ pub struct Launch<'a> {
     pub args: &'a [&'a str],
     /// Appended to the guest image's kernel command line.
     pub extra_cmdline: &'a str,
+    /// Boot without the initramfs (from a disk given in `args`).
+    pub no_initramfs: bool,
 }
 
 impl Guest {
@@ -195,7 +200,10 @@ impl Guest {
         cmd.arg("--api-socket").arg(&socket);
         if opts.with_kernel {
             let kernel = if opts.bzimage { &image.bzimage } else { &image.kernel };
-            cmd.arg("--kernel").arg(kernel).arg("--initramfs").arg(&image.initramfs);
+            cmd.arg("--kernel").arg(kernel);
+            if !opts.no_initramfs {
+                cmd.arg("--initramfs").arg(&image.initramfs);
+            }
             let cmdline = format!("{} {}", image.cmdline.trim(), opts.extra_cmdline);
             cmd.arg("--cmdline")
                 .arg(cmdline.trim())

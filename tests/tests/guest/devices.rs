@@ -83,12 +83,18 @@ fn a_disk_keeps_what_the_guest_flushed_across_kill_9_and_the_rng_serves() {
 
     // A new VM on the same image, read-only and with O_DIRECT (no host page
     // cache: the bytes come from the file itself): it reads the pattern back
-    // and cannot change it.
+    // and cannot change it. This VM boots from a root disk, as Kata boots its
+    // guest image: no initramfs, the guest image's ext4 disk as /dev/vdb.
     let disk = format!("path={},readonly=on,direct=on", image.display());
+    let rootfs = dir.path().join("rootfs.ext4");
+    std::fs::copy(tests::GuestImage::locate().rootfs, &rootfs).unwrap();
+    let root = format!("path={}", rootfs.display());
     let mut g = Guest::launch(Launch {
         cpus: "boot=1,max=2",
         with_kernel: true,
-        args: &["--disk", &disk],
+        no_initramfs: true,
+        args: &["--disk", &disk, "--disk", &root],
+        extra_cmdline: "root=/dev/vdb rw init=/init",
         ..Launch::default()
     });
     g.wait_cpus("0", "0", BOOT_TIMEOUT);
