@@ -442,7 +442,7 @@ impl Muxer {
         match (pkt.op(), token) {
             (OP_REQUEST, None) => {
                 let path = PathBuf::from(format!("{}_{local}", self.path.display()));
-                match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s)) {
+                match connect_nonblocking(&path) {
                     Ok(stream) => {
                         let c = Conn {
                             stream,
@@ -525,6 +525,40 @@ impl Muxer {
             self.interrupt.signal_used();
         }
     }
+}
+
+/// Connects to a Unix socket without ever blocking the worker: a service
+/// whose backlog is full refuses at once (`EAGAIN`) instead of stalling
+/// every other connection. std's `UnixStream::connect` blocks there; the
+/// `socket2` crate would do this too, but not for one call.
+fn connect_nonblocking(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all zeros is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(ErrorKind::InvalidInput, "socket path too long"));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket(2) with constant arguments; the fd is checked below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket that nothing else owns; the stream closes it.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes for the call's duration.
+    let r = unsafe { libc::connect(fd, (&raw const addr).cast::<libc::sockaddr>(), len) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
 }
 
 impl QueueHandler for Muxer {
