@@ -49,6 +49,16 @@ pub struct Activation {
     pub features: u64,
 }
 
+impl Activation {
+    /// The device needs exactly `n` queues ready.
+    pub fn expect_queues(&self, n: usize) -> Result<(), ActivateError> {
+        match self.queues.len() {
+            got if got == n => Ok(()),
+            got => Err(ActivateError::Queues { expected: n, got }),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
     #[error("expected {expected} queues, the guest made {got} ready")]

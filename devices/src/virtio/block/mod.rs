@@ -247,11 +247,8 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let mut queues = a.queues;
-        if queues.len() != 1 {
-            return Err(ActivateError::Queues { expected: 1, got: queues.len() });
-        }
-        let (queue, notifier) = queues.remove(0);
+        a.expect_queues(1)?;
+        let (queue, notifier) = a.queues.into_iter().next().expect("one queue");
         let handler = Handler {
             name: self.name.clone(),
             mem: a.mem,

@@ -76,9 +76,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if a.queues.len() != 3 {
-            return Err(ActivateError::Queues { expected: 3, got: a.queues.len() });
-        }
+        a.expect_queues(3)?;
         let (queues, notifiers): (Vec<_>, Vec<_>) = a.queues.into_iter().unzip();
         let muxer = Muxer::new(
             a.mem,

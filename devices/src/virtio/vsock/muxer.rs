@@ -83,6 +83,25 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(stream: UnixStream, state: State, local_port: u32, peer_port: u32) -> Conn {
+        Conn {
+            stream,
+            state,
+            local_port,
+            peer_port,
+            line: Vec::new(),
+            from_host: Vec::new(),
+            to_host: Vec::new(),
+            preamble: Vec::new(),
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            rx_cnt: 0,
+            fwd_cnt: 0,
+            announced_fwd: 0,
+            host_eof: false,
+        }
+    }
+
     fn credit(&self) -> u32 {
         self.peer_buf_alloc.saturating_sub(self.rx_cnt.wrapping_sub(self.peer_fwd_cnt))
     }
@@ -218,22 +237,7 @@ impl Muxer {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    let c = Conn {
-                        stream,
-                        state: State::AwaitingConnect,
-                        local_port: 0,
-                        peer_port: 0,
-                        line: Vec::new(),
-                        from_host: Vec::new(),
-                        to_host: Vec::new(),
-                        preamble: Vec::new(),
-                        peer_buf_alloc: 0,
-                        peer_fwd_cnt: 0,
-                        rx_cnt: 0,
-                        fwd_cnt: 0,
-                        announced_fwd: 0,
-                        host_eof: false,
-                    };
+                    let c = Conn::new(stream, State::AwaitingConnect, 0, 0);
                     self.add_conn(c, fds);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -444,22 +448,9 @@ impl Muxer {
                 let path = PathBuf::from(format!("{}_{local}", self.path.display()));
                 match connect_nonblocking(&path) {
                     Ok(stream) => {
-                        let c = Conn {
-                            stream,
-                            state: State::Established,
-                            local_port: local,
-                            peer_port: peer,
-                            line: Vec::new(),
-                            from_host: Vec::new(),
-                            to_host: Vec::new(),
-                            preamble: Vec::new(),
-                            peer_buf_alloc: pkt.buf_alloc(),
-                            peer_fwd_cnt: pkt.fwd_cnt(),
-                            rx_cnt: 0,
-                            fwd_cnt: 0,
-                            announced_fwd: 0,
-                            host_eof: false,
-                        };
+                        let mut c = Conn::new(stream, State::Established, local, peer);
+                        c.peer_buf_alloc = pkt.buf_alloc();
+                        c.peer_fwd_cnt = pkt.fwd_cnt();
                         let t = self.add_conn(c, fds);
                         self.pending.push_back(reply(OP_RESPONSE));
                         self.rewatch(t, fds);
