@@ -2,10 +2,10 @@
 # Builds the lithe guest image from Debian packages only:
 #   out/vmlinux         Linux 6.1 from linux-source-6.1, tinyconfig + kernel.config + patches/
 #   out/bzImage         the same kernel as a bzImage (LZ4: its decompressor runs emulated on PVM)
-#   out/initramfs.cpio  uncompressed cpio: init, cpu-event and attack, built from their .c files
+#   out/initramfs.cpio  uncompressed cpio: init, cpu-event, attack and iobench, built from their .c files
 #   out/rootfs.ext4     the same files as an ext4 root disk (mke2fs -d), booted with root=/dev/vda
 # Rebuilds only what changed: the kernel when kernel.config, patches/ or this
-# script change; the initramfs when init.c, cpu-event.c or attack.c change. Prints the output folder.
+# script change; the initramfs when init.c or a helper's .c changes. Prints the output folder.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -88,7 +88,7 @@ fi
 # init.c is built on the kernel's own nolibc (tools/include/nolibc in the same
 # linux-source package): no busybox, no glibc (init.c says why).
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || echo unknown)
-istamp=$(echo "$srcver" | stamp_of - "$here/init.c" "$here/cpu-event.c" "$here/attack.c" "$here/build.sh")
+istamp=$(echo "$srcver" | stamp_of - "$here/init.c" "$here/cpu-event.c" "$here/attack.c" "$here/iobench.c" "$here/build.sh")
 if [ -f "$out/initramfs.cpio" ] && [ -f "$out/rootfs.ext4" ] && [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" = "$istamp" ]; then
 	log "initramfs up to date ($out/initramfs.cpio)"
 else
@@ -102,12 +102,13 @@ else
 	cflags=(-Os -s -static -nostdlib -ffreestanding -fno-builtin -fno-stack-protector
 		-fno-asynchronous-unwind-tables -fno-ident -fno-pie -no-pie -Wall -Wextra -Werror)
 	gcc "${cflags[@]}" -I "$nolibc" -include "$nolibc/nolibc.h" -o "$root/init" "$here/init.c" -lgcc
-	# The uevent helper and the attacker of the VMM's registers (for the
-	# hostile-guest test): C with raw system calls (cpu-event.c says why).
-	for prog in cpu-event attack; do
+	# The uevent helper, the attacker of the VMM's registers (for the
+	# hostile-guest test) and the I/O benchmark's guest side: C with raw
+	# system calls (cpu-event.c says why).
+	for prog in cpu-event attack iobench; do
 		gcc "${cflags[@]}" -o "$root/bin/$prog" "$here/$prog.c"
 	done
-	chmod 755 "$root/init" "$root/bin/cpu-event" "$root/bin/attack"
+	chmod 755 "$root/init" "$root/bin/cpu-event" "$root/bin/attack" "$root/bin/iobench"
 	(cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) > "$out/initramfs.cpio.tmp"
 	mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
 	# The same files as an ext4 root disk, as Kata boots its guest image:

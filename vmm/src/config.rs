@@ -415,9 +415,10 @@ fn on_off(k: &str, v: &str) -> Result<bool, String> {
 }
 
 /// Cloud Hypervisor's `--disk path=P[,readonly=on][,direct=on][,id=I][,serial=S]`
-/// (`num_queues=1` and `pci_segment=N` are accepted: one queue, no PCI).
+/// (`num_queues=1`, `image_type=raw` and `pci_segment=N` are accepted: one
+/// queue, raw images only, no PCI).
 pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
-    let keys = ["path", "readonly", "direct", "id", "serial", "num_queues", "pci_segment"];
+    let keys = ["path", "readonly", "direct", "id", "serial", "num_queues", "image_type", "pci_segment"];
     let mut d = DiskConfig::new("");
     for (k, v) in pairs(s, &keys).map_err(ConfigError::Disk)? {
         match k {
@@ -428,6 +429,8 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
             "serial" => d.serial = Some(v.to_string()),
             "num_queues" if v == "1" => {}
             "num_queues" => return Err(ConfigError::Disk(format!("num_queues={v}: lithe's disks have one queue"))),
+            "image_type" if v == "raw" => {}
+            "image_type" => return Err(ConfigError::Disk(format!("image_type={v}: lithe's disks are raw images"))),
             _ => {} // pci_segment: there is no PCI
         }
     }
@@ -632,7 +635,10 @@ mod tests {
 
     #[test]
     fn device_flags_parse_as_cloud_hypervisor_spells_them() {
-        let d = parse_disk("path=/d.raw,readonly=on,direct=true,id=root,serial=s0,num_queues=1,pci_segment=0").unwrap();
+        let d = parse_disk(
+            "path=/d.raw,readonly=on,direct=true,id=root,serial=s0,num_queues=1,image_type=raw,pci_segment=0",
+        )
+        .unwrap();
         let want = DiskConfig {
             readonly: true,
             direct: true,
@@ -641,7 +647,13 @@ mod tests {
             ..DiskConfig::new("/d.raw")
         };
         assert_eq!(d, want);
-        for bad in ["readonly=on", "path=/d,readonly=maybe", "path=/d,num_queues=2", "path=/d,frob=1"] {
+        for bad in [
+            "readonly=on",
+            "path=/d,readonly=maybe",
+            "path=/d,num_queues=2",
+            "path=/d,image_type=qcow2",
+            "path=/d,frob=1",
+        ] {
             assert!(matches!(parse_disk(bad), Err(ConfigError::Disk(_))), "{bad:?}");
         }
         assert_eq!(parse_rng("").unwrap().src, PathBuf::from(DEFAULT_RNG_SRC));

@@ -1,0 +1,150 @@
+//! Side-by-side benchmark: lithe and (when `../shared/peers/cloud-hypervisor`
+//! is there) Cloud Hypervisor on the same kernel, initramfs and command line,
+//! alternating in one run. Run it through `scripts/bench.sh`; it prints
+//! Markdown tables (and writes them to `--out FILE`).
+//!
+//! Two sections (`--sections hotplug,io`, both by default): vCPU hotplug
+//! (hotplug.rs) and I/O (io.rs). A figure a VMM cannot give is "n/a" with
+//! the reason in the notes.
+//!
+//! Not a test: absolute times on this machine swing from day to day, so
+//! only the ratios within one run mean anything.
+
+mod hotplug;
+mod io;
+mod vm;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use vm::{Setup, Vmm};
+
+/// One figure's samples, by VMM.
+type Samples = BTreeMap<(&'static str, u32, Vmm), Vec<f64>>;
+
+fn stats(v: &[f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    Some((mean, lo, hi))
+}
+
+fn cell(v: Option<&Vec<f64>>) -> String {
+    match v.and_then(|v| stats(v).map(|s| (s, v.len()))) {
+        Some(((mean, lo, hi), n)) if n > 1 => format!("{mean:.2} ({lo:.2}–{hi:.2}, n={n})"),
+        Some(((mean, _, _), n)) => format!("{mean:.2} (n={n})"),
+        None => "n/a".into(),
+    }
+}
+
+/// Runs `one` for each VMM `runs` times, alternating which goes first so
+/// a drift in the machine's speed does not favour one.
+/// Returns a note for each run that failed.
+fn alternate(vmms: &[Vmm], runs: usize, label: &str, mut one: impl FnMut(Vmm) -> Result<(), String>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for run in 0..runs {
+        let mut order = vmms.to_vec();
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for vmm in order {
+            eprintln!("bench: {} {label} run {}/{runs}", vmm.name(), run + 1);
+            if let Err(e) = one(vmm) {
+                eprintln!("bench: {} {label}: {e}", vmm.name());
+                failed.push(format!("{} {label} run {}: {e}", vmm.name(), run + 1));
+            }
+        }
+    }
+    failed
+}
+
+fn ratio(l: Option<&Vec<f64>>, c: Option<&Vec<f64>>) -> String {
+    match (l.and_then(|v| stats(v)), c.and_then(|v| stats(v))) {
+        (Some((a, _, _)), Some((b, _, _))) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(2);
+    let maxes: Vec<u32> =
+        arg("--max").unwrap_or_else(|| "4,32,64".into()).split(',').filter_map(|m| m.parse().ok()).collect();
+    let sections = arg("--sections").unwrap_or_else(|| "hotplug,io".into());
+    let sections: Vec<&str> = sections.split(',').collect();
+    if let Some(s) = sections.iter().find(|s| !["hotplug", "io"].contains(s)) {
+        eprintln!("bench: unknown section {s:?} (--sections takes hotplug, io or both)");
+        std::process::exit(2);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+    let images = root.join("guest-images/out");
+    let ch = root.join("../shared/peers/cloud-hypervisor");
+    let setup = Setup {
+        lithe: root.join("target/release/lithe"),
+        ch: ch.exists().then_some(ch),
+        kernel: images.join("vmlinux"),
+        initramfs: images.join("initramfs.cpio"),
+        cmdline: std::fs::read_to_string(root.join("guest-images/cmdline")).unwrap_or_default().trim().to_string(),
+    };
+    let mut vmms = vec![Vmm::Lithe];
+    if setup.ch.is_some() {
+        vmms.push(Vmm::CloudHypervisor);
+    } else {
+        eprintln!("bench: ../shared/peers/cloud-hypervisor is missing; lithe only");
+    }
+    let mut samples = Samples::new();
+    let mut notes = Vec::new();
+    let mut md = String::new();
+
+    if sections.contains(&"hotplug") {
+        for max in &maxes {
+            let mut found = Vec::new();
+            let failed = alternate(&vmms, runs, &format!("max={max}"), |vmm| {
+                hotplug::run(&setup, vmm, *max, &mut samples, &mut found)
+            });
+            notes.extend(found.into_iter().chain(failed));
+        }
+        md.push_str("| max | figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|---|\n");
+        for max in &maxes {
+            for f in &hotplug::FIGURES {
+                let (l, c) = (samples.get(&(*f, *max, Vmm::Lithe)), samples.get(&(*f, *max, Vmm::CloudHypervisor)));
+                md.push_str(&format!("| {max} | {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
+            }
+        }
+        md.push_str("\nMean (min–max, n = runs). n/a: the VMM does not give the figure (Cloud Hypervisor has no per-scan counters, and does not retire ejected vCPU threads), or every run failed (notes).\n\n");
+    }
+
+    if sections.contains(&"io") {
+        let image = std::env::temp_dir().join(format!("lithe-bench-{}-image.raw", std::process::id()));
+        match io::make_image(&image) {
+            Ok(()) => notes.extend(alternate(&vmms, runs, "io", |vmm| io::run(&setup, vmm, &image, &mut samples))),
+            Err(e) => notes.push(format!("io: no disk image: {e}")),
+        }
+        let _ = std::fs::remove_file(&image);
+        md.push_str("| figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|\n");
+        for f in &io::FIGURES {
+            let key = |vmm| (*f, io::IO_KEY, vmm);
+            let (l, c) = (samples.get(&key(Vmm::Lithe)), samples.get(&key(Vmm::CloudHypervisor)));
+            md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
+        }
+        md.push_str("\nMean (min–max, n = runs). For MB/s and IOPS higher is better; for CPU lower is better. n/a: the VMM does not give the figure (the device-thread share is lithe's own counter), or every run failed (notes).\n\n");
+    }
+
+    if !notes.is_empty() {
+        md.push_str("Notes:\n");
+        for n in &notes {
+            md.push_str(&format!("- {n}\n"));
+        }
+    }
+    print!("{md}");
+    if let Some(path) = arg("--out") {
+        if let Err(e) = std::fs::write(&path, &md) {
+            eprintln!("bench: writing {path}: {e}");
+            std::process::exit(1);
+        }
+    }
+}

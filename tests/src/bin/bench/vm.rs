@@ -1,0 +1,212 @@
+//! One VM under one VMM for the bench: started from the command line both
+//! VMMs share, talked to over its API socket, stopped (and its scratch
+//! folder removed) when dropped; and what /proc says of its threads.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Vmm {
+    Lithe,
+    CloudHypervisor,
+}
+
+impl Vmm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Vmm::Lithe => "lithe",
+            Vmm::CloudHypervisor => "CH",
+        }
+    }
+}
+
+pub struct Setup {
+    pub lithe: PathBuf,
+    pub ch: Option<PathBuf>,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+}
+
+/// A running VM. Dropping it shuts the VMM down (kill after 20 s) and
+/// removes its folder.
+pub struct Vm {
+    pub child: Child,
+    pub pid: u32,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub serial: PathBuf,
+    pub started: Instant,
+}
+
+impl Vm {
+    /// Starts `vmm` on the setup's kernel and initramfs with `cmdline`,
+    /// `boot=1,max={max}`, 256 MiB, the serial console into a file, and
+    /// `extra` arguments (which may name files in `dir`, made beforehand).
+    pub fn launch(
+        setup: &Setup,
+        vmm: Vmm,
+        dir: &Path,
+        max: u32,
+        cmdline: &str,
+        extra: &[String],
+    ) -> Result<Vm, String> {
+        let (socket, serial) = (dir.join("api.sock"), dir.join("serial.log"));
+        let bin = match vmm {
+            Vmm::Lithe => setup.lithe.clone(),
+            Vmm::CloudHypervisor => setup.ch.clone().ok_or("no Cloud Hypervisor")?,
+        };
+        let started = Instant::now();
+        let child = Command::new(&bin)
+            .arg("--kernel")
+            .arg(&setup.kernel)
+            .arg("--initramfs")
+            .arg(&setup.initramfs)
+            .arg("--cmdline")
+            .arg(cmdline)
+            .arg("--cpus")
+            .arg(format!("boot=1,max={max}"))
+            .arg("--memory")
+            .arg("size=256M")
+            .arg("--serial")
+            .arg(format!("file={}", serial.display()))
+            .arg("--console")
+            .arg("off")
+            .arg("--api-socket")
+            .arg(&socket)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("vmm.log")).map_err(|e| e.to_string())?))
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let pid = child.id();
+        Ok(Vm { child, pid, dir: dir.to_path_buf(), socket, serial, started })
+    }
+
+    pub fn http(&self, method: &str, endpoint: &str, body: &str) -> Result<(u16, String), String> {
+        http(&self.socket, method, endpoint, body)
+    }
+
+    /// Waits until the serial console has, after byte `from`, a line
+    /// containing `needle`; returns where the file ended.
+    pub fn wait_serial(&mut self, from: usize, needle: &str, limit: Duration) -> Result<usize, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = std::fs::read(&self.serial).unwrap_or_default();
+            if text.len() > from && String::from_utf8_lossy(&text[from..]).contains(needle) {
+                return Ok(text.len());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("the VMM exited ({status}) before the guest printed {needle:?}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the guest did not print {needle:?} within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The whole `vm.counters` answer (lithe's; Cloud Hypervisor has one too).
+    pub fn counters(&self) -> Option<serde_json::Value> {
+        let (status, body) = self.http("GET", "vm.counters", "").ok()?;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.http("PUT", "vmm.shutdown", "");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh scratch folder for one VM.
+pub fn scratch(name: &str) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("lithe-bench-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn http(socket: &Path, method: &str, endpoint: &str, body: &str) -> Result<(u16, String), String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    let req = format!(
+        "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    // Read the head, then exactly Content-Length bytes (Cloud Hypervisor's
+    // server keeps the connection open).
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if rest.len() >= len {
+                let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return Ok((status, rest[..len].to_string()));
+            }
+        }
+    }
+    Err(format!("{endpoint}: connection closed early"))
+}
+
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+pub fn rss_kib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Each thread's name and its time on a CPU so far (ns, from schedstat).
+fn threads(pid: u32) -> Vec<(String, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let ns = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            Some((comm.trim().to_string(), ns.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+pub fn vcpu_threads(pid: u32) -> usize {
+    threads(pid).iter().filter(|(name, _)| name.starts_with("vcpu")).count()
+}
+
+/// CPU time (ns) of every thread of the VMM except its vCPU threads: what
+/// the VMM itself spends, both VMMs counted the same way. A thread that
+/// ended meanwhile is not counted.
+pub fn vmm_cpu_ns(pid: u32) -> u64 {
+    threads(pid).iter().filter(|(name, _)| !name.starts_with("vcpu")).map(|(_, ns)| ns).sum()
+}
