@@ -642,6 +642,135 @@ static void start_vsock_echo(void)
 
 /* vsock-connect PORT WORD: a connection to the host's port PORT (its Unix
  * socket <socket>_PORT), WORD and a newline sent, one line read back. */
+/* ---- network: eth0 on the virtio-net device ----------------------------- */
+
+#define AF_INET 2
+#define TCP_ECHO_PORT 7
+
+struct sockaddr_in4 {
+	unsigned short family, port;
+	unsigned int addr;
+	unsigned char zero[8];
+};
+
+struct ifreq_addr {
+	char name[16];
+	union {
+		struct sockaddr_in4 addr;
+		short flags;
+		char pad[24];
+	} u;
+};
+
+/* "a.b.c.d" to a network-order address; 0 if malformed. */
+static unsigned int ipv4(const char **p)
+{
+	unsigned int a = 0;
+
+	for (int i = 0; i < 4; i++) {
+		unsigned long part = number(p);
+
+		if (part > 255 || (i < 3 && *(*p)++ != '.'))
+			return 0;
+		a |= (unsigned int)part << (8 * i);
+	}
+	return a;
+}
+
+static int ifreq_ioctl(int fd, unsigned long request, unsigned int addr, short flags)
+{
+	struct ifreq_addr r;
+
+	memset(&r, 0, sizeof(r));
+	strcpy(r.name, "eth0");
+	if (request == 0x8914) { /* SIOCSIFFLAGS */
+		r.u.flags = flags;
+	} else {
+		r.u.addr.family = AF_INET;
+		r.u.addr.addr = addr;
+	}
+	return (int)my_syscall3(__NR_ioctl, fd, request, &r);
+}
+
+/* The TCP echo service on port 7, in a process of its own: each connection
+ * (in a child) gets back every byte it sends, until it closes. */
+static void start_tcp_echo(void)
+{
+	struct sockaddr_in4 a = { .family = AF_INET, .port = (unsigned short)((TCP_ECHO_PORT >> 8) | (TCP_ECHO_PORT << 8 & 0xff00)) };
+	int one = 1, fd = (int)my_syscall3(__NR_socket, AF_INET, 1 /* SOCK_STREAM */, 0);
+
+	if (fd < 0)
+		return;
+	my_syscall5(__NR_setsockopt, fd, 1 /* SOL_SOCKET */, 2 /* SO_REUSEADDR */, &one, sizeof(one));
+	if (my_syscall3(__NR_bind, fd, &a, sizeof(a)) != 0 || my_syscall2(__NR_listen, fd, 8) != 0) {
+		say2("error: ", "cannot listen on TCP port 7");
+		close(fd);
+		return;
+	}
+	if (fork() != 0) {
+		close(fd);
+		return;
+	}
+	for (;;) {
+		static char buf[16384];
+		int c = (int)my_syscall3(__NR_accept, fd, 0, 0);
+		long n;
+
+		if (c < 0)
+			continue;
+		if (fork() == 0) {
+			close(fd);
+			while ((n = read(c, buf, sizeof(buf))) > 0)
+				if (write(c, buf, n) != n)
+					break;
+			exit(0);
+		}
+		close(c);
+		while (waitpid(-1, 0, WNOHANG) > 0)
+			;
+	}
+}
+
+/* net-up A.B.C.D/PREFIX: eth0 gets the address and comes up; the TCP echo
+ * service starts (once). Prints the address and the MAC the device gave. */
+static void net_up(const char *args)
+{
+	static int serving;
+	const char *p = args;
+	unsigned int addr = ipv4(&p), mask = 0;
+	unsigned long prefix = *p == '/' ? (p++, number(&p)) : 32;
+	char mac[32];
+	struct line l = { .len = 0 };
+	int fd = (int)my_syscall3(__NR_socket, AF_INET, 2 /* SOCK_DGRAM */, 0);
+
+	for (unsigned long i = 0; i < prefix && i < 32; i++)
+		mask |= 1U << (31 - i);
+	mask = (mask >> 24) | (mask >> 8 & 0xff00) | (mask << 8 & 0xff0000) | (mask << 24);
+	if (fd < 0 || addr == 0 || prefix > 32) {
+		say2("error: usage: net-up A.B.C.D/PREFIX", "");
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	if (ifreq_ioctl(fd, 0x8916 /* SIOCSIFADDR */, addr, 0) != 0 ||
+	    ifreq_ioctl(fd, 0x891c /* SIOCSIFNETMASK */, mask, 0) != 0 ||
+	    ifreq_ioctl(fd, 0x8914 /* SIOCSIFFLAGS */, 0, 0x1 | 0x40 /* IFF_UP | IFF_RUNNING */) != 0) {
+		say2("error: net-up: cannot configure eth0 for ", args);
+		close(fd);
+		return;
+	}
+	close(fd);
+	if (!serving++)
+		start_tcp_echo();
+	if (read_file("/sys/class/net/eth0/address", mac, sizeof(mac)) < 0)
+		mac[0] = 0;
+	put(&l, "LITHE-GUEST net-up eth0 addr=");
+	put(&l, args);
+	put(&l, " mac=");
+	put(&l, trim(mac));
+	say(&l);
+}
+
 /* The I/O benchmark's guest side (/bin/iobench, a vsock service on port
  * 1025), when the kernel command line asks for it with lithe_bench=io: the
  * kernel hands such unknown parameters to init as environment variables. */
@@ -749,6 +878,8 @@ static void run_command(char *cmd, char **envp)
 		disk_info();
 	} else if (starts_with(cmd, "rng ")) {
 		rng(cmd + 4);
+	} else if (starts_with(cmd, "net-up ")) {
+		net_up(trim(cmd + 7));
 	} else if (starts_with(cmd, "vsock-connect ")) {
 		vsock_connect(cmd + 14);
 	} else {

@@ -50,6 +50,10 @@ pub struct VmArgs {
     /// (a host process writes `CONNECT <port>`; guest connects go to SOCKET_<port>).
     #[arg(long, value_name = "cid=N,socket=PATH")]
     pub vsock: Option<String>,
+    /// A virtio-net device on a TAP (repeatable): tap=NAME or fd=N (an open
+    /// TAP lithe inherited), [,mac=MAC][,offload_csum=on|off][,offload_tso=on|off].
+    #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC]")]
+    pub net: Vec<String>,
     /// Serial console: tty (stdout/stdin), file=PATH, or off.
     #[arg(long, value_name = "tty|file=PATH|off", default_value = "tty")]
     pub serial: String,
@@ -208,6 +212,7 @@ impl VmArgs {
                 disks: self.disk.iter().map(|d| config::parse_disk(d)).collect::<Result<_, _>>()?,
                 rng: self.rng.as_deref().map(config::parse_rng).transpose()?,
                 vsock: self.vsock.as_deref().map(config::parse_vsock).transpose()?,
+                net: self.net.iter().map(|n| config::parse_net(n)).collect::<Result<_, _>>()?,
             },
         }))
     }

@@ -151,8 +151,7 @@ pub fn from_wire(w: &wire::VmConfig) -> Result<VmConfig, WireError> {
     };
 
     no.list("rate_limit_groups", &w.rate_limit_groups, "no rate limiters");
-    no.list("net", &w.net, "lithe has no network devices");
-    let devices = crate::config_wire_devices::devices_from(&w.disks, &w.rng, &w.vsock, &mut no.0)?;
+    let devices = crate::config_wire_devices::devices_from(&w.disks, &w.net, &w.rng, &w.vsock, &mut no.0)?;
     no.value("balloon", &w.balloon, "lithe has no balloon");
     no.list("fs", &w.fs, "lithe has no virtio-fs");
     no.list("generic_vhost_user", &w.generic_vhost_user, "lithe has no vhost-user devices");
@@ -238,6 +237,7 @@ pub fn from_wire(w: &wire::VmConfig) -> Result<VmConfig, WireError> {
 /// defaults for what lithe does not have.
 pub fn to_wire(c: &VmConfig) -> wire::VmConfig {
     let (disks, rng, vsock) = crate::config_wire_devices::devices_to(&c.devices);
+    let net = crate::config_wire_devices::net_to(&c.devices);
     let serial = match &c.serial {
         SerialConfig::Tty => wire::ConsoleConfig::mode("Tty"),
         SerialConfig::Off => wire::ConsoleConfig::mode("Null"),
@@ -285,6 +285,7 @@ pub fn to_wire(c: &VmConfig) -> wire::VmConfig {
         pvpanic: Some(false),
         landlock_enable: Some(false),
         disks,
+        net,
         rng,
         vsock,
         platform: Some(wire::PlatformConfig {

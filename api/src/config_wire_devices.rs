@@ -4,7 +4,7 @@
 //! named, field by field, as in the rest of `vm.create`.
 
 use serde_json::{json, Map, Value};
-use vmm::config::{DevicesConfig, DiskConfig, RngConfig, VsockConfig, DEFAULT_RNG_SRC};
+use vmm::config::{DevicesConfig, DiskConfig, NetConfig, RngConfig, VsockConfig, DEFAULT_RNG_SRC};
 
 use crate::config_wire::WireError;
 
@@ -58,8 +58,63 @@ fn check_rest(obj: &Map<String, Value>, field: &str, honoured: &[&str], refused:
     }
 }
 
+/// The `net[]` keys lithe takes at their Cloud Hypervisor defaults (or, for
+/// Kata's, at any value it sends): one queue pair, no UFO, no vhost-user.
+fn net_default_only(key: &str, v: &Value) -> Option<bool> {
+    let ok = match key {
+        "num_queues" => v.is_null() || v.as_u64().is_some_and(|n| n == 1 || n == 2),
+        "queue_size" => v.is_null() || v.as_u64().is_some_and(|n| n.is_power_of_two() && n <= 256),
+        "offload_ufo" => v.is_null() || v.is_boolean(),
+        "pci_segment" => v.is_null() || v.is_u64(),
+        "iommu" | "vhost_user" => v.is_null() || v == &Value::Bool(false),
+        "mtu" | "host_mac" | "vhost_socket" | "vhost_mode" | "rate_limiter_config" | "fds" | "ip" | "mask" => {
+            v.is_null()
+        }
+        _ => return None,
+    };
+    Some(ok)
+}
+
+/// `net[i]`: a TAP by name (fds come with `vm.add-net`), its MAC and offloads.
+fn net_from(i: usize, v: &Value, refused: &mut Vec<String>) -> Result<NetConfig, WireError> {
+    let field = format!("net[{i}]");
+    let Some(obj) = v.as_object() else { return Err(WireError::Invalid(format!("{field} must be an object"))) };
+    let Some(tap) = string(obj, &field, "tap")? else {
+        return Err(WireError::Invalid(format!("{field}.tap is required (lithe opens the TAP by name)")));
+    };
+    let mut n = NetConfig::on_tap(&tap);
+    if let Some(mac) = string(obj, &field, "mac")? {
+        vmm::config::parse_mac(&mac).map_err(|e| WireError::Invalid(format!("{field}.mac: {e}")))?;
+        n.mac = mac;
+    }
+    n.id = string(obj, &field, "id")?;
+    let on = |key: &str| -> Result<bool, WireError> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(true),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(WireError::Invalid(format!("{field}.{key} must be true or false"))),
+        }
+    };
+    n.offload_csum = on("offload_csum")?;
+    n.offload_tso = on("offload_tso")?;
+    for (k, v) in obj {
+        if ["tap", "mac", "id", "offload_csum", "offload_tso"].contains(&k.as_str()) {
+            continue;
+        }
+        match net_default_only(k, v) {
+            Some(true) => {}
+            Some(false) => refused.push(format!(
+                "{field}.{k} ({v}: lithe has one queue pair of up to 256, no UFO, no vhost-user, no rate limits, and does not set the TAP's address)"
+            )),
+            None => refused.push(format!("{field}.{k} (not a field lithe knows)")),
+        }
+    }
+    Ok(n)
+}
+
 pub fn devices_from(
     disks: &Option<Vec<Value>>,
+    net: &Option<Vec<Value>>,
     rng: &Option<Value>,
     vsock: &Option<Value>,
     refused: &mut Vec<String>,
@@ -104,7 +159,24 @@ pub fn devices_from(
         }
         Some(_) => return Err(WireError::Invalid("vsock must be an object".into())),
     }
+    for (i, n) in net.iter().flatten().enumerate() {
+        out.net.push(net_from(i, n, refused)?);
+    }
     Ok(out)
+}
+
+/// `vm.info`'s net list: what each device runs (one queue pair: two queues).
+pub fn net_to(d: &DevicesConfig) -> Option<Vec<Value>> {
+    let net = d
+        .net
+        .iter()
+        .map(|n| {
+            json!({"tap": n.tap, "mac": n.mac, "id": n.id, "num_queues": 2, "queue_size": 256,
+                   "offload_csum": n.offload_csum, "offload_tso": n.offload_tso, "offload_ufo": false,
+                   "iommu": false, "vhost_user": false})
+        })
+        .collect::<Vec<_>>();
+    (!net.is_empty()).then_some(net)
 }
 
 /// `vm.info`'s device lists: disks, rng, vsock.
@@ -136,8 +208,8 @@ mod tests {
             json!({"path": "/d1", "num_queues": 2, "vhost_user": true, "frob": 1}),
         ]);
         let vsock = Some(json!({"cid": 3, "socket": "/run/v.sock", "iommu": false}));
-        let d =
-            devices_from(&disks, &Some(json!({"src": "/dev/random", "iommu": false})), &vsock, &mut refused).unwrap();
+        let d = devices_from(&disks, &None, &Some(json!({"src": "/dev/random", "iommu": false})), &vsock, &mut refused)
+            .unwrap();
         assert_eq!(d.vsock, Some(VsockConfig { cid: 3, socket: "/run/v.sock".into() }));
         assert_eq!(
             d.disks[0],
@@ -155,12 +227,50 @@ mod tests {
             assert!(text.contains(f), "{f} not named: {text}");
         }
         assert_eq!(refused.len(), 3, "{refused:?}");
-        assert!(devices_from(&Some(vec![json!({})]), &None, &None, &mut refused).is_err(), "a disk needs a path");
-        assert!(devices_from(&None, &None, &Some(json!({"cid": 3})), &mut refused).is_err(), "a vsock needs a socket");
+        assert!(
+            devices_from(&Some(vec![json!({})]), &None, &None, &None, &mut refused).is_err(),
+            "a disk needs a path"
+        );
+        assert!(
+            devices_from(&None, &None, &None, &Some(json!({"cid": 3})), &mut refused).is_err(),
+            "a vsock needs a socket"
+        );
         let (wire_disks, wire_rng, wire_vsock) = devices_to(&d);
         let mut again = Vec::new();
-        let back = devices_from(&wire_disks, &wire_rng, &wire_vsock, &mut again).unwrap();
+        let back = devices_from(&wire_disks, &None, &wire_rng, &wire_vsock, &mut again).unwrap();
         assert_eq!(back, d, "vm.info decodes to the same");
         assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn net_takes_kata_s_body_and_names_what_it_cannot_honour() {
+        // What Kata's clh driver sends (its generated client's defaults).
+        let kata = json!({"tap": "tap0_kata", "mac": "02:42:ac:11:00:02", "num_queues": 2, "queue_size": 256,
+                          "offload_tso": true, "offload_ufo": true, "offload_csum": true, "iommu": false,
+                          "vhost_user": false, "id": "net0"});
+        let mut refused = Vec::new();
+        let d = devices_from(&None, &Some(vec![kata]), &None, &None, &mut refused).unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        let n = &d.net[0];
+        assert_eq!(
+            (n.tap.as_deref(), n.mac.as_str(), n.id.as_deref()),
+            (Some("tap0_kata"), "02:42:ac:11:00:02", Some("net0"))
+        );
+        assert!(n.offload_csum && n.offload_tso);
+        let back = devices_from(&None, &net_to(&d), &None, &None, &mut refused).unwrap();
+        assert_eq!(back, d, "vm.info decodes to the same");
+        assert!(refused.is_empty(), "{refused:?}");
+
+        let odd = json!({"tap": "t", "num_queues": 4, "ip": "10.0.0.1", "vhost_user": true, "frob": 1});
+        devices_from(&None, &Some(vec![odd]), &None, &None, &mut refused).unwrap();
+        let text = refused.join("|");
+        for f in ["net[0].num_queues", "net[0].ip", "net[0].vhost_user", "net[0].frob"] {
+            assert!(text.contains(f), "{f} not named: {text}");
+        }
+        for bad in [json!({}), json!({"tap": "t", "mac": "01:00:00:00:00:01"}), json!({"tap": "t", "mac": "zz"})] {
+            assert!(devices_from(&None, &Some(vec![bad.clone()]), &None, &None, &mut refused).is_err(), "{bad}");
+        }
+        let fresh = devices_from(&None, &Some(vec![json!({"tap": "t"})]), &None, &None, &mut refused).unwrap();
+        assert!(vmm::config::parse_mac(&fresh.net[0].mac).is_ok_and(|m| m[0] & 3 == 2), "a random local unicast MAC");
     }
 }

@@ -187,6 +187,9 @@ pub struct Launch<'a> {
     pub extra_cmdline: &'a str,
     /// Boot without the initramfs (from a disk given in `args`).
     pub no_initramfs: bool,
+    /// Run lithe inside this network namespace (`ip netns exec`, which
+    /// execs lithe in place: the child is lithe itself).
+    pub netns: Option<&'a str>,
 }
 
 impl Guest {
@@ -196,7 +199,14 @@ impl Guest {
         let dir = std::env::temp_dir().join(format!("lithe-test-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("api.sock");
-        let mut cmd = Command::new(lithe_bin());
+        let mut cmd = match opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(lithe_bin());
+                c
+            }
+            None => Command::new(lithe_bin()),
+        };
         cmd.arg("--api-socket").arg(&socket);
         if opts.with_kernel {
             let kernel = if opts.bzimage { &image.bzimage } else { &image.kernel };

@@ -43,6 +43,8 @@ pub enum ConfigError {
     Rng(String),
     #[error("{0}")]
     Vsock(String),
+    #[error("{0}")]
+    Net(String),
 }
 
 impl ConfigError {
@@ -58,6 +60,7 @@ impl ConfigError {
             ConfigError::Disk(_) => "--disk",
             ConfigError::Rng(_) => "--rng",
             ConfigError::Vsock(_) => "--vsock",
+            ConfigError::Net(_) => "--net",
         }
     }
 
@@ -73,6 +76,7 @@ impl ConfigError {
             ConfigError::Disk(_) => "disks",
             ConfigError::Rng(_) => "rng",
             ConfigError::Vsock(_) => "vsock",
+            ConfigError::Net(_) => "net",
         }
     }
 }
@@ -204,6 +208,81 @@ pub struct DevicesConfig {
     pub rng: Option<RngConfig>,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+}
+
+/// A virtio-net device on a TAP (Cloud Hypervisor's `NetConfig` fields
+/// lithe honours). One queue pair, whatever `num_queues` asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// The TAP's name: opened (created, if lithe may) when the VM is built.
+    #[serde(default)]
+    pub tap: Option<String>,
+    /// An open TAP fd lithe inherited (`--net fd=N`) instead of a name.
+    #[serde(default)]
+    pub fd: Option<i32>,
+    /// The guest's MAC address (a random locally administered one when not given).
+    pub mac: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Offer the guest checksum offload, and with it TSO.
+    #[serde(default = "yes")]
+    pub offload_csum: bool,
+    #[serde(default = "yes")]
+    pub offload_tso: bool,
+}
+
+impl NetConfig {
+    /// A device on TAP `tap` with a random MAC and every offload offered.
+    pub fn on_tap(tap: &str) -> NetConfig {
+        NetConfig {
+            tap: Some(tap.into()),
+            fd: None,
+            mac: random_mac(),
+            id: None,
+            offload_csum: true,
+            offload_tso: true,
+        }
+    }
+
+    /// The MAC's six bytes.
+    pub fn mac_bytes(&self) -> Result<[u8; 6], String> {
+        parse_mac(&self.mac)
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`: a unicast address.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!("mac={s:?}: expected six hex bytes separated by ':'"));
+    }
+    for (b, p) in mac.iter_mut().zip(&parts) {
+        if p.len() != 2 {
+            return Err(format!("mac={s:?}: expected six hex bytes separated by ':'"));
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| format!("mac={s:?}: {p:?} is not a hex byte"))?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("mac={s:?} is a multicast address"));
+    }
+    Ok(mac)
+}
+
+/// A random locally administered unicast MAC, as Cloud Hypervisor gives a
+/// device without one.
+pub fn random_mac() -> String {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // No entropy: still a valid, locally administered address.
+        b = [0x02, 0x4c, 0x49, 0x54, 0x48, std::process::id() as u8];
+    }
+    b[0] = (b[0] & 0xfe) | 0x02;
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Hybrid vsock: the guest's CID and the host's Unix socket.
@@ -275,6 +354,19 @@ impl VmConfig {
             let dir = v.socket.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
             if !dir.is_dir() {
                 return Err(ConfigError::Vsock(format!("socket {}: no such directory", v.socket.display())));
+            }
+        }
+        for (i, n) in self.devices.net.iter().enumerate() {
+            n.mac_bytes().map_err(|e| ConfigError::Net(format!("net {i}: {e}")))?;
+            match (&n.tap, n.fd) {
+                (Some(_), None) => {}
+                (None, Some(fd)) => {
+                    // SAFETY: F_GETFD only asks whether `fd` is open.
+                    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                        return Err(ConfigError::Net(format!("net {i}: fd={fd} is not an open file descriptor")));
+                    }
+                }
+                _ => return Err(ConfigError::Net(format!("net {i}: give either tap= or fd=, one of them"))),
             }
         }
         if let Some(r) = &self.devices.rng {
@@ -438,6 +530,55 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
         return Err(ConfigError::Disk("path= is required".into()));
     }
     Ok(d)
+}
+
+/// Cloud Hypervisor's `--net tap=NAME|fd=N[,mac=M][,id=I][,offload_csum=on][,offload_tso=on]`
+/// (`num_queues` 1 or 2, `queue_size`, `offload_ufo` and `pci_segment` are
+/// accepted: one queue pair, no UFO, no PCI). `ip=`/`mask=` are refused:
+/// lithe does not set the host side's address.
+pub fn parse_net(s: &str) -> Result<NetConfig, ConfigError> {
+    let keys = [
+        "tap",
+        "fd",
+        "mac",
+        "id",
+        "offload_csum",
+        "offload_tso",
+        "offload_ufo",
+        "num_queues",
+        "queue_size",
+        "pci_segment",
+        "ip",
+        "mask",
+    ];
+    let err = ConfigError::Net;
+    let mut n = NetConfig::on_tap("");
+    n.tap = None;
+    for (k, v) in pairs(s, &keys).map_err(err)? {
+        match k {
+            "tap" => n.tap = Some(v.to_string()),
+            "fd" => n.fd = Some(v.parse().map_err(|_| err(format!("fd={v:?} is not a number")))?),
+            "mac" => {
+                parse_mac(v).map_err(err)?;
+                n.mac = v.to_string();
+            }
+            "id" => n.id = Some(v.to_string()),
+            "offload_csum" => n.offload_csum = on_off(k, v).map_err(err)?,
+            "offload_tso" => n.offload_tso = on_off(k, v).map_err(err)?,
+            "offload_ufo" => {
+                on_off(k, v).map_err(err)?;
+            }
+            "num_queues" if v == "1" || v == "2" => {}
+            "num_queues" => return Err(err(format!("num_queues={v}: lithe's net devices have one queue pair"))),
+            "queue_size" if v.parse::<u16>().is_ok_and(|q| q.is_power_of_two() && q <= 256) => {}
+            "queue_size" => return Err(err(format!("queue_size={v}: a power of two up to 256"))),
+            "ip" | "mask" => {
+                return Err(err(format!("{k}={v}: lithe does not set the TAP's address; give it with ip(8)")))
+            }
+            _ => {} // pci_segment: there is no PCI
+        }
+    }
+    Ok(n)
 }
 
 /// Cloud Hypervisor's `--vsock cid=N,socket=PATH` (`id` and `pci_segment` accepted).
@@ -634,6 +775,33 @@ mod tests {
     }
 
     #[test]
+    fn net_flags_parse_as_cloud_hypervisor_spells_them() {
+        let n = parse_net(
+            "tap=tap0,mac=02:00:00:00:00:01,id=net0,num_queues=2,queue_size=256,offload_ufo=on,pci_segment=0",
+        )
+        .unwrap();
+        assert_eq!(
+            (n.tap.as_deref(), n.mac.as_str(), n.id.as_deref()),
+            (Some("tap0"), "02:00:00:00:00:01", Some("net0"))
+        );
+        assert!(n.offload_csum && n.offload_tso);
+        let n = parse_net("fd=3,offload_tso=off").unwrap();
+        assert_eq!((n.fd, n.tap, n.offload_tso), (Some(3), None, false));
+        assert!(parse_mac(&n.mac).is_ok_and(|m| m[0] & 3 == 2), "a random local unicast MAC: {}", n.mac);
+        for bad in [
+            "tap=t,mac=01:00:00:00:00:01",
+            "tap=t,mac=0:1",
+            "tap=t,num_queues=4",
+            "tap=t,ip=10.0.0.1",
+            "tap=t,queue_size=100",
+            "tap=t,frob=1",
+        ] {
+            assert!(matches!(parse_net(bad), Err(ConfigError::Net(_))), "{bad:?}");
+        }
+        assert_eq!(ConfigError::Net(String::new()).flag(), "--net");
+    }
+
+    #[test]
     fn device_flags_parse_as_cloud_hypervisor_spells_them() {
         let d = parse_disk(
             "path=/d.raw,readonly=on,direct=true,id=root,serial=s0,num_queues=1,image_type=raw,pci_segment=0",
@@ -708,6 +876,14 @@ mod tests {
         assert!(matches!(vsock.validate(HOST), Err(ConfigError::Vsock(_))));
         vsock.devices.vsock = Some(VsockConfig { cid: 3, socket: dir.path().join("v.sock") });
         vsock.validate(HOST).unwrap();
+        // A net device: exactly one of tap= and fd=, the fd open.
+        let mut net = c.clone();
+        net.devices.net = vec![NetConfig { tap: None, ..NetConfig::on_tap("t") }];
+        assert!(matches!(net.validate(HOST), Err(ConfigError::Net(_))));
+        net.devices.net = vec![NetConfig { fd: Some(987), tap: None, ..NetConfig::on_tap("t") }];
+        assert!(matches!(net.validate(HOST), Err(ConfigError::Net(_))), "fd 987 is not open");
+        net.devices.net = vec![NetConfig::on_tap("t")];
+        net.validate(HOST).unwrap();
         let mut rng = c.clone();
         rng.devices.rng = Some(RngConfig { src: dir.path().join("no-rng") });
         assert!(matches!(rng.validate(HOST), Err(ConfigError::Rng(_))));

@@ -16,6 +16,8 @@ use log::info;
 
 use devices::virtio::block::{Block, DiskConfig as BlockConfig};
 use devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use devices::virtio::net::tap::{Tap, TapError};
+use devices::virtio::net::{Net, NetConfig as NetDeviceConfig};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::Vsock;
 use devices::virtio::{GuestMemoryHandle, ThreadInit, VirtioDevice, VirtioInterrupt};
@@ -39,6 +41,10 @@ pub enum DeviceError {
     Rng { path: String, source: std::io::Error },
     #[error("vsock socket {path}: {source}")]
     Vsock { path: String, source: std::io::Error },
+    #[error("net {index}: {source}")]
+    Tap { index: usize, source: TapError },
+    #[error("net {index}: {source}")]
+    Net { index: usize, source: std::io::Error },
     #[error("{name}: {source}")]
     Create { name: String, source: std::io::Error },
     #[error("{name}: KVM_IOEVENTFD for queue {queue}: {source}")]
@@ -58,6 +64,8 @@ pub struct WorkerInit {
     pub device: Option<ThreadInit>,
     /// vsock: Unix sockets too.
     pub vsock: Option<ThreadInit>,
+    /// net: its TAP, and the TAP's offload ioctl.
+    pub net: Option<ThreadInit>,
 }
 
 /// One device on the bus.
@@ -111,6 +119,31 @@ impl DeviceManager {
             let dev = Vsock::new(v.cid, &v.socket, init.vsock.clone())
                 .map_err(|source| DeviceError::Vsock { path, source })?;
             made.push(Box::new(dev));
+        }
+        for (index, n) in config.net.iter().enumerate() {
+            let tap = match (&n.tap, n.fd) {
+                (Some(name), _) => Tap::open(name),
+                (None, Some(fd)) => {
+                    // A duplicate: the configured fd stays open for the
+                    // next build of this VM (a reboot).
+                    // SAFETY: validation checked that `fd` is open, and the
+                    // configuration keeps it open while the VM exists.
+                    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    borrowed
+                        .try_clone_to_owned()
+                        .map_err(|e| TapError::Ioctl { op: "dup", name: format!("fd {fd}"), source: e })
+                        .and_then(Tap::from_fd)
+                }
+                (None, None) => Err(TapError::Name(String::new())),
+            }
+            .map_err(|source| DeviceError::Tap { index, source })?;
+            let mac = n.mac_bytes().map_err(|e| DeviceError::Net { index, source: std::io::Error::other(e) })?;
+            let cfg = NetDeviceConfig { mac, offload_csum: n.offload_csum, offload_tso: n.offload_tso };
+            let name = format!("virtio-net{index}");
+            info!("{name}: TAP {}, MAC {}", tap.name(), n.mac);
+            made.push(Box::new(
+                Net::new(&name, tap, cfg, init.net.clone()).map_err(|source| DeviceError::Net { index, source })?,
+            ));
         }
         if made.len() > MAX_DEVICES {
             return Err(DeviceError::TooMany { count: made.len() });

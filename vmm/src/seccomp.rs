@@ -56,6 +56,9 @@ pub struct Filters {
     /// The vsock worker: a device's, plus its Unix sockets (accept on its
     /// listener, connect to `<socket>_<port>`, non-blocking, shut down).
     pub vsock: Arc<Filter>,
+    /// A virtio-net worker: a device's, plus setting its TAP's offloads to
+    /// what the guest accepted.
+    pub net: Arc<Filter>,
 }
 
 /// One compiled filter and the thread kind it is for.
@@ -159,7 +162,8 @@ impl Filters {
             api: Arc::new(without_files("API", api_rules(), on_mismatch.clone())?),
             monitor: Arc::new(without_files("event monitor", allow_all(&[RUNTIME]), on_mismatch.clone())?),
             device: Arc::new(without_files("device", allow_all(&[RUNTIME, DEVICE_IO]), on_mismatch.clone())?),
-            vsock: Arc::new(without_files("vsock", vsock_rules(), on_mismatch)?),
+            vsock: Arc::new(without_files("vsock", vsock_rules(), on_mismatch.clone())?),
+            net: Arc::new(without_files("net", net_rules(), on_mismatch)?),
         })
     }
 }
@@ -359,6 +363,13 @@ fn vsock_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     rules.insert(libc::SYS_socket, vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)]);
     // std sets a socket non-blocking with FIONBIO.
     rules.insert(libc::SYS_ioctl, vec![arg_rule(1, SeccompCmpOp::Eq, libc::FIONBIO)]);
+    rules
+}
+
+fn net_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
+    let mut rules = allow_all(&[RUNTIME, DEVICE_IO]);
+    // TUNSETOFFLOAD, _IOW('T', 208, unsigned int), only.
+    rules.insert(libc::SYS_ioctl, vec![arg_rule(1, SeccompCmpOp::Eq, 0x4004_54d0)]);
     rules
 }
 

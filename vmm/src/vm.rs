@@ -214,8 +214,11 @@ impl Vm {
             let filter = f.clone();
             Arc::new(move || filter.apply().map_err(|e| e.to_string()))
         };
-        let worker_init =
-            WorkerInit { device: seccomp.map(|f| init(&f.device)), vsock: seccomp.map(|f| init(&f.vsock)) };
+        let worker_init = WorkerInit {
+            device: seccomp.map(|f| init(&f.device)),
+            vsock: seccomp.map(|f| init(&f.vsock)),
+            net: seccomp.map(|f| init(&f.net)),
+        };
         let guest_memory = GuestMemoryAtomic::new(mem.clone());
         let virtio =
             Arc::new(DeviceManager::new(&config.devices, &vm_fd, &guest_memory, &mut stack.mmio, &worker_init)?);

@@ -128,3 +128,22 @@ fn the_vsock_thread_may_use_unix_sockets_only() {
     assert_eq!(in_child(&f.vsock, open_fails_with_eacces), 0);
     assert_eq!(in_child(&f.vsock, || syscall(libc::SYS_execve, 0, 0, 0)), BLOCKED_SYSCALL_EXIT);
 }
+
+#[test]
+fn the_net_thread_may_read_write_and_set_offloads_only() {
+    let f = Filters::new().expect("filters");
+    const TUNSETOFFLOAD: libc::c_long = 0x4004_54d0;
+    const TUNSETIFF: libc::c_long = 0x4004_54ca;
+    let allowed = in_child(&f.net, || {
+        syscall(libc::SYS_epoll_wait, -1, 0, 0);
+        syscall(libc::SYS_read, -1, 0, 0);
+        syscall(libc::SYS_write, -1, 0, 0);
+        syscall(libc::SYS_ioctl, -1, TUNSETOFFLOAD, 0);
+    });
+    assert_eq!(allowed, 0);
+    // Not another TAP, not a socket, not KVM, not a file.
+    assert_eq!(in_child(&f.net, || syscall(libc::SYS_ioctl, -1, TUNSETIFF, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.net, || syscall(libc::SYS_ioctl, -1, KVM_RUN, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.net, || syscall(libc::SYS_socket, libc::AF_INET as _, 1, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.net, open_fails_with_eacces), 0);
+}

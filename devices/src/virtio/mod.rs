@@ -11,6 +11,7 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 pub mod worker;

@@ -28,6 +28,9 @@ pub trait QueueHandler: Send + 'static {
     fn started(&mut self, _fds: &mut dyn Watch) {}
     /// A fd registered with `token` is ready (`events`).
     fn process_fd(&mut self, _token: u32, _events: EventSet, _fds: &mut dyn Watch) {}
+    /// Once, when the queues are taken back: forget the fds that outlive
+    /// the handler (net's TAP), so nothing fires for a handler gone.
+    fn stopped(&mut self, _fds: &mut dyn Watch) {}
 }
 
 /// What a device may ask of the loop it runs in: watch or forget its own
@@ -111,7 +114,8 @@ impl<H: QueueHandler> Subscriber<H> {
     }
 
     fn stop_serving(&mut self, ops: &mut EventOps) {
-        if let Some((_, notifiers)) = self.serving.take() {
+        if let Some((mut handler, notifiers)) = self.serving.take() {
+            handler.stopped(&mut Fds { ops });
             for n in &notifiers {
                 let _ = ops.remove(Events::empty(n.as_ref()));
             }

@@ -11,6 +11,7 @@ mod devices;
 mod faults;
 mod hostile_guest;
 mod hotplug;
+mod net;
 mod topology;
 mod vsock;
 mod x2apic;
