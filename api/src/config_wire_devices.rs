@@ -67,9 +67,8 @@ fn net_default_only(key: &str, v: &Value) -> Option<bool> {
         "offload_ufo" => v.is_null() || v.is_boolean(),
         "pci_segment" => v.is_null() || v.is_u64(),
         "iommu" | "vhost_user" => v.is_null() || v == &Value::Bool(false),
-        "mtu" | "host_mac" | "vhost_socket" | "vhost_mode" | "rate_limiter_config" | "fds" | "ip" | "mask" => {
-            v.is_null()
-        }
+        "vhost_mode" => v.is_null() || v.as_str() == Some("Client"),
+        "mtu" | "host_mac" | "vhost_socket" | "rate_limiter_config" | "fds" => v.is_null(),
         _ => return None,
     };
     Some(ok)
@@ -77,17 +76,27 @@ fn net_default_only(key: &str, v: &Value) -> Option<bool> {
 
 /// `net[i]`: a TAP by name (fds come with `vm.add-net`), its MAC and offloads.
 fn net_from(i: usize, v: &Value, refused: &mut Vec<String>) -> Result<NetConfig, WireError> {
-    let field = format!("net[{i}]");
+    net_object(&format!("net[{i}]"), v, false, refused)
+}
+
+/// `vm.add-net`'s body: as a `net[]` entry, but the TAP may come as fds.
+pub fn net_from_add(v: &Value, has_fds: bool, refused: &mut Vec<String>) -> Result<NetConfig, WireError> {
+    net_object("net", v, has_fds, refused)
+}
+
+fn net_object(field: &str, v: &Value, has_fds: bool, refused: &mut Vec<String>) -> Result<NetConfig, WireError> {
     let Some(obj) = v.as_object() else { return Err(WireError::Invalid(format!("{field} must be an object"))) };
-    let Some(tap) = string(obj, &field, "tap")? else {
-        return Err(WireError::Invalid(format!("{field}.tap is required (lithe opens the TAP by name)")));
-    };
-    let mut n = NetConfig::on_tap(&tap);
-    if let Some(mac) = string(obj, &field, "mac")? {
+    let tap = string(obj, field, "tap")?;
+    if tap.is_none() && !has_fds {
+        return Err(WireError::Invalid(format!("{field}.tap is required (or send the TAP's fds with vm.add-net)")));
+    }
+    let mut n = NetConfig::on_tap(tap.as_deref().unwrap_or(""));
+    n.tap = tap;
+    if let Some(mac) = string(obj, field, "mac")? {
         vmm::config::parse_mac(&mac).map_err(|e| WireError::Invalid(format!("{field}.mac: {e}")))?;
         n.mac = mac;
     }
-    n.id = string(obj, &field, "id")?;
+    n.id = string(obj, field, "id")?;
     let on = |key: &str| -> Result<bool, WireError> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(true),
@@ -99,6 +108,17 @@ fn net_from(i: usize, v: &Value, refused: &mut Vec<String>) -> Result<NetConfig,
     n.offload_tso = on("offload_tso")?;
     for (k, v) in obj {
         if ["tap", "mac", "id", "offload_csum", "offload_tso"].contains(&k.as_str()) {
+            continue;
+        }
+        // The host side's address: lithe does not set it. Accepted at Cloud
+        // Hypervisor's defaults (which its generated clients, Kata's among
+        // them, always send) and with TAP fds (which Cloud Hypervisor then
+        // ignores it for).
+        if k == "ip" || k == "mask" {
+            let default = if k == "ip" { "192.168.249.1" } else { "255.255.255.0" };
+            if !(v.is_null() || has_fds || v.as_str() == Some(default)) {
+                refused.push(format!("{field}.{k} ({v}: lithe does not set the TAP's address; give it with ip(8))"));
+            }
             continue;
         }
         match net_default_only(k, v) {
@@ -270,6 +290,16 @@ mod tests {
         for bad in [json!({}), json!({"tap": "t", "mac": "01:00:00:00:00:01"}), json!({"tap": "t", "mac": "zz"})] {
             assert!(devices_from(&None, &Some(vec![bad.clone()]), &None, &None, &mut refused).is_err(), "{bad}");
         }
+        // Kata's vm.add-net body: accepted with fds, not without a TAP.
+        let kata: Value = serde_json::from_str(crate::vm_config::KATA_ADD_NET).unwrap();
+        let mut none = Vec::new();
+        let n = net_from_add(&kata, true, &mut none).unwrap();
+        assert!(none.is_empty(), "{none:?}");
+        assert_eq!((n.mac.as_str(), n.tap.as_deref()), ("02:42:ac:11:00:02", None));
+        assert!(net_from_add(&kata, false, &mut none).is_err(), "no TAP at all");
+        let mut named = Vec::new();
+        net_from_add(&json!({"tap": "t", "ip": "10.0.0.1"}), false, &mut named).unwrap();
+        assert!(named.join("|").contains("net.ip"), "{named:?}");
         let fresh = devices_from(&None, &Some(vec![json!({"tap": "t"})]), &None, &None, &mut refused).unwrap();
         assert!(vmm::config::parse_mac(&fresh.net[0].mac).is_ok_and(|m| m[0] & 3 == 2), "a random local unicast MAC");
     }

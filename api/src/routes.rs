@@ -1,8 +1,11 @@
 //! HTTP to actions and back: which action a method and path name (with the
 //! body decoded), and which status and body a result becomes.
 
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use vmm::resize::{ResizeError, ResizeRequest, DEFAULT_WAIT};
-use vmm::rpc::{ActionError, Command, Query, Refused, VmmAction, VmmData};
+
+use vmm::rpc::{ActionError, Command, Query, Refused, TapFds, VmmAction, VmmData};
 
 use crate::config_wire::{self, WireError};
 use crate::http::Request;
@@ -27,6 +30,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("PUT", "vm.pause"),
     ("PUT", "vm.resume"),
     ("PUT", "vm.power-button"),
+    ("PUT", "vm.add-net"),
 ];
 
 /// Cloud Hypervisor's endpoints for features lithe does not have, and what
@@ -38,7 +42,6 @@ pub const NOT_BUILT: &[(&str, &str)] = &[
     ("vm.add-disk", "block devices"),
     ("vm.add-fs", "virtio-fs"),
     ("vm.add-generic-vhost-user", "vhost-user devices"),
-    ("vm.add-net", "network devices"),
     ("vm.add-pmem", "pmem devices"),
     ("vm.add-vdpa", "vDPA devices"),
     ("vm.add-vsock", "vsock"),
@@ -85,6 +88,7 @@ pub fn failure(action: &VmmAction) -> &'static str {
             Command::DeleteVm => "The VM could not be deleted",
             Command::BootVm => "The VM could not boot",
             Command::Resize(_) => "The VM could not be resized",
+            Command::AddNet(..) => "The network device could not be added",
             Command::ShutdownVm => "The VM could not shutdown",
             Command::RebootVm => "The VM could not reboot",
             Command::PauseVm => "The VM could not be paused",
@@ -137,6 +141,20 @@ fn create(r: &Request) -> Result<VmmAction, ApiResponse> {
     Ok(VmmAction::Command(Command::CreateVm(Box::new(config))))
 }
 
+/// `vm.add-net`: Cloud Hypervisor's `NetConfig`, with the TAP either named
+/// (`tap`) or sent as fds alongside the request (Kata's way).
+fn add_net(r: &Request, fds: Vec<OwnedFd>) -> Result<VmmAction, ApiResponse> {
+    let body: serde_json::Value = json(&r.body)?;
+    let mut refused = Vec::new();
+    let net = crate::config_wire_devices::net_from_add(&body, !fds.is_empty(), &mut refused)
+        .map_err(|e| match e {
+            WireError::Unsupported(fields) => Refused::Unsupported(fields),
+            WireError::Invalid(m) => Refused::Invalid(m),
+        })
+        .and_then(|n| if refused.is_empty() { Ok(n) } else { Err(Refused::Unsupported(refused)) });
+    Ok(VmmAction::Command(Command::AddNet(Box::new(net), TapFds(Arc::new(fds)))))
+}
+
 /// A command that takes no body.
 fn command(r: &Request, c: Command) -> Result<VmmAction, ApiResponse> {
     no_body(r).map(|_| VmmAction::Command(c))
@@ -145,8 +163,10 @@ fn command(r: &Request, c: Command) -> Result<VmmAction, ApiResponse> {
 /// Decodes a request's body (and query) once the endpoint is known.
 type Decoder = fn(&Request) -> Result<VmmAction, ApiResponse>;
 
-/// Maps an HTTP request to a [`VmmAction`], or to the error reply.
-pub fn route(req: &Request) -> Result<VmmAction, ApiResponse> {
+/// Maps an HTTP request (and the fds that came with it) to a
+/// [`VmmAction`], or to the error reply. Only `vm.add-net` takes fds; with
+/// any other request they are refused, and closed.
+pub fn route(req: &Request, fds: Vec<OwnedFd>) -> Result<VmmAction, ApiResponse> {
     let not_found = |m: String| ApiResponse::error(404, ["Not Found".to_string(), m]);
     let Some(endpoint) = req.path.strip_prefix(API_PREFIX) else {
         return Err(not_found(format!("unknown path {}", req.path)));
@@ -165,6 +185,8 @@ pub fn route(req: &Request) -> Result<VmmAction, ApiResponse> {
         "vm.resume" => ("PUT", |r| command(r, Command::ResumeVm)),
         "vm.power-button" => ("PUT", |r| command(r, Command::PowerButton)),
         "vm.resize" => ("PUT", resize),
+        // Decoded below with the request's fds; this is the same without them.
+        "vm.add-net" => ("PUT", |r| add_net(r, Vec::new())),
         _ => {
             return Err(match NOT_BUILT.iter().find(|(e, _)| *e == endpoint) {
                 Some((_, missing)) => not_found(format!("lithe has no {missing}: {endpoint} is not available")),
@@ -182,6 +204,12 @@ pub fn route(req: &Request) -> Result<VmmAction, ApiResponse> {
     }
     if req.query.is_some() && endpoint != "vm.resize" {
         return Err(bad(format!("{endpoint} takes no query parameters")));
+    }
+    if endpoint == "vm.add-net" {
+        return add_net(req, fds);
+    }
+    if !fds.is_empty() {
+        return Err(bad(format!("{endpoint} takes no file descriptors ({} came with the request)", fds.len())));
     }
     build(req)
 }
@@ -214,6 +242,10 @@ pub fn respond(action_failure: &str, result: Result<VmmData, ActionError>) -> Ap
 mod tests {
     use super::*;
 
+    fn route_plain(r: &Request) -> Result<VmmAction, ApiResponse> {
+        route(r, Vec::new())
+    }
+
     fn req(method: &str, path: &str, body: &str) -> Request {
         let (path, query) = match path.split_once('?') {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
@@ -233,20 +265,24 @@ mod tests {
 
     #[test]
     fn routes_every_endpoint() {
-        assert_eq!(route(&req("GET", "/api/v1/vmm.ping", "")), Ok(VmmAction::Query(Query::Ping)));
-        assert_eq!(route(&req("PUT", "/api/v1/vm.pause", "")), Ok(VmmAction::Command(Command::PauseVm)));
-        assert_eq!(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":4}"#)), Ok(resize_to(4, None)));
+        assert_eq!(route_plain(&req("GET", "/api/v1/vmm.ping", "")), Ok(VmmAction::Query(Query::Ping)));
+        assert_eq!(route_plain(&req("PUT", "/api/v1/vm.pause", "")), Ok(VmmAction::Command(Command::PauseVm)));
+        assert_eq!(route_plain(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":4}"#)), Ok(resize_to(4, None)));
         assert_eq!(
-            route(&req("PUT", "/api/v1/vm.resize?wait=true", r#"{"desired_vcpus":2}"#)),
+            route_plain(&req("PUT", "/api/v1/vm.resize?wait=true", r#"{"desired_vcpus":2}"#)),
             Ok(resize_to(2, Some(DEFAULT_WAIT.as_millis() as u64)))
         );
         // ch-remote's resize body: the null fields are Cloud Hypervisor's schema.
         assert_eq!(
-            route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":3,"desired_ram":null,"desired_balloon":null}"#)),
+            route_plain(&req(
+                "PUT",
+                "/api/v1/vm.resize",
+                r#"{"desired_vcpus":3,"desired_ram":null,"desired_balloon":null}"#
+            )),
             Ok(resize_to(3, None))
         );
         assert!(matches!(
-            route(&req("PUT", "/api/v1/vm.create", r#"{"payload":{"kernel":"/k"}}"#)),
+            route_plain(&req("PUT", "/api/v1/vm.create", r#"{"payload":{"kernel":"/k"}}"#)),
             Ok(VmmAction::Command(Command::CreateVm(_)))
         ));
     }
@@ -260,9 +296,10 @@ mod tests {
             let body = match *endpoint {
                 "vm.resize" => r#"{"desired_vcpus":1}"#,
                 "vm.create" => r#"{"payload":{}}"#,
+                "vm.add-net" => r#"{"tap":"tap0"}"#,
                 _ => "",
             };
-            let r = route(&req(method, &format!("{API_PREFIX}{endpoint}"), body));
+            let r = route_plain(&req(method, &format!("{API_PREFIX}{endpoint}"), body));
             assert!(r.is_ok(), "{method} {endpoint}: {r:?}");
             let block = spec
                 .split(&format!("  /{endpoint}:\n"))
@@ -281,7 +318,7 @@ mod tests {
             let not_built = NOT_BUILT.iter().any(|(e, _)| e == path);
             assert!(served || not_built, "openapi.yaml documents {path}, which is neither served nor listed");
             if not_built {
-                let r = route(&req("PUT", &format!("{API_PREFIX}{path}"), "{}")).unwrap_err();
+                let r = route_plain(&req("PUT", &format!("{API_PREFIX}{path}"), "{}")).unwrap_err();
                 assert_eq!(r.status, 404, "{path}");
                 assert!(ApiResponse::error_text(r.body.as_ref().unwrap()).contains("lithe has no"), "{path}");
             }
@@ -331,41 +368,41 @@ mod tests {
 
     #[test]
     fn bad_input_gets_the_right_status_and_a_message_array() {
-        assert_eq!(status(route(&req("GET", "/nope", ""))), 404);
-        assert_eq!(status(route(&req("GET", "/api/v1/vm.nope", ""))), 404);
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.add-disk", "{}"))), 404);
-        assert_eq!(status(route(&req("GET", "/api/v1/vm.resize", ""))), 405);
-        assert_eq!(status(route(&req("POST", "/api/v1/vm.boot", ""))), 405);
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", ""))), 400);
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", "{"))), 400);
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":"4"}"#))), 400);
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":-1}"#))), 400);
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":[0,-3]}"#))), 400);
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":3}"#))), 400);
+        assert_eq!(status(route_plain(&req("GET", "/nope", ""))), 404);
+        assert_eq!(status(route_plain(&req("GET", "/api/v1/vm.nope", ""))), 404);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.add-disk", "{}"))), 404);
+        assert_eq!(status(route_plain(&req("GET", "/api/v1/vm.resize", ""))), 405);
+        assert_eq!(status(route_plain(&req("POST", "/api/v1/vm.boot", ""))), 405);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.resize", ""))), 400);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.resize", "{"))), 400);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":"4"}"#))), 400);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":-1}"#))), 400);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":[0,-3]}"#))), 400);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":3}"#))), 400);
         assert_eq!(
-            route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":[0,287]}"#)),
+            route_plain(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpu_ids":[0,287]}"#)),
             Ok(VmmAction::Command(Command::Resize(ResizeRequest::ids(&[0, 287]).unwrap())))
         );
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":2,"extra":1}"#))), 400);
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize?wait=maybe", r#"{"desired_vcpus":2}"#))), 400);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":2,"extra":1}"#))), 400);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.resize?wait=maybe", r#"{"desired_vcpus":2}"#))), 400);
         // Percent-encoded query parameters are decoded.
         assert_eq!(
-            route(&req("PUT", "/api/v1/vm.resize?wait%5Fms=%31%30", r#"{"desired_vcpus":2}"#)),
+            route_plain(&req("PUT", "/api/v1/vm.resize?wait%5Fms=%31%30", r#"{"desired_vcpus":2}"#)),
             Ok(resize_to(2, Some(10)))
         );
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.resize?wait=%FF", r#"{"desired_vcpus":2}"#))), 400);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.resize?wait=%FF", r#"{"desired_vcpus":2}"#))), 400);
         assert_eq!(
-            status(route(&req("PUT", "/api/v1/vm.resize?wait_ms=1", r#"{"desired_vcpus":2,"wait_ms":1}"#))),
+            status(route_plain(&req("PUT", "/api/v1/vm.resize?wait_ms=1", r#"{"desired_vcpus":2,"wait_ms":1}"#))),
             400
         );
         assert_eq!(
-            status(route(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":2,"wait_ms":99999999999}"#))),
+            status(route_plain(&req("PUT", "/api/v1/vm.resize", r#"{"desired_vcpus":2,"wait_ms":99999999999}"#))),
             400
         );
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.boot", "junk"))), 400);
-        assert_eq!(status(route(&req("GET", "/api/v1/vm.info?x=1", ""))), 400);
-        assert_eq!(status(route(&req("PUT", "/api/v1/vm.create", r#"{"payload":{},"gpu":1}"#))), 400);
-        let e = route(&req("PUT", "/api/v1/vm.resize", "{")).unwrap_err();
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.boot", "junk"))), 400);
+        assert_eq!(status(route_plain(&req("GET", "/api/v1/vm.info?x=1", ""))), 400);
+        assert_eq!(status(route_plain(&req("PUT", "/api/v1/vm.create", r#"{"payload":{},"gpu":1}"#))), 400);
+        let e = route_plain(&req("PUT", "/api/v1/vm.resize", "{")).unwrap_err();
         let body = e.body.unwrap();
         assert!(body.is_array(), "Cloud Hypervisor's error shape: {body}");
         assert!(ApiResponse::error_text(&body).contains("Failed to deserialize JSON"), "{body}");

@@ -7,6 +7,7 @@
 //! has one deadline for all of its bytes.
 
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::AssertUnwindSafe;
@@ -17,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use vmm::rpc::{ActionError, VmmAction, VmmData};
 
@@ -221,10 +223,44 @@ fn accept_loop(
     }
 }
 
-/// Reads with one deadline for a whole request.
+/// Most file descriptors one request may carry (`vm.add-net`: a TAP per
+/// queue pair); more make the read fail, and the kernel's copies are closed.
+pub const MAX_FDS: usize = 8;
+
+/// File descriptors that came with a request's bytes (`SCM_RIGHTS`). They
+/// close when dropped: on every error path, and for every endpoint but the
+/// one that takes them.
+#[derive(Default)]
+pub struct ReceivedFds(pub Vec<OwnedFd>);
+
+/// Reads bytes, and any file descriptors sent with them.
+fn recv(stream: &UnixStream, buf: &mut [u8], fds: &mut ReceivedFds) -> std::io::Result<usize> {
+    let mut raw = [-1; MAX_FDS];
+    let mut iov = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }];
+    // SAFETY: the one iovec covers `buf`, writable for its whole length.
+    let (n, count) = unsafe { stream.recv_with_fds(&mut iov, &mut raw) }.map_err(|e| match e.errno() {
+        // The kernel had more fds than room: it (or vmm-sys-util) closed them.
+        libc::ENOBUFS => std::io::Error::new(ErrorKind::InvalidInput, format!("more than {MAX_FDS} file descriptors")),
+        errno => std::io::Error::from_raw_os_error(errno),
+    })?;
+    for &fd in &raw[..count] {
+        // SAFETY: the kernel just installed `fd` for this process; nothing
+        // else knows of it, so this is its only owner.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        if fds.0.len() < MAX_FDS {
+            fds.0.push(owned);
+        } else {
+            return Err(std::io::Error::new(ErrorKind::InvalidInput, format!("more than {MAX_FDS} file descriptors")));
+        }
+    }
+    Ok(n)
+}
+
+/// Reads with one deadline for a whole request, keeping the fds it brings.
 struct DeadlineReader<'a> {
     stream: &'a UnixStream,
     deadline: Instant,
+    fds: &'a mut ReceivedFds,
 }
 
 impl Read for DeadlineReader<'_> {
@@ -234,7 +270,7 @@ impl Read for DeadlineReader<'_> {
             return Err(std::io::Error::new(ErrorKind::TimedOut, "request deadline passed"));
         }
         self.stream.set_read_timeout(Some(left))?;
-        (&*self.stream).read(buf)
+        recv(self.stream, buf, self.fds)
     }
 }
 
@@ -277,17 +313,25 @@ fn serve_connection(mut stream: UnixStream, handler: &dyn ApiHandler, inflight: 
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut buf = Vec::new();
     loop {
+        let mut fds = ReceivedFds::default();
         // Wait (up to the idle timeout) for the first byte of a request;
         // from then on the request deadline counts.
         if buf.is_empty() {
             let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
             let mut first = [0u8; 4096];
-            match stream.read(&mut first) {
-                Ok(0) | Err(_) => return,
+            match recv(&stream, &mut first, &mut fds) {
+                Ok(0) => return,
+                Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                    let r = ApiResponse::error(400, ["Bad Request".to_string(), e.to_string()]);
+                    let _ = write_response(&mut stream, r.status, r.body.as_ref(), false);
+                    close_gracefully(&mut stream);
+                    return;
+                }
+                Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&first[..n]),
             }
         }
-        let mut reader = DeadlineReader { stream: &stream, deadline: Instant::now() + REQUEST_DEADLINE };
+        let mut reader = DeadlineReader { stream: &stream, deadline: Instant::now() + REQUEST_DEADLINE, fds: &mut fds };
         let mut writer = &stream;
         let mut interim = || writer.write_all(b"HTTP/1.1 100 \r\n\r\n");
         let request = read_request(&mut reader, &mut buf, &mut interim);
@@ -295,7 +339,7 @@ fn serve_connection(mut stream: UnixStream, handler: &dyn ApiHandler, inflight: 
         let (response, keep_alive) = match request {
             Ok(req) => {
                 debug!("API: {} {}", req.method, req.path);
-                let response = match route(&req) {
+                let response = match route(&req, fds.0) {
                     Ok(action) => dispatch(handler, action),
                     Err(reply) => reply,
                 };

@@ -229,6 +229,10 @@ pub struct PlatformConfig {
 /// generated Go client's defaults), for tests across the workspace.
 pub const KATA_VM_CREATE: &str = include_str!("../fixtures/kata-vm-create.json");
 
+/// The `vm.add-net` body Kata's clh driver sends with its TAP fds (the
+/// generated Go client's `NewNetConfig` defaults, its MAC, no `tap`).
+pub const KATA_ADD_NET: &str = include_str!("../fixtures/kata-add-net.json");
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,3 +183,94 @@ fn thread_init_runs_on_the_server_thread_first_and_its_failure_is_an_error() {
     }
     assert!(!path.exists(), "the socket of a server that did not start is removed");
 }
+
+/// Records what `vm.add-net` brought.
+struct Recorder(std::sync::Mutex<Vec<(Result<vmm::config::NetConfig, vmm::rpc::Refused>, usize)>>);
+
+impl ApiHandler for Recorder {
+    fn handle(&self, action: VmmAction) -> Result<VmmData, ActionError> {
+        if let VmmAction::Command(Command::AddNet(net, fds)) = action {
+            self.0.lock().unwrap().push((*net, fds.0.len()));
+        }
+        Ok(VmmData::Empty)
+    }
+}
+
+/// One request, its bytes in one `sendmsg` with `fds` attached; the status.
+fn send_with_fds(path: &std::path::Path, head_and_body: &str, fds: &[i32]) -> u16 {
+    use std::io::Read;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.send_with_fds(&[head_and_body.as_bytes()], fds).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn put(endpoint: &str, body: &str) -> String {
+    format!("PUT /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+}
+
+/// Whether the write end of the pipe whose read end is `fd` is closed
+/// everywhere (the read end reports a hang-up within 5 s).
+fn hung_up(fd: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, 5000) };
+    n == 1 && p.revents & libc::POLLHUP != 0
+}
+
+#[test]
+fn add_net_takes_the_tap_fds_sent_with_it_and_any_other_request_closes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.sock");
+    let rec = Arc::new(Recorder(Default::default()));
+    let _server = ApiServer::start(&path, rec.clone()).unwrap();
+    let pipe = || {
+        let mut p = [0i32; 2];
+        // SAFETY: pipe2 writes two fds into `p`.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        p
+    };
+
+    // Kata's body (no tap: the fd is the TAP), one fd: handed to the VMM.
+    let [r, w] = pipe();
+    let body = r#"{"mac":"02:42:ac:11:00:02","num_queues":2,"queue_size":256,"offload_tso":true,"offload_ufo":true,"offload_csum":true}"#;
+    assert_eq!(send_with_fds(&path, &put("vm.add-net", body), &[w]), 204);
+    {
+        let got = rec.0.lock().unwrap();
+        let (net, n) = &got[0];
+        assert_eq!(*n, 1, "the fd reached the VMM");
+        assert_eq!(net.as_ref().unwrap().mac, "02:42:ac:11:00:02");
+    }
+    // SAFETY: closing our own copies.
+    unsafe { libc::close(w) };
+    assert!(hung_up(r), "the VMM's copy closed when it let go of the action");
+    // SAFETY: as above.
+    unsafe { libc::close(r) };
+
+    // Neither a tap nor fds: refused, named.
+    assert_eq!(send_with_fds(&path, &put("vm.add-net", r#"{"mac":"02:00:00:00:00:01"}"#), &[]), 204);
+    assert!(rec.0.lock().unwrap()[1].0.is_err(), "the VMM is told the body is no configuration");
+
+    // Fds with an endpoint that takes none: 400, and the server's copies closed.
+    let [r, w] = pipe();
+    assert_eq!(send_with_fds(&path, &put("vm.pause", ""), &[w]), 400);
+    // SAFETY: closing our own copy.
+    unsafe { libc::close(w) };
+    assert!(hung_up(r), "the refused fd was closed");
+    // SAFETY: as above.
+    unsafe { libc::close(r) };
+
+    // More fds than a request may carry: refused, all closed.
+    let [r, w] = pipe();
+    let many = vec![w; api::server::MAX_FDS + 1];
+    assert_eq!(send_with_fds(&path, &put("vm.add-net", r#"{"tap":"t"}"#), &many), 400);
+    // SAFETY: closing our own copy.
+    unsafe { libc::close(w) };
+    assert!(hung_up(r), "every copy of the fd was closed");
+    // SAFETY: as above.
+    unsafe { libc::close(r) };
+}

@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(req) = read_request(&mut &data[..], &mut Vec::new(), &mut || Ok(())) else { return };
-    match route(&req) {
+    match route(&req, Vec::new()) {
         Ok(action) => {
             // Whatever the VMM answers, the reply is well-formed.
             let failure = failure(&action);

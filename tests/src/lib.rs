@@ -13,6 +13,8 @@
 //! they come; `LITHE_TEST_MEMORY` replaces `--memory size=128M` (e.g.
 //! `size=128M,thp=off`).
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};

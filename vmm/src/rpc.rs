@@ -7,7 +7,10 @@
 //! answered on the API thread from lock-free state (`api_bridge`); a
 //! [`Command`] changes the VM and runs on the main loop (`vmm`).
 
-use crate::config::{ConfigError, VmConfig};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::config::{ConfigError, NetConfig, VmConfig};
 use crate::resize::{ResizeError, ResizeReport, ResizeRequest, TargetStatus, VcpuInfo};
 use crate::vm::VmError;
 
@@ -34,12 +37,27 @@ pub enum Command {
     DeleteVm,
     BootVm,
     Resize(ResizeRequest),
+    /// A network device for the VM not booted yet (`vm.add-net`): its
+    /// configuration, and the TAP fds that came with the request.
+    AddNet(Box<Result<NetConfig, Refused>>, TapFds),
     ShutdownVm,
     RebootVm,
     PauseVm,
     ResumeVm,
     PowerButton,
     ShutdownVmm,
+}
+
+/// Open TAP fds handed over with a request (`SCM_RIGHTS`). Shared so the
+/// action stays `Clone`; closed when the last holder lets go.
+#[derive(Debug, Clone, Default)]
+pub struct TapFds(pub Arc<Vec<OwnedFd>>);
+
+impl PartialEq for TapFds {
+    fn eq(&self, other: &Self) -> bool {
+        let raw = |t: &TapFds| t.0.iter().map(|f| f.as_raw_fd()).collect::<Vec<_>>();
+        raw(self) == raw(other)
+    }
 }
 
 /// Why a `vm.create` body is no configuration lithe can run.

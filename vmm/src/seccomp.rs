@@ -244,6 +244,8 @@ const SPAWN: &[libc::c_long] =
 const API_IO: &[libc::c_long] = &[
     libc::SYS_accept4,
     libc::SYS_read,
+    // Reads that may carry fds (`vm.add-net`'s TAPs).
+    libc::SYS_recvmsg,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_setsockopt,
@@ -313,8 +315,14 @@ fn arg_rule(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompRule {
 fn main_rules(pid: libc::pid_t) -> BTreeMap<i64, Vec<SeccompRule>> {
     let mut rules = allow_all(&[RUNTIME, MAIN_LOOP]);
     let kvmio = u64::from(kvm_bindings::KVMIO) << 8;
-    // Any KVM ioctl (the type byte of the request is KVMIO), no other.
-    rules.insert(libc::SYS_ioctl, vec![arg_rule(1, SeccompCmpOp::MaskedEq(0xff00), kvmio)]);
+    // Any KVM ioctl (the type byte of the request is KVMIO), and the four a
+    // virtio-net device's TAP takes when the VM is built: TUNSETIFF,
+    // TUNGETIFF, TUNSETVNETHDRSZ, TUNSETOFFLOAD.
+    let mut ioctls = vec![arg_rule(1, SeccompCmpOp::MaskedEq(0xff00), kvmio)];
+    for tun in [0x4004_54ca_u64, 0x8004_54d2, 0x4004_54d8, 0x4004_54d0] {
+        ioctls.push(arg_rule(1, SeccompCmpOp::Eq, tun));
+    }
+    rules.insert(libc::SYS_ioctl, ioctls);
     // Threads only (clone3 is ENOSYS, see the module doc).
     let thread = libc::CLONE_THREAD as u64;
     rules.insert(libc::SYS_clone, vec![arg_rule(0, SeccompCmpOp::MaskedEq(thread), thread)]);

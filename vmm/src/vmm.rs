@@ -15,11 +15,11 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::api_bridge::{MainLoopRequest, Reply, VmState, VmmShared};
-use crate::config::{KvmLimits, SerialConfig, VmConfig};
+use crate::config::{KvmLimits, NetConfig, SerialConfig, VmConfig};
 use crate::events::emit;
 use crate::exit::VmExit;
 use crate::resize::{self, ResizeRequest};
-use crate::rpc::{ActionError, Command, Refused};
+use crate::rpc::{ActionError, Command, Refused, TapFds};
 use crate::seccomp::Filters;
 use crate::vm::{Ended, Vm, VmError};
 
@@ -47,6 +47,9 @@ pub struct Vmm {
     shared: Arc<VmmShared>,
     exit_code: Option<i32>,
     seccomp: Option<Filters>,
+    /// TAP fds handed over with `vm.add-net`, open while the configuration
+    /// names them (each build of the VM takes a duplicate).
+    tap_fds: Vec<TapFds>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +89,7 @@ impl Vmm {
             shared,
             exit_code: None,
             seccomp,
+            tap_fds: Vec::new(),
         })
     }
 
@@ -243,6 +247,7 @@ impl Vmm {
         match command {
             Command::CreateVm(config) => self.create(*config),
             Command::BootVm => self.boot_action(),
+            Command::AddNet(net, fds) => self.add_net(*net, fds),
             Command::DeleteVm => {
                 // Cloud Hypervisor: shut the VM down if it runs, forget its config.
                 if self.vm.is_some() {
@@ -251,6 +256,7 @@ impl Vmm {
                 if self.config.take().is_some() {
                     emit("vm", "deleted", &[]);
                 }
+                self.tap_fds.clear();
                 self.shared.config.store(None);
                 self.shared.set_state(VmState::NotCreated);
                 Ok(Reply::Done)
@@ -304,6 +310,39 @@ impl Vmm {
         config.validate(KvmLimits::probe())?;
         info!("VM configured over the API");
         self.set_config(config);
+        Ok(Reply::Done)
+    }
+
+    /// `vm.add-net` before boot, as Cloud Hypervisor takes it then: the
+    /// device joins the configuration. With fds, the first is the TAP (one
+    /// queue pair; more fds would be more pairs, and are closed).
+    fn add_net(&mut self, net: Result<NetConfig, Refused>, fds: TapFds) -> Result<Reply, ActionError> {
+        if self.vm.is_some() {
+            return Err(ActionError::AlreadyBooted);
+        }
+        let Some(config) = self.config.as_ref() else {
+            return Err(ActionError::NotCreated);
+        };
+        let mut net = net?;
+        if let Some(fd) = fds.0.first() {
+            net.tap = None;
+            net.fd = Some(fd.as_raw_fd());
+        }
+        let mut next = config.clone();
+        next.devices.net.push(net);
+        next.validate(KvmLimits::probe())?;
+        info!(
+            "network device {} added (TAP {})",
+            next.devices.net.len() - 1,
+            match (&next.devices.net.last().and_then(|n| n.tap.clone()), fds.0.len()) {
+                (Some(name), _) => name.clone(),
+                (None, n) => format!("from {n} fd(s) sent with the request"),
+            }
+        );
+        if !fds.0.is_empty() {
+            self.tap_fds.push(fds);
+        }
+        self.set_config(next);
         Ok(Reply::Done)
     }
 

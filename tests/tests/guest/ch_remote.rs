@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tests::netns::{put_with_fds, Netns};
 use tests::{Guest, GuestImage, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
 
 /// Cloud Hypervisor's `ch-remote`; missing, it fails `test` under CI.
@@ -205,8 +206,17 @@ fn katas_clh_driver_sequence() {
     body["vsock"]["socket"] = json!(hvsock);
     let (s, r) = g.api("PUT", "vm.create", body);
     assert_eq!(s, 204, "{r}");
+    // AddNet: Kata opens the pod's TAP in its network namespace and sends
+    // the fd with vm.add-net (SCM_RIGHTS), with its generated client's body.
+    let Some(ns) = Netns::new("kata") else { return };
+    let tap = ns.open_tap("ktap0");
+    ns.ip(&["addr", "add", "10.78.0.1/24", "dev", "ktap0"]);
+    ns.ip(&["link", "set", "ktap0", "up"]);
+    assert_eq!(put_with_fds(&g.socket, "vm.add-net", api::vm_config::KATA_ADD_NET, &[&tap]), 204);
+    drop(tap); // lithe holds its own copy now
     let (s, info) = g.api("GET", "vm.info", Value::Null);
     assert_eq!((s, info["state"].as_str()), (200, Some("Created")), "{info}");
+    assert_eq!(info["config"]["net"][0]["mac"], json!("02:42:ac:11:00:02"), "{info}");
     let (s, r) = g.api("PUT", "vm.boot", Value::Null);
     assert_eq!(s, 204, "{r}");
     let (s, info) = g.api("GET", "vm.info", Value::Null);
@@ -229,6 +239,15 @@ fn katas_clh_driver_sequence() {
     let mut echo = String::new();
     std::io::BufRead::read_line(&mut reader, &mut echo).unwrap();
     assert_eq!(echo, "hello agent\n", "the guest answered over vsock");
+    // The pod's network: the guest on the TAP Kata handed over.
+    g.send("net-up 10.78.0.2/24");
+    g.wait_console("LITHE-GUEST net-up eth0 addr=10.78.0.2/24 mac=02:42:ac:11:00:02", HOTPLUG_TIMEOUT);
+    let mut tcp = ns.connect("10.78.0.2:7".parse().unwrap(), HOTPLUG_TIMEOUT);
+    tcp.set_read_timeout(Some(HOTPLUG_TIMEOUT)).unwrap();
+    tcp.write_all(b"hello pod\n").unwrap();
+    let mut back = [0u8; 10];
+    std::io::Read::read_exact(&mut tcp, &mut back).unwrap();
+    assert_eq!(&back, b"hello pod\n", "the guest answered over the TAP");
 
     // ResizeVCPUs: current = config.cpus.boot_vcpus, then a bare resize.
     let current = info["config"]["cpus"]["boot_vcpus"].as_u64().unwrap();

@@ -6,11 +6,9 @@
 //! traffic is bounded (1 MiB, each read bounded in time).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::Duration;
 
+use tests::netns::Netns;
 use tests::{Guest, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
 
 const HOST: &str = "10.77.0.1/24";
@@ -18,54 +16,9 @@ const GUEST: &str = "10.77.0.2";
 const MAC: &str = "02:4c:00:00:00:07";
 const STREAM_BYTES: usize = 1 << 20;
 
-/// A network namespace, removed when dropped (with the TAP in it).
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Option<Netns> {
-        if !Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success()) {
-            prereq::missing("net", "ip(8) (Debian: iproute2)");
-            return None;
-        }
-        let name = format!("lithe-net-{}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success());
-        if !ok {
-            prereq::missing("net", "a network namespace (`ip netns add` needs CAP_SYS_ADMIN)");
-            return None;
-        }
-        Some(Netns(name))
-    }
-
-    /// `ip netns exec NS ip ARGS`, which must succeed.
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip").args(["netns", "exec", &self.0, "ip"]).args(args).output().unwrap();
-        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// A TCP connection to `addr`, made from inside the namespace (on a
-    /// thread that joins it, so the test's other threads stay where they are).
-    fn connect(&self, addr: SocketAddr) -> TcpStream {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on an open namespace fd, for this thread only.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-            TcpStream::connect_timeout(&addr, HOTPLUG_TIMEOUT).unwrap()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn tcp_over_virtio_net_keeps_flowing_while_vcpus_change() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("net") else { return };
     let net = format!("tap=ltap0,mac={MAC}");
     let mut g = Guest::launch(Launch {
         cpus: "boot=1,max=3",
@@ -81,7 +34,7 @@ fn tcp_over_virtio_net_keeps_flowing_while_vcpus_change() {
     g.send(&format!("net-up {GUEST}/24"));
     g.wait_console(&format!("LITHE-GUEST net-up eth0 addr={GUEST}/24 mac={MAC}"), HOTPLUG_TIMEOUT);
 
-    let s = ns.connect(format!("{GUEST}:7").parse().unwrap());
+    let s = ns.connect(format!("{GUEST}:7").parse().unwrap(), HOTPLUG_TIMEOUT);
     s.set_read_timeout(Some(HOTPLUG_TIMEOUT)).unwrap();
     // A writer streams a pattern; the test reads the echo back and checks
     // every byte, while it adds two vCPUs and removes them again.
@@ -119,7 +72,7 @@ fn tcp_over_virtio_net_keeps_flowing_while_vcpus_change() {
     assert_eq!(resized, 2, "both resizes happened mid-stream");
 
     // A new connection after the resizes, and the device's counters.
-    let mut s = ns.connect(format!("{GUEST}:7").parse().unwrap());
+    let mut s = ns.connect(format!("{GUEST}:7").parse().unwrap(), HOTPLUG_TIMEOUT);
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     s.write_all(b"after the resizes\n").unwrap();
     let mut back = [0u8; 18];
