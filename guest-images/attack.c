@@ -9,8 +9,8 @@
  *     through /dev/mem: random offsets across both pages, widths 1/2/4/8,
  *     random values; ejects (EJECT, 0x600) of vCPU 0, absent and out-of-range
  *     ids; _OST storms (OST_SELECT/EVENT/STATUS) for any id;
- *   - the virtio-mmio devices (0xd0000000, one 4 KiB window each, when the VM
- *     has them): random reads and writes, and whole device setups with
+ *   - the virtio-mmio devices (0xd0000000, one 4 KiB window each, three: the
+ *     hostile-guest test's disk, rng and network card): random reads and writes, and whole device setups with
  *     random features and queue sizes whose rings sit in a page of the
  *     attacker's own memory (its physical address from /proc/self/pagemap),
  *     filled with random descriptors: loops, overlaps, lengths past the end,
@@ -54,7 +54,8 @@
 #define REG_OST_STATUS 0x60c
 #define REG_BLOCK 0x200 /* PRESENT, INSERT, REMOVE, then the control block */
 #define VIRTIO_BASE 0xd0000000UL
-#define VIRTIO_WINDOW 0x2000UL /* two devices: the test's disk and rng */
+#define VIRTIO_DEVICES 3UL /* the test's disk, rng and network card */
+#define VIRTIO_WINDOW (VIRTIO_DEVICES * 0x1000UL)
 #define RING_USED 0x7f8 /* a used ring of up to 256 entries (2054 bytes) ends below 0x1000 */
 #define SYS_lseek 8
 #define MAP_PRIVATE 2
@@ -320,7 +321,7 @@ __attribute__((used, noreturn)) void attack(long *sp)
 			switch (r % 11) {
 			case 8: mmio_write(vio, off, width, next()); mmio++; break;
 			case 9: mmio_read(vio, off, width); mmio++; break;
-			default: hostile_setup(vio, next() % 2); mmio += 20; break;
+			default: hostile_setup(vio, next() % VIRTIO_DEVICES); mmio += 20; break;
 			}
 			continue;
 		}
@@ -383,8 +384,8 @@ __attribute__((used, noreturn)) void attack(long *sp)
 	/* The devices forget the rings in our page before it goes back to the
 	 * kernel: a later notify (the guest's own driver) must not write there. */
 	if (vio) {
-		mmio_write(vio, 0x70, 4, 0);
-		mmio_write(vio + 0x1000, 0x70, 4, 0);
+		for (unsigned long d = 0; d < VIRTIO_DEVICES; d++)
+			mmio_write(vio + d * 0x1000, 0x70, 4, 0);
 	}
 	say("done", seed, count, mmio, ports);
 	sys6(SYS_exit, 0, 0, 0, 0, 0, 0);

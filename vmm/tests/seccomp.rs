@@ -147,3 +147,16 @@ fn the_net_thread_may_read_write_and_set_offloads_only() {
     assert_eq!(in_child(&f.net, || syscall(libc::SYS_socket, libc::AF_INET as _, 1, 0)), BLOCKED_SYSCALL_EXIT);
     assert_eq!(in_child(&f.net, open_fails_with_eacces), 0);
 }
+
+#[test]
+fn every_thread_may_ask_whether_a_descriptor_is_open_and_no_more() {
+    // What Rust's std does before closing an fd in a debug build.
+    let f = Filters::new().expect("filters");
+    for filter in [&f.vcpu, &f.api, &f.monitor, &f.device, &f.vsock, &f.net] {
+        assert_eq!(in_child(filter, || syscall(libc::SYS_fcntl, 0, libc::F_GETFD as _, 0)), 0);
+    }
+    for filter in [&f.vcpu, &f.device, &f.net] {
+        let dup = || syscall(libc::SYS_fcntl, 0, libc::F_DUPFD_CLOEXEC as _, 3);
+        assert_eq!(in_child(filter, dup), BLOCKED_SYSCALL_EXIT);
+    }
+}

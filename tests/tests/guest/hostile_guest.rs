@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tests::netns::Netns;
 use tests::{Guest, Launch, BOOT_TIMEOUT, HOTPLUG_TIMEOUT};
 
 /// Accesses per run: each is an emulated exit; a few thousand take seconds.
@@ -30,7 +31,9 @@ fn counter(g: &Guest, device: &str, name: &str) -> u64 {
 
 #[test]
 fn a_guest_writing_garbage_to_the_registers_leaves_lithe_serving_and_in_agreement() {
-    // A disk and an rng too: the attacker sets them up with hostile rings.
+    // A disk, an rng and a network card too: the attacker sets them up with
+    // hostile rings. The TAP lives in a namespace of the test's, down.
+    let Some(ns) = Netns::new("hostile") else { return };
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.raw");
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
@@ -38,7 +41,8 @@ fn a_guest_writing_garbage_to_the_registers_leaves_lithe_serving_and_in_agreemen
     let mut g = Guest::launch(Launch {
         cpus: "boot=2,max=4",
         with_kernel: true,
-        args: &["--disk", &disk, "--rng", "src=/dev/urandom"],
+        args: &["--disk", &disk, "--rng", "src=/dev/urandom", "--net", "tap=hostile0"],
+        netns: Some(&ns.0),
         ..Launch::default()
     });
     g.wait_apic(&[0, 1], BOOT_TIMEOUT);
@@ -62,11 +66,13 @@ fn a_guest_writing_garbage_to_the_registers_leaves_lithe_serving_and_in_agreemen
     assert!(g.log_contains("never removable"), "the eject of vCPU 0 was seen and refused");
     // Both virtio devices saw the garbage and said what they refused (their
     // start-up and activation lines aside).
-    for device in ["virtio-blk0: ", "virtio-rng: "] {
+    for device in ["virtio-blk0: ", "virtio-rng: ", "virtio-net0: "] {
         let refused = g
             .log_lines()
             .iter()
-            .filter(|l| l.contains(device) && !l.contains("virtio-mmio at") && !l.contains("activated"))
+            .filter(|l| {
+                l.contains(device) && !l.contains("virtio-mmio at") && !l.contains("activated") && !l.contains(": TAP ")
+            })
             .count();
         assert!(refused > 0, "no refusal logged for {device}");
     }
