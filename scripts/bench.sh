@@ -2,9 +2,11 @@
 # Side-by-side benchmark of lithe and Cloud Hypervisor (../shared/peers),
 # on the same guest, alternating, in one run: see tests/src/bin/bench/.
 # Each section writes its own page: hotplug docs/benchmarks.md (~15-25
-# minutes), io docs/benchmarks-io.md (~10 minutes). Not part of the tests:
+# minutes), io docs/benchmarks-io.md (~10 minutes), netscale (lithe alone:
+# TCP requests/s while the vCPUs go 1 -> 4 -> 1, ~3 minutes, needs root for
+# a network namespace) docs/benchmarks-net-scale.md. Not part of the tests:
 # absolute times swing from day to day; read the ratios.
-#   scripts/bench.sh [--runs N] [--max 4,32,64] [--sections hotplug,io]
+#   scripts/bench.sh [--runs N] [--max 4,32,64] [--sections hotplug,io,netscale]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/deps.sh >/dev/null
@@ -12,7 +14,7 @@ guest-images/build.sh >/dev/null
 cargo build --release -p lithe --bin lithe -q
 cargo build --release -p tests --bin bench -q
 
-args=() sections=hotplug,io
+args=() sections=hotplug,io,netscale
 while [ $# -gt 0 ]; do
 	case $1 in
 	--sections) sections=$2; shift 2 ;;
@@ -28,17 +30,28 @@ for section in ${sections//,/ }; do
 	case $section in
 	hotplug) page=docs/benchmarks.md title="vCPU hotplug" ;;
 	io) page=docs/benchmarks-io.md title="I/O" ;;
-	*) echo "bench.sh: unknown section '$section' (hotplug, io)" >&2; exit 2 ;;
+	netscale) page=docs/benchmarks-net-scale.md title="TCP throughput while the vCPUs change" ;;
+	*) echo "bench.sh: unknown section '$section' (hotplug, io, netscale)" >&2; exit 2 ;;
 	esac
 	target/release/bench --out "$table" --sections "$section" "${args[@]}"
 	{
-		echo "# Benchmarks, $title: lithe next to Cloud Hypervisor"
+		if [ "$section" = netscale ]; then
+			echo "# Benchmarks, $title (lithe)"
+		else
+			echo "# Benchmarks, $title: lithe next to Cloud Hypervisor"
+		fi
 		echo
 		echo "Made by \`scripts/bench.sh --sections $section ${args[*]}\` on $(date -u +%Y-%m-%d) ($(nproc) host CPUs, KVM: $kvm),"
 		echo "lithe $(git rev-parse --short HEAD), Cloud Hypervisor: $ch."
-		echo "Both VMMs boot the same guest-images/out/vmlinux, initramfs and command line with boot=1 and 256 MiB,"
-		echo "one VM at a time, alternating which goes first. Absolute times on this machine swing ~2.5x from day"
-		echo "to day: compare the ratios, which come from one run."
+		if [ "$section" = netscale ]; then
+			echo "lithe boots guest-images/out/vmlinux and initramfs with boot=1,max=4, 256 MiB and a virtio-net device on a TAP"
+			echo "in a network namespace the bench makes and removes (\`lithe_net=\` on the command line runs the guest's net-up)."
+			echo "No other VMM publishes this figure; absolute rates on this machine swing from day to day."
+		else
+			echo "Both VMMs boot the same guest-images/out/vmlinux, initramfs and command line with boot=1 and 256 MiB,"
+			echo "one VM at a time, alternating which goes first. Absolute times on this machine swing ~2.5x from day"
+			echo "to day: compare the ratios, which come from one run."
+		fi
 		echo
 		if [ "$section" = io ]; then
 			echo "Each VM has one vCPU, a fresh copy of the same 256 MiB raw image of pseudo-random bytes"

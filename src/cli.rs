@@ -37,7 +37,7 @@ pub struct VmArgs {
     #[arg(long, value_name = "boot=N,max=M", default_value = "boot=1")]
     pub cpus: String,
     /// Guest RAM: size=128M, and thp=off to not ask for transparent huge pages.
-    #[arg(long, value_name = "size=SIZE[,thp=on|off]", default_value = "size=128M")]
+    #[arg(long, value_name = "size=SIZE[,thp=on|off][,shared=on]", default_value = "size=128M")]
     pub memory: String,
     /// A virtio-blk disk on a raw image (repeatable):
     /// path=PATH[,readonly=on][,direct=on][,id=ID][,serial=SERIAL].

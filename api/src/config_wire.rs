@@ -140,13 +140,17 @@ pub fn from_wire(w: &wire::VmConfig) -> Result<VmConfig, WireError> {
                 }
             }
             no.flag("memory.mergeable", m.mergeable, false, "no KSM merging");
-            no.flag("memory.shared", m.shared, false, "guest RAM is private (no vhost-user devices to share it with)");
             no.flag("memory.hugepages", m.hugepages, false, "no hugetlbfs backing; thp is honoured");
             no.number("memory.hugepage_size", m.hugepage_size, "no hugetlbfs backing");
             no.flag("memory.prefault", m.prefault, false, "no prefaulting");
             no.flag("memory.reserve", m.reserve, false, "no reservation");
             no.list("memory.zones", &m.zones, "no memory zones");
-            MemoryConfig { size: m.size, hotplug_size: m.hotplug_size.filter(|&s| s != 0), thp: m.thp.unwrap_or(true) }
+            MemoryConfig {
+                size: m.size,
+                hotplug_size: m.hotplug_size.filter(|&s| s != 0),
+                thp: m.thp.unwrap_or(true),
+                shared: m.shared.unwrap_or(false),
+            }
         }
     };
 
@@ -264,7 +268,7 @@ pub fn to_wire(c: &VmConfig) -> wire::VmConfig {
             hotplugged_size: None,
             mergeable: Some(false),
             hotplug_method: Some("Acpi".into()),
-            shared: Some(false),
+            shared: Some(c.memory.shared),
             hugepages: Some(false),
             hugepage_size: None,
             prefault: Some(false),
@@ -355,7 +359,6 @@ mod tests {
             "payload.firmware",
             "disks[0].vhost_user",
             "iommu",
-            "memory.shared",
             "memory.hugepages",
             "cpus.kvm_hyperv",
             "cpus.affinity",

@@ -137,11 +137,14 @@ pub struct MemoryConfig {
     /// Ask for transparent huge pages on guest RAM (`madvise(MADV_HUGEPAGE)`).
     #[serde(default = "yes")]
     pub thp: bool,
+    /// Guest RAM from one memfd mapped shared (for vhost-user backends).
+    #[serde(default)]
+    pub shared: bool,
 }
 
 impl MemoryConfig {
     pub fn new(size: u64) -> MemoryConfig {
-        MemoryConfig { size, hotplug_size: None, thp: true }
+        MemoryConfig { size, hotplug_size: None, thp: true, shared: false }
     }
 }
 
@@ -664,21 +667,16 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, ConfigError> {
         return parse_size(s).map(MemoryConfig::new).map_err(ConfigError::Memory);
     }
     let mut size = None;
-    let mut thp = true;
-    for (k, v) in pairs(s, &["size", "thp"]).map_err(ConfigError::Memory)? {
+    let (mut thp, mut shared) = (true, false);
+    for (k, v) in pairs(s, &["size", "thp", "shared"]).map_err(ConfigError::Memory)? {
         match k {
             "size" => size = Some(parse_size(v).map_err(ConfigError::Memory)?),
-            _ => {
-                thp = match v {
-                    "on" => true,
-                    "off" => false,
-                    _ => return Err(ConfigError::Memory(format!("thp={v:?}: expected on or off"))),
-                }
-            }
+            "thp" => thp = on_off(k, v).map_err(ConfigError::Memory)?,
+            _ => shared = on_off(k, v).map_err(ConfigError::Memory)?,
         }
     }
     let size = size.ok_or_else(|| ConfigError::Memory("size= is missing".into()))?;
-    Ok(MemoryConfig { thp, ..MemoryConfig::new(size) })
+    Ok(MemoryConfig { thp, shared, ..MemoryConfig::new(size) })
 }
 
 /// `tty`, `off`, or `file=PATH`.

@@ -81,15 +81,47 @@ pub fn low_ram_end(size: u64) -> u64 {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot allocate {size} bytes of guest memory: {source}")]
-pub struct MemoryError {
-    size: u64,
-    source: vm_memory::mmap::FromRangesError,
+pub enum MemoryError {
+    #[error("cannot allocate {size} bytes of guest memory: {source}")]
+    Map { size: u64, source: vm_memory::mmap::FromRangesError },
+    #[error("cannot make a {size}-byte memfd for shared guest memory: {source}")]
+    Memfd { size: u64, source: std::io::Error },
 }
 
-/// Allocates anonymous, private guest RAM.
-pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
-    GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(|source| MemoryError { size, source })
+/// Allocates guest RAM: anonymous and private, or (`shared`, Cloud
+/// Hypervisor's `memory.shared`) one memfd mapped shared, so a vhost-user
+/// backend can map the same pages from the fd lithe sends it.
+pub fn create_guest_memory(size: u64, shared: bool) -> Result<GuestMemory, MemoryError> {
+    let regions = ram_regions(size);
+    if !shared {
+        return GuestMemoryMmap::from_ranges(&regions).map_err(|source| MemoryError::Map { size, source });
+    }
+    let memfd = memfd("lithe-guest-ram", size).map_err(|source| MemoryError::Memfd { size, source })?;
+    let mut offset = 0u64;
+    let with_files: Vec<_> = regions
+        .iter()
+        .map(|&(addr, len)| {
+            let file = Some(vm_memory::FileOffset::from_arc(memfd.clone(), offset));
+            offset += len as u64;
+            (addr, len, file)
+        })
+        .collect();
+    GuestMemoryMmap::from_ranges_with_files(with_files).map_err(|source| MemoryError::Map { size, source })
+}
+
+/// An anonymous file of `size` bytes (`memfd_create`), close-on-exec.
+fn memfd(name: &str, size: u64) -> std::io::Result<std::sync::Arc<std::fs::File>> {
+    use std::os::fd::FromRawFd;
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: `name` is a valid NUL-terminated string for the call.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create just returned `fd`; nothing else owns it.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(size)?;
+    Ok(std::sync::Arc::new(file))
 }
 
 /// Asks for transparent huge pages on guest RAM (`memory.thp`, on by
@@ -134,7 +166,7 @@ mod tests {
     #[test]
     fn small_guest_is_one_region_below_the_hole() {
         assert_eq!(ram_regions(128 << 20), vec![(GuestAddress(0), 128 << 20)]);
-        let m = create_guest_memory(128 << 20).unwrap();
+        let m = create_guest_memory(128 << 20, false).unwrap();
         assert_eq!(m.num_regions(), 1);
         assert!(m.address_in_range(GuestAddress((128 << 20) - 1)));
         assert!(!m.address_in_range(GuestAddress(128 << 20)));
@@ -145,5 +177,20 @@ mod tests {
         let r = ram_regions(4 << 30);
         assert_eq!(r, vec![(GuestAddress(0), MMIO_HOLE_START as usize), (GuestAddress(FOUR_GIB), (1 << 30) as usize)]);
         assert_eq!(low_ram_end(4 << 30), MMIO_HOLE_START);
+    }
+
+    #[test]
+    fn shared_memory_is_one_memfd_mapped_shared() {
+        use std::os::unix::fs::FileExt;
+        use vm_memory::Bytes;
+        let m = create_guest_memory(8 << 20, true).unwrap();
+        let region = m.iter().next().unwrap();
+        let f = region.file_offset().expect("a file-backed region");
+        m.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
+        // What a backend mapping the same fd sees: the guest's write.
+        let mut b = [0u8; 4];
+        f.file().read_exact_at(&mut b, f.start() + 0x1000).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 0xdead_beef);
+        assert!(create_guest_memory(8 << 20, false).unwrap().iter().all(|r| r.file_offset().is_none()));
     }
 }

@@ -307,6 +307,9 @@ const MAIN_LOOP: &[libc::c_long] = &[
     libc::SYS_connect,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
+    // Shared guest memory (`memory.shared`): one memfd, sized.
+    libc::SYS_memfd_create,
+    libc::SYS_ftruncate,
 ];
 
 /// One rule: argument `arg` (32 bits wide) compared with `op` to `value`.

@@ -166,7 +166,7 @@ impl Vm {
         let cpus = config.cpus;
         let mut stack = HotplugStack::new(&vm_fd, &cpus, hotplug_evt)?;
 
-        let mem = memory::create_guest_memory(config.memory.size)?;
+        let mem = memory::create_guest_memory(config.memory.size, config.memory.shared)?;
         if config.memory.thp {
             memory::advise_huge_pages(&mem);
         }

@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn initramfs_goes_to_the_top_of_low_ram_and_must_fit() {
-        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let mem = crate::memory::create_guest_memory(64 << 20, false).unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&[0x5a; 10000]).unwrap();
         let (addr, size) = load_initramfs(&mem, f.path(), 64 << 20, DEFAULT_INITRD_ADDR_MAX).unwrap();
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn garbage_kernel_is_rejected_with_both_reasons() {
-        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let mem = crate::memory::create_guest_memory(64 << 20, false).unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&[0u8; 8192]).unwrap();
         let err = load_kernel(&mem, f.path()).unwrap_err();
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn zero_page_carries_cmdline_initrd_rsdp_and_e820() {
-        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let mem = crate::memory::create_guest_memory(64 << 20, false).unwrap();
         let n = load_cmdline(&mem, "console=ttyS0").unwrap();
         write_zero_page(&mem, None, n, Some((0x300_0000, 0x1000)), 64 << 20).unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();

@@ -3,8 +3,9 @@
 //! alternating in one run. Run it through `scripts/bench.sh`; it prints
 //! Markdown tables (and writes them to `--out FILE`).
 //!
-//! Two sections (`--sections hotplug,io`, both by default): vCPU hotplug
-//! (hotplug.rs) and I/O (io.rs). A figure a VMM cannot give is "n/a" with
+//! Three sections (`--sections hotplug,io,netscale`, all by default): vCPU
+//! hotplug (hotplug.rs), I/O (io.rs), and TCP throughput while lithe's
+//! vCPUs change (netscale.rs, lithe alone). A figure a VMM cannot give is "n/a" with
 //! the reason in the notes.
 //!
 //! Not a test: absolute times on this machine swing from day to day, so
@@ -12,6 +13,7 @@
 
 mod hotplug;
 mod io;
+mod netscale;
 mod vm;
 
 use std::collections::BTreeMap;
@@ -74,10 +76,10 @@ fn main() {
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(2);
     let maxes: Vec<u32> =
         arg("--max").unwrap_or_else(|| "4,32,64".into()).split(',').filter_map(|m| m.parse().ok()).collect();
-    let sections = arg("--sections").unwrap_or_else(|| "hotplug,io".into());
+    let sections = arg("--sections").unwrap_or_else(|| "hotplug,io,netscale".into());
     let sections: Vec<&str> = sections.split(',').collect();
-    if let Some(s) = sections.iter().find(|s| !["hotplug", "io"].contains(s)) {
-        eprintln!("bench: unknown section {s:?} (--sections takes hotplug, io or both)");
+    if let Some(s) = sections.iter().find(|s| !["hotplug", "io", "netscale"].contains(s)) {
+        eprintln!("bench: unknown section {s:?} (--sections takes hotplug, io, netscale)");
         std::process::exit(2);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
@@ -132,6 +134,14 @@ fn main() {
             md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
         }
         md.push_str("\nMean (min–max, n = runs). For MB/s and IOPS higher is better; for CPU lower is better. n/a: the VMM does not give the figure (the device-thread share is lithe's own counter), or every run failed (notes).\n\n");
+    }
+
+    if sections.contains(&"netscale") {
+        match netscale::run(&setup) {
+            Ok(r) => md.push_str(&r.markdown),
+            Err(e) => notes.push(format!("netscale: {e}")),
+        }
+        md.push('\n');
     }
 
     if !notes.is_empty() {

@@ -54,13 +54,35 @@ impl Vm {
         cmdline: &str,
         extra: &[String],
     ) -> Result<Vm, String> {
+        Vm::launch_in(setup, vmm, dir, max, cmdline, extra, None)
+    }
+
+    /// As [`Vm::launch`], inside network namespace `netns` (`ip netns exec`
+    /// execs the VMM in place, so the child is the VMM).
+    pub fn launch_in(
+        setup: &Setup,
+        vmm: Vmm,
+        dir: &Path,
+        max: u32,
+        cmdline: &str,
+        extra: &[String],
+        netns: Option<&str>,
+    ) -> Result<Vm, String> {
         let (socket, serial) = (dir.join("api.sock"), dir.join("serial.log"));
         let bin = match vmm {
             Vmm::Lithe => setup.lithe.clone(),
             Vmm::CloudHypervisor => setup.ch.clone().ok_or("no Cloud Hypervisor")?,
         };
         let started = Instant::now();
-        let child = Command::new(&bin)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .arg("--kernel")
             .arg(&setup.kernel)
             .arg("--initramfs")
