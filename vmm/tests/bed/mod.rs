@@ -378,7 +378,7 @@ impl Bed {
         cpus.eject_timeout_ms = TIMEOUT.as_millis() as u64;
         let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut stack = HotplugStack::new(&vm, &cpus, &wake).expect("lithe's hotplug stack");
-        let mem = memory::create_guest_memory(4 << 20).unwrap();
+        let mem = memory::create_guest_memory(4 << 20, false).unwrap();
         // SAFETY: the bed keeps `mem` until after the VM and its vCPUs are gone
         // (Drop stops the vCPUs; the fields drop in order).
         unsafe { memory::register_guest_memory(&vm, &mem) }.unwrap();
