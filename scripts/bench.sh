@@ -2,11 +2,12 @@
 # Side-by-side benchmark of lithe and Cloud Hypervisor (../shared/peers),
 # on the same guest, alternating, in one run: see tests/src/bin/bench/.
 # Each section writes its own page: hotplug docs/benchmarks.md (~15-25
-# minutes), io docs/benchmarks-io.md (~10 minutes), netscale (lithe alone:
+# minutes), io docs/benchmarks-io.md (~10 minutes), net (TCP echo over a
+# TAP in a network namespace; needs root) docs/benchmarks-net.md, netscale (lithe alone:
 # TCP requests/s while the vCPUs go 1 -> 4 -> 1, ~3 minutes, needs root for
 # a network namespace) docs/benchmarks-net-scale.md. Not part of the tests:
 # absolute times swing from day to day; read the ratios.
-#   scripts/bench.sh [--runs N] [--max 4,32,64] [--sections hotplug,io,netscale]
+#   scripts/bench.sh [--runs N] [--max 4,32,64] [--sections hotplug,io,net,netscale]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/deps.sh >/dev/null
@@ -14,7 +15,7 @@ guest-images/build.sh >/dev/null
 cargo build --release -p lithe --bin lithe -q
 cargo build --release -p tests --bin bench -q
 
-args=() sections=hotplug,io,netscale
+args=() sections=hotplug,io,net,netscale
 while [ $# -gt 0 ]; do
 	case $1 in
 	--sections) sections=$2; shift 2 ;;
@@ -30,8 +31,9 @@ for section in ${sections//,/ }; do
 	case $section in
 	hotplug) page=docs/benchmarks.md title="vCPU hotplug" ;;
 	io) page=docs/benchmarks-io.md title="I/O" ;;
+	net) page=docs/benchmarks-net.md title="TCP over a TAP" ;;
 	netscale) page=docs/benchmarks-net-scale.md title="TCP throughput while the vCPUs change" ;;
-	*) echo "bench.sh: unknown section '$section' (hotplug, io, netscale)" >&2; exit 2 ;;
+	*) echo "bench.sh: unknown section '$section' (hotplug, io, net, netscale)" >&2; exit 2 ;;
 	esac
 	target/release/bench --out "$table" --sections "$section" "${args[@]}"
 	{
@@ -53,6 +55,15 @@ for section in ${sections//,/ }; do
 			echo "to day: compare the ratios, which come from one run."
 		fi
 		echo
+		if [ "$section" = net ]; then
+			echo "Each VM has one vCPU and a virtio-net device on a TAP (\`bnet0\`) in a network namespace the bench makes and"
+			echo "removes; \`lithe_net=\` on the command line runs the guest's net-up, which starts its TCP echo service on port 7."
+			echo "lithe's device is virtio-mmio, Cloud Hypervisor's virtio-pci (its command line drops \`pci=off\`). Cloud Hypervisor"
+			echo "sets the TAP's address itself (\`ip=\`, \`mask=\`); for lithe the bench gives it with ip(8). From inside the"
+			echo "namespace the bench sends 4 MiB through each connection and reads the echo back, every byte checked: one"
+			echo "connection, then four at once. VMM CPU is every VMM thread but the vCPU threads (/proc schedstat), per MB."
+			echo
+		fi
 		if [ "$section" = io ]; then
 			echo "Each VM has one vCPU, a fresh copy of the same 256 MiB raw image of pseudo-random bytes"
 			echo "(\`--disk path=…,image_type=raw\`, defaults otherwise), hybrid vsock (\`--vsock cid=3,socket=…\`), and"

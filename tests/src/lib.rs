@@ -350,6 +350,15 @@ impl Guest {
     }
 
     /// One API call; `body` is sent as is (may be invalid on purpose).
+    /// How many kernel log records so far contain `pattern` (the guest's
+    /// /dev/kmsg: after boot only warnings reach the console).
+    pub fn kmsg_count(&mut self, pattern: &str) -> u64 {
+        let from = self.console_lines();
+        self.send(&format!("kmsg-count {pattern}"));
+        let line = self.wait_console_after(from, "LITHE-GUEST kmsg-count=", Duration::from_secs(120));
+        line.rsplit('=').next().and_then(|n| n.trim().parse().ok()).expect("a count")
+    }
+
     pub fn api_raw(&self, method: &str, endpoint: &str, body: &str) -> (u16, serde_json::Value) {
         use std::os::unix::net::UnixStream;
         let mut s = UnixStream::connect(&self.socket).expect("connect API socket");

@@ -3,9 +3,10 @@
 //! alternating in one run. Run it through `scripts/bench.sh`; it prints
 //! Markdown tables (and writes them to `--out FILE`).
 //!
-//! Three sections (`--sections hotplug,io,netscale`, all by default): vCPU
-//! hotplug (hotplug.rs), I/O (io.rs), and TCP throughput while lithe's
-//! vCPUs change (netscale.rs, lithe alone). A figure a VMM cannot give is "n/a" with
+//! Four sections (`--sections hotplug,io,net,netscale`, all by default):
+//! vCPU hotplug (hotplug.rs), disk and vsock I/O (io.rs), TCP over a TAP
+//! (netio.rs), and TCP throughput while lithe's vCPUs change (netscale.rs,
+//! lithe alone). A figure a VMM cannot give is "n/a" with
 //! the reason in the notes.
 //!
 //! Not a test: absolute times on this machine swing from day to day, so
@@ -13,6 +14,7 @@
 
 mod hotplug;
 mod io;
+mod netio;
 mod netscale;
 mod vm;
 
@@ -76,10 +78,10 @@ fn main() {
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(2);
     let maxes: Vec<u32> =
         arg("--max").unwrap_or_else(|| "4,32,64".into()).split(',').filter_map(|m| m.parse().ok()).collect();
-    let sections = arg("--sections").unwrap_or_else(|| "hotplug,io,netscale".into());
+    let sections = arg("--sections").unwrap_or_else(|| "hotplug,io,net,netscale".into());
     let sections: Vec<&str> = sections.split(',').collect();
-    if let Some(s) = sections.iter().find(|s| !["hotplug", "io", "netscale"].contains(s)) {
-        eprintln!("bench: unknown section {s:?} (--sections takes hotplug, io, netscale)");
+    if let Some(s) = sections.iter().find(|s| !["hotplug", "io", "net", "netscale"].contains(s)) {
+        eprintln!("bench: unknown section {s:?} (--sections takes hotplug, io, net, netscale)");
         std::process::exit(2);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
@@ -134,6 +136,17 @@ fn main() {
             md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
         }
         md.push_str("\nMean (min–max, n = runs). For MB/s and IOPS higher is better; for CPU lower is better. n/a: the VMM does not give the figure (the device-thread share is lithe's own counter), or every run failed (notes).\n\n");
+    }
+
+    if sections.contains(&"net") {
+        notes.extend(alternate(&vmms, runs, "net", |vmm| netio::run(&setup, vmm, &mut samples)));
+        md.push_str("| figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|\n");
+        for f in &netio::FIGURES {
+            let key = |vmm| (*f, netio::NET_KEY, vmm);
+            let (l, c) = (samples.get(&key(Vmm::Lithe)), samples.get(&key(Vmm::CloudHypervisor)));
+            md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
+        }
+        md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better.\n\n");
     }
 
     if sections.contains(&"netscale") {
