@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what lithe's build and tests need on a fresh machine of this kind:
-# Debian packages (guest kernel build, ACPI table checks with iasl, curl) and
+# Debian packages (guest kernel build, ACPI table checks with iasl, curl,
+# iproute2 for the network tests' namespaces and TAPs) and
 # the Rust components (clippy, rustfmt; nightly Miri). Idempotent: checks
 # with dpkg/rustup first and installs only what is missing. Needs root for
 # apt-get; without it, it names what is missing and fails.
@@ -8,7 +9,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 patch perl
-	linux-source-6.1 acpica-tools curl e2fsprogs)
+	linux-source-6.1 acpica-tools curl e2fsprogs iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
