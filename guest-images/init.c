@@ -587,6 +587,136 @@ static void rng(const char *args)
 	say(&l);
 }
 
+/* ---- virtio-fs: the share Kata's agent mounts ----------------------------- */
+
+/* Splits "A B" into a and b (each NUL-terminated, truncated). 0 if both are there. */
+static int two_words(const char *s, char *a, int an, char *b, int bn)
+{
+	int i = 0;
+
+	while (*s == ' ')
+		s++;
+	while (*s && *s != ' ' && i < an - 1)
+		a[i++] = *s++;
+	a[i] = 0;
+	while (*s == ' ')
+		s++;
+	for (i = 0; *s && i < bn - 1;)
+		b[i++] = *s++;
+	b[i] = 0;
+	return a[0] && b[0] ? 0 : -1;
+}
+
+/* fs-mount TAG DIR: mounts the virtio-fs share TAG on DIR (made if missing). */
+static void fs_mount(const char *args, struct line *l)
+{
+	char tag[64], dir[160];
+	long r;
+
+	if (two_words(args, tag, sizeof(tag), dir, sizeof(dir)) != 0) {
+		put(l, "error: usage: fs-mount TAG DIR");
+		return;
+	}
+	my_syscall2(__NR_mkdir, dir, 0755);
+	r = my_syscall5(__NR_mount, tag, dir, "virtiofs", 0, 0);
+	put(l, "fs-mount ");
+	put(l, tag);
+	put(l, " ");
+	put(l, dir);
+	if (r == 0) {
+		put(l, " ok");
+	} else {
+		put(l, " errno=");
+		put_num(l, -r);
+	}
+}
+
+/* fs-read PATH: the file's size, its FNV-1a hash (the test computes the
+ * same on the host's copy) and its first line, up to 64 bytes. */
+static void fs_read(const char *path, struct line *l)
+{
+	static unsigned char buf[64 * 1024];
+	char first[65];
+	unsigned int hash = 2166136261U;
+	long n, total = 0, fd = my_syscall4(__NR_openat, -100 /* AT_FDCWD */, path, O_RDONLY, 0);
+	int len = 0, in_first = 1;
+
+	put(l, "fs-read ");
+	put(l, path);
+	if (fd < 0) {
+		put(l, " errno=");
+		put_num(l, -fd);
+		return;
+	}
+	while ((n = my_syscall3(__NR_read, fd, buf, sizeof(buf))) > 0) {
+		for (long i = 0; i < n; i++) {
+			hash = (hash ^ buf[i]) * 16777619U;
+			if (in_first && (buf[i] == '\n' || len == 64))
+				in_first = 0;
+			else if (in_first)
+				first[len++] = buf[i];
+		}
+		total += n;
+	}
+	close(fd);
+	if (n < 0) {
+		put(l, " errno=");
+		put_num(l, -n);
+		return;
+	}
+	first[len] = 0;
+	put(l, " bytes=");
+	put_num(l, total);
+	put(l, " fnv=");
+	put_num(l, hash);
+	put(l, " first=");
+	put(l, first);
+}
+
+/* fs-write PATH TEXT: the file becomes TEXT and a newline, flushed (fsync). */
+static void fs_write(const char *args, struct line *l)
+{
+	char path[160], text[256];
+	long fd, r = 0;
+	int len;
+
+	if (two_words(args, path, sizeof(path), text, sizeof(text)) != 0) {
+		put(l, "error: usage: fs-write PATH TEXT");
+		return;
+	}
+	len = strlen(text);
+	text[len++] = '\n';
+	put(l, "fs-write ");
+	put(l, path);
+	fd = my_syscall4(__NR_openat, -100, path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd >= 0) {
+		r = my_syscall3(__NR_write, fd, text, len);
+		if (r == len)
+			r = my_syscall1(__NR_fsync, fd);
+		else if (r >= 0)
+			r = -5; /* a short write: EIO */
+		close(fd);
+	} else {
+		r = fd;
+	}
+	if (r == 0) {
+		put(l, " ok");
+	} else {
+		put(l, " errno=");
+		put_num(l, -r);
+	}
+}
+
+/* Runs a console command that answers in one line. */
+static void answer(void (*fn)(const char *, struct line *), const char *args)
+{
+	struct line l = { .len = 0 };
+
+	put(&l, "LITHE-GUEST ");
+	fn(args, &l);
+	say(&l);
+}
+
 /* ---- vsock: the agent's side of Kata's channel -------------------------- */
 
 #define AF_VSOCK 40
@@ -606,6 +736,44 @@ struct sockaddr_vm {
 static int vsock_socket(void)
 {
 	return (int)my_syscall3(__NR_socket, AF_VSOCK, 1 /* SOCK_STREAM */, 0);
+}
+
+/* The agent's part: a connection that starts with "AGENT " carries one
+ * request line, answered with one line of what the guest sees (its CPUs,
+ * the share, the network), as Kata's agent answers its shim. Any other
+ * connection is echoed. */
+static void agent_request(int c, char *buf, long n, long size)
+{
+	struct line l = { .len = 0 };
+	char v[128];
+	long r;
+	char *req;
+
+	buf[n] = 0;
+	/* nolibc has no memchr; the request has no NUL before its newline. */
+	while (strchr(buf, '\n') == 0 && n < size - 1 && (r = read(c, buf + n, size - 1 - n)) > 0) {
+		n += r;
+		buf[n] = 0;
+	}
+	req = trim(buf + 6);
+	if (strcmp(req, "cpus") == 0) {
+		put(&l, "cpus online=");
+		put(&l, read_file(CPU_DIR "/online", v, sizeof(v)) < 0 ? "?" : v);
+	} else if (starts_with(req, "mount ")) {
+		fs_mount(req + 6, &l);
+	} else if (starts_with(req, "read ")) {
+		fs_read(trim(req + 5), &l);
+	} else if (strcmp(req, "net") == 0) {
+		put(&l, "net eth0 mac=");
+		put(&l, read_file("/sys/class/net/eth0/address", v, sizeof(v)) < 0 ? "none" : v);
+		put(&l, " operstate=");
+		put(&l, read_file("/sys/class/net/eth0/operstate", v, sizeof(v)) < 0 ? "none" : v);
+	} else {
+		put(&l, "error: unknown agent request: ");
+		put(&l, req);
+	}
+	l.buf[l.len++] = '\n';
+	write(c, l.buf, l.len);
 }
 
 /* The echo service on vsock port 1024, in a process of its own: each
@@ -633,9 +801,14 @@ static void start_vsock_echo(void)
 
 		if (c < 0)
 			continue;
-		while ((n = read(c, buf, sizeof(buf))) > 0)
-			if (write(c, buf, n) != n)
-				break;
+		n = read(c, buf, sizeof(buf));
+		if (n >= 6 && memcmp(buf, "AGENT ", 6) == 0) {
+			agent_request(c, buf, n, sizeof(buf));
+			close(c);
+			continue;
+		}
+		while (n > 0 && write(c, buf, n) == n)
+			n = read(c, buf, sizeof(buf));
 		close(c);
 	}
 }
@@ -911,6 +1084,12 @@ static void run_command(char *cmd, char **envp)
 		rng(cmd + 4);
 	} else if (starts_with(cmd, "kmsg-count ")) {
 		kmsg_count(trim(cmd + 11));
+	} else if (starts_with(cmd, "fs-mount ")) {
+		answer(fs_mount, cmd + 9);
+	} else if (starts_with(cmd, "fs-read ")) {
+		answer(fs_read, trim(cmd + 8));
+	} else if (starts_with(cmd, "fs-write ")) {
+		answer(fs_write, cmd + 9);
 	} else if (starts_with(cmd, "net-up ")) {
 		net_up(trim(cmd + 7));
 	} else if (starts_with(cmd, "vsock-connect ")) {

@@ -54,6 +54,11 @@ pub struct VmArgs {
     /// TAP lithe inherited), [,mac=MAC][,offload_csum=on|off][,offload_tso=on|off].
     #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC]")]
     pub net: Vec<String>,
+    /// A virtio-fs device (repeatable): tag=T,socket=PATH of a running
+    /// vhost-user backend (virtiofsd)[,num_queues=N][,queue_size=S]. Needs
+    /// --memory shared=on.
+    #[arg(long, value_name = "tag=T,socket=PATH")]
+    pub fs: Vec<String>,
     /// Serial console: tty (stdout/stdin), file=PATH, or off.
     #[arg(long, value_name = "tty|file=PATH|off", default_value = "tty")]
     pub serial: String,
@@ -213,6 +218,7 @@ impl VmArgs {
                 rng: self.rng.as_deref().map(config::parse_rng).transpose()?,
                 vsock: self.vsock.as_deref().map(config::parse_vsock).transpose()?,
                 net: self.net.iter().map(|n| config::parse_net(n)).collect::<Result<_, _>>()?,
+                fs: self.fs.iter().map(|f| config::parse_fs(f)).collect::<Result<_, _>>()?,
             },
         }))
     }

@@ -155,9 +155,15 @@ pub fn from_wire(w: &wire::VmConfig) -> Result<VmConfig, WireError> {
     };
 
     no.list("rate_limit_groups", &w.rate_limit_groups, "no rate limiters");
-    let devices = crate::config_wire_devices::devices_from(&w.disks, &w.net, &w.rng, &w.vsock, &mut no.0)?;
+    let wire_devices = crate::config_wire_devices::WireDevices {
+        disks: &w.disks,
+        net: &w.net,
+        rng: &w.rng,
+        vsock: &w.vsock,
+        fs: &w.fs,
+    };
+    let devices = crate::config_wire_devices::devices_from(wire_devices, &mut no.0)?;
     no.value("balloon", &w.balloon, "lithe has no balloon");
-    no.list("fs", &w.fs, "lithe has no virtio-fs");
     no.list("generic_vhost_user", &w.generic_vhost_user, "lithe has no vhost-user devices");
     no.list("pmem", &w.pmem, "lithe has no pmem devices");
     no.list("devices", &w.devices, "lithe has no VFIO");
@@ -242,6 +248,7 @@ pub fn from_wire(w: &wire::VmConfig) -> Result<VmConfig, WireError> {
 pub fn to_wire(c: &VmConfig) -> wire::VmConfig {
     let (disks, rng, vsock) = crate::config_wire_devices::devices_to(&c.devices);
     let net = crate::config_wire_devices::net_to(&c.devices);
+    let fs = crate::config_wire_devices::fs_to(&c.devices);
     let serial = match &c.serial {
         SerialConfig::Tty => wire::ConsoleConfig::mode("Tty"),
         SerialConfig::Off => wire::ConsoleConfig::mode("Null"),
@@ -292,6 +299,7 @@ pub fn to_wire(c: &VmConfig) -> wire::VmConfig {
         net,
         rng,
         vsock,
+        fs,
         platform: Some(wire::PlatformConfig {
             num_pci_segments: Some(c.platform.num_pci_segments),
             tdx: Some(false),
@@ -316,16 +324,12 @@ mod tests {
     }
 
     #[test]
-    fn katas_body_names_exactly_the_devices_lithe_lacks() {
-        let Err(WireError::Unsupported(fields)) = decode(kata_body()) else { panic!("must be refused") };
-        let named: Vec<&str> = fields.iter().map(|f| f.split(' ').next().unwrap()).collect();
-        assert_eq!(named, ["fs"], "{fields:?}");
-
-        let mut body = kata_body();
-        for device in ["rng", "fs", "vsock"] {
-            body.as_object_mut().unwrap().remove(device);
-        }
-        let c = decode(body).unwrap();
+    fn katas_whole_body_is_taken() {
+        let c = decode(kata_body()).unwrap();
+        assert_eq!(c.devices.fs.len(), 1);
+        assert_eq!(c.devices.fs[0].tag, "kataShared");
+        assert!(c.memory.shared, "Kata shares guest memory when it uses virtio-fs");
+        assert!(c.devices.rng.is_some() && c.devices.vsock.is_some());
         assert_eq!((c.cpus.boot_vcpus, c.cpus.max_vcpus, c.memory.size), (1, 4, 256 << 20));
         assert_eq!(c.memory.hotplug_size, Some(4 << 30), "a capacity is stored");
         assert_eq!(c.platform.num_pci_segments, 2);
@@ -377,11 +381,7 @@ mod tests {
 
     #[test]
     fn what_vm_info_reports_decodes_to_the_same_config() {
-        let mut body = kata_body();
-        for device in ["rng", "fs", "vsock"] {
-            body.as_object_mut().unwrap().remove(device);
-        }
-        let c = decode(body).unwrap();
+        let c = decode(kata_body()).unwrap();
         let reported = serde_json::to_value(to_wire(&c)).unwrap();
         assert_eq!(decode(reported.clone()).unwrap(), c, "{reported}");
         assert_eq!(reported["state"], Value::Null);

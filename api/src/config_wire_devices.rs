@@ -4,7 +4,7 @@
 //! named, field by field, as in the rest of `vm.create`.
 
 use serde_json::{json, Map, Value};
-use vmm::config::{DevicesConfig, DiskConfig, NetConfig, RngConfig, VsockConfig, DEFAULT_RNG_SRC};
+use vmm::config::{DevicesConfig, DiskConfig, FsConfig, NetConfig, RngConfig, VsockConfig, DEFAULT_RNG_SRC};
 
 use crate::config_wire::WireError;
 
@@ -132,13 +132,64 @@ fn net_object(field: &str, v: &Value, has_fds: bool, refused: &mut Vec<String>) 
     Ok(n)
 }
 
-pub fn devices_from(
-    disks: &Option<Vec<Value>>,
-    net: &Option<Vec<Value>>,
-    rng: &Option<Value>,
-    vsock: &Option<Value>,
-    refused: &mut Vec<String>,
-) -> Result<DevicesConfig, WireError> {
+/// `fs[i]`: a virtio-fs device on a running vhost-user backend. Every key
+/// Cloud Hypervisor's `FsConfig` has is honoured (`pci_segment` is taken and
+/// means nothing: there is no PCI); values are checked with `--fs`'s rules.
+fn fs_from(i: usize, v: &Value, refused: &mut Vec<String>) -> Result<FsConfig, WireError> {
+    let field = format!("fs[{i}]");
+    let Some(obj) = v.as_object() else { return Err(WireError::Invalid(format!("{field} must be an object"))) };
+    let required = |key: &str| -> Result<String, WireError> {
+        string(obj, &field, key)?.ok_or_else(|| WireError::Invalid(format!("{field}.{key} is required")))
+    };
+    let mut f = FsConfig::new(&required("tag")?, required("socket")?);
+    let number = |key: &str| -> Result<Option<u16>, WireError> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| WireError::Invalid(format!("{field}.{key} must be a number up to 65535"))),
+        }
+    };
+    f.num_queues = number("num_queues")?.unwrap_or(f.num_queues);
+    f.queue_size = number("queue_size")?.unwrap_or(f.queue_size);
+    f.id = string(obj, &field, "id")?;
+    f.check().map_err(|e| WireError::Invalid(format!("{field}: {e}")))?;
+    for (k, v) in obj {
+        match k.as_str() {
+            "tag" | "socket" | "num_queues" | "queue_size" | "id" => {}
+            "pci_segment" if v.is_null() || v.is_u64() => {}
+            "pci_segment" => refused.push(format!("{field}.pci_segment ({v}: a segment number, and there is no PCI)")),
+            _ => refused.push(format!("{field}.{k} (not a field lithe knows)")),
+        }
+    }
+    Ok(f)
+}
+
+/// `vm.info`'s fs list.
+pub fn fs_to(d: &DevicesConfig) -> Option<Vec<Value>> {
+    let fs =
+        d.fs.iter()
+            .map(|f| {
+                json!({"tag": f.tag, "socket": f.socket.display().to_string(), "num_queues": f.num_queues,
+                   "queue_size": f.queue_size, "id": f.id})
+            })
+            .collect::<Vec<_>>();
+    (!fs.is_empty()).then_some(fs)
+}
+
+/// Cloud Hypervisor's device lists, as `vm.create` sends them.
+pub struct WireDevices<'a> {
+    pub disks: &'a Option<Vec<Value>>,
+    pub net: &'a Option<Vec<Value>>,
+    pub rng: &'a Option<Value>,
+    pub vsock: &'a Option<Value>,
+    pub fs: &'a Option<Vec<Value>>,
+}
+
+pub fn devices_from(w: WireDevices, refused: &mut Vec<String>) -> Result<DevicesConfig, WireError> {
+    let WireDevices { disks, net, rng, vsock, fs } = w;
     let mut out = DevicesConfig::default();
     for (i, d) in disks.iter().flatten().enumerate() {
         let field = format!("disks[{i}]");
@@ -182,6 +233,9 @@ pub fn devices_from(
     for (i, n) in net.iter().flatten().enumerate() {
         out.net.push(net_from(i, n, refused)?);
     }
+    for (i, f) in fs.iter().flatten().enumerate() {
+        out.fs.push(fs_from(i, f, refused)?);
+    }
     Ok(out)
 }
 
@@ -219,6 +273,52 @@ pub fn devices_to(d: &DevicesConfig) -> (Option<Vec<Value>>, Option<Value>, Opti
 mod tests {
     use super::*;
 
+    fn lists(
+        disks: &Option<Vec<Value>>,
+        net: &Option<Vec<Value>>,
+        rng: &Option<Value>,
+        vsock: &Option<Value>,
+        refused: &mut Vec<String>,
+    ) -> Result<DevicesConfig, WireError> {
+        devices_from(WireDevices { disks, net, rng, vsock, fs: &None }, refused)
+    }
+
+    #[test]
+    fn fs_takes_cloud_hypervisors_fields_and_checks_them() {
+        let mut refused = Vec::new();
+        // Kata's body for the pod's share.
+        let kata = json!({"tag": "kataShared", "socket": "/run/vc/vm/x/vhost-fs.sock", "num_queues": 1,
+                          "queue_size": 1024, "pci_segment": 0, "id": "fs0"});
+        let fs = Some(vec![kata]);
+        let w = WireDevices { disks: &None, net: &None, rng: &None, vsock: &None, fs: &fs };
+        let d = devices_from(w, &mut refused).unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(d.fs.len(), 1);
+        assert_eq!((d.fs[0].tag.as_str(), d.fs[0].num_queues, d.fs[0].queue_size), ("kataShared", 1, 1024));
+        // vm.info reads back what it was given.
+        let back = fs_to(&d);
+        let w = WireDevices { disks: &None, net: &None, rng: &None, vsock: &None, fs: &back };
+        assert_eq!(devices_from(w, &mut refused).unwrap(), d);
+        for bad in [
+            json!({"socket": "/s"}),
+            json!({"tag": "t"}),
+            json!({"tag": "", "socket": "/s"}),
+            json!({"tag": "x".repeat(37), "socket": "/s"}),
+            json!({"tag": "t", "socket": "/s", "queue_size": 1000}),
+            json!({"tag": "t", "socket": "/s", "num_queues": 0}),
+            json!({"tag": "t", "socket": "/s", "num_queues": 70000}),
+            json!("t"),
+        ] {
+            let fs = Some(vec![bad.clone()]);
+            let w = WireDevices { disks: &None, net: &None, rng: &None, vsock: &None, fs: &fs };
+            assert!(devices_from(w, &mut refused).is_err(), "{bad}");
+        }
+        let fs = Some(vec![json!({"tag": "t", "socket": "/s", "dax": true})]);
+        let w = WireDevices { disks: &None, net: &None, rng: &None, vsock: &None, fs: &fs };
+        devices_from(w, &mut refused).unwrap();
+        assert_eq!(refused, ["fs[0].dax (not a field lithe knows)"]);
+    }
+
     #[test]
     fn disks_and_rng_are_honoured_and_the_rest_named() {
         let mut refused = Vec::new();
@@ -228,8 +328,8 @@ mod tests {
             json!({"path": "/d1", "num_queues": 2, "vhost_user": true, "frob": 1}),
         ]);
         let vsock = Some(json!({"cid": 3, "socket": "/run/v.sock", "iommu": false}));
-        let d = devices_from(&disks, &None, &Some(json!({"src": "/dev/random", "iommu": false})), &vsock, &mut refused)
-            .unwrap();
+        let d =
+            lists(&disks, &None, &Some(json!({"src": "/dev/random", "iommu": false})), &vsock, &mut refused).unwrap();
         assert_eq!(d.vsock, Some(VsockConfig { cid: 3, socket: "/run/v.sock".into() }));
         assert_eq!(
             d.disks[0],
@@ -247,17 +347,11 @@ mod tests {
             assert!(text.contains(f), "{f} not named: {text}");
         }
         assert_eq!(refused.len(), 3, "{refused:?}");
-        assert!(
-            devices_from(&Some(vec![json!({})]), &None, &None, &None, &mut refused).is_err(),
-            "a disk needs a path"
-        );
-        assert!(
-            devices_from(&None, &None, &None, &Some(json!({"cid": 3})), &mut refused).is_err(),
-            "a vsock needs a socket"
-        );
+        assert!(lists(&Some(vec![json!({})]), &None, &None, &None, &mut refused).is_err(), "a disk needs a path");
+        assert!(lists(&None, &None, &None, &Some(json!({"cid": 3})), &mut refused).is_err(), "a vsock needs a socket");
         let (wire_disks, wire_rng, wire_vsock) = devices_to(&d);
         let mut again = Vec::new();
-        let back = devices_from(&wire_disks, &None, &wire_rng, &wire_vsock, &mut again).unwrap();
+        let back = lists(&wire_disks, &None, &wire_rng, &wire_vsock, &mut again).unwrap();
         assert_eq!(back, d, "vm.info decodes to the same");
         assert!(again.is_empty(), "{again:?}");
     }
@@ -269,7 +363,7 @@ mod tests {
                           "offload_tso": true, "offload_ufo": true, "offload_csum": true, "iommu": false,
                           "vhost_user": false, "id": "net0"});
         let mut refused = Vec::new();
-        let d = devices_from(&None, &Some(vec![kata]), &None, &None, &mut refused).unwrap();
+        let d = lists(&None, &Some(vec![kata]), &None, &None, &mut refused).unwrap();
         assert!(refused.is_empty(), "{refused:?}");
         let n = &d.net[0];
         assert_eq!(
@@ -277,18 +371,18 @@ mod tests {
             (Some("tap0_kata"), "02:42:ac:11:00:02", Some("net0"))
         );
         assert!(n.offload_csum && n.offload_tso);
-        let back = devices_from(&None, &net_to(&d), &None, &None, &mut refused).unwrap();
+        let back = lists(&None, &net_to(&d), &None, &None, &mut refused).unwrap();
         assert_eq!(back, d, "vm.info decodes to the same");
         assert!(refused.is_empty(), "{refused:?}");
 
         let odd = json!({"tap": "t", "num_queues": 4, "ip": "10.0.0.1", "vhost_user": true, "frob": 1});
-        devices_from(&None, &Some(vec![odd]), &None, &None, &mut refused).unwrap();
+        lists(&None, &Some(vec![odd]), &None, &None, &mut refused).unwrap();
         let text = refused.join("|");
         for f in ["net[0].num_queues", "net[0].ip", "net[0].vhost_user", "net[0].frob"] {
             assert!(text.contains(f), "{f} not named: {text}");
         }
         for bad in [json!({}), json!({"tap": "t", "mac": "01:00:00:00:00:01"}), json!({"tap": "t", "mac": "zz"})] {
-            assert!(devices_from(&None, &Some(vec![bad.clone()]), &None, &None, &mut refused).is_err(), "{bad}");
+            assert!(lists(&None, &Some(vec![bad.clone()]), &None, &None, &mut refused).is_err(), "{bad}");
         }
         // Kata's vm.add-net body: accepted with fds, not without a TAP.
         let kata: Value = serde_json::from_str(crate::vm_config::KATA_ADD_NET).unwrap();
@@ -300,7 +394,7 @@ mod tests {
         let mut named = Vec::new();
         net_from_add(&json!({"tap": "t", "ip": "10.0.0.1"}), false, &mut named).unwrap();
         assert!(named.join("|").contains("net.ip"), "{named:?}");
-        let fresh = devices_from(&None, &Some(vec![json!({"tap": "t"})]), &None, &None, &mut refused).unwrap();
+        let fresh = lists(&None, &Some(vec![json!({"tap": "t"})]), &None, &None, &mut refused).unwrap();
         assert!(vmm::config::parse_mac(&fresh.net[0].mac).is_ok_and(|m| m[0] & 3 == 2), "a random local unicast MAC");
     }
 }

@@ -45,6 +45,8 @@ pub enum ConfigError {
     Vsock(String),
     #[error("{0}")]
     Net(String),
+    #[error("{0}")]
+    Fs(String),
 }
 
 impl ConfigError {
@@ -61,6 +63,7 @@ impl ConfigError {
             ConfigError::Rng(_) => "--rng",
             ConfigError::Vsock(_) => "--vsock",
             ConfigError::Net(_) => "--net",
+            ConfigError::Fs(_) => "--fs",
         }
     }
 
@@ -77,6 +80,7 @@ impl ConfigError {
             ConfigError::Rng(_) => "rng",
             ConfigError::Vsock(_) => "vsock",
             ConfigError::Net(_) => "net",
+            ConfigError::Fs(_) => "fs",
         }
     }
 }
@@ -213,6 +217,56 @@ pub struct DevicesConfig {
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
+}
+
+/// A virtio-fs device served by a vhost-user backend (Cloud Hypervisor's
+/// `FsConfig`): the guest mounts it by `tag`; the backend listens on `socket`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsConfig {
+    pub tag: String,
+    pub socket: PathBuf,
+    /// Request queues (the high-priority queue comes on top).
+    #[serde(default = "one")]
+    pub num_queues: u16,
+    #[serde(default = "fs_queue_size")]
+    pub queue_size: u16,
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+fn one() -> u16 {
+    1
+}
+
+/// Cloud Hypervisor's default, and the largest a split virtqueue may be.
+pub const FS_QUEUE_SIZE: u16 = 1024;
+/// Most request queues a virtio-fs device gets.
+pub const FS_MAX_QUEUES: u16 = 8;
+
+fn fs_queue_size() -> u16 {
+    FS_QUEUE_SIZE
+}
+
+impl FsConfig {
+    pub fn new(tag: &str, socket: impl Into<PathBuf>) -> FsConfig {
+        FsConfig { tag: tag.into(), socket: socket.into(), num_queues: 1, queue_size: FS_QUEUE_SIZE, id: None }
+    }
+
+    /// The values alone (the socket and memory are checked with the VM).
+    pub fn check(&self) -> Result<(), String> {
+        if self.tag.is_empty() || self.tag.len() > 36 {
+            return Err(format!("tag={:?}: 1 to 36 bytes", self.tag));
+        }
+        if self.num_queues == 0 || self.num_queues > FS_MAX_QUEUES {
+            return Err(format!("num_queues={}: 1 to {FS_MAX_QUEUES}", self.num_queues));
+        }
+        if !self.queue_size.is_power_of_two() || self.queue_size > FS_QUEUE_SIZE {
+            return Err(format!("queue_size={}: a power of two up to {FS_QUEUE_SIZE}", self.queue_size));
+        }
+        Ok(())
+    }
 }
 
 /// A virtio-net device on a TAP (Cloud Hypervisor's `NetConfig` fields
@@ -370,6 +424,24 @@ impl VmConfig {
                     }
                 }
                 _ => return Err(ConfigError::Net(format!("net {i}: give either tap= or fd=, one of them"))),
+            }
+        }
+        for (i, f) in self.devices.fs.iter().enumerate() {
+            f.check().map_err(|e| ConfigError::Fs(format!("fs {i}: {e}")))?;
+            if !self.memory.shared {
+                return Err(ConfigError::Fs(format!(
+                    "fs {i}: needs memory.shared=on (its vhost-user backend maps guest memory)"
+                )));
+            }
+            let is_socket = std::fs::metadata(&f.socket).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_socket()
+            });
+            if !is_socket {
+                return Err(ConfigError::Fs(format!(
+                    "fs {i}: socket {}: no listening socket there",
+                    f.socket.display()
+                )));
             }
         }
         if let Some(r) = &self.devices.rng {
@@ -582,6 +654,30 @@ pub fn parse_net(s: &str) -> Result<NetConfig, ConfigError> {
         }
     }
     Ok(n)
+}
+
+/// Cloud Hypervisor's `--fs tag=T,socket=PATH[,num_queues=N][,queue_size=S][,id=I]`
+/// (`pci_segment` accepted: there is no PCI).
+pub fn parse_fs(s: &str) -> Result<FsConfig, ConfigError> {
+    let keys = ["tag", "socket", "num_queues", "queue_size", "id", "pci_segment"];
+    let err = ConfigError::Fs;
+    let mut f = FsConfig::new("", "");
+    for (k, v) in pairs(s, &keys).map_err(err)? {
+        let number = |v: &str| v.parse::<u16>().map_err(|_| err(format!("{k}={v:?} is not a number")));
+        match k {
+            "tag" => f.tag = v.to_string(),
+            "socket" => f.socket = PathBuf::from(v),
+            "num_queues" => f.num_queues = number(v)?,
+            "queue_size" => f.queue_size = number(v)?,
+            "id" => f.id = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    if f.socket.as_os_str().is_empty() {
+        return Err(err("socket= is required".into()));
+    }
+    f.check().map_err(err)?;
+    Ok(f)
 }
 
 /// Cloud Hypervisor's `--vsock cid=N,socket=PATH` (`id` and `pci_segment` accepted).

@@ -15,6 +15,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use log::info;
 
 use devices::virtio::block::{Block, DiskConfig as BlockConfig};
+use devices::virtio::fs::{Fs, FsConfig as FsDeviceConfig, FsError};
 use devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use devices::virtio::net::tap::{Tap, TapError};
 use devices::virtio::net::{Net, NetConfig as NetDeviceConfig};
@@ -45,6 +46,8 @@ pub enum DeviceError {
     Tap { index: usize, source: TapError },
     #[error("net {index}: {source}")]
     Net { index: usize, source: std::io::Error },
+    #[error("fs {index}: {source}")]
+    Fs { index: usize, source: FsError },
     #[error("{name}: {source}")]
     Create { name: String, source: std::io::Error },
     #[error("{name}: KVM_IOEVENTFD for queue {queue}: {source}")]
@@ -66,6 +69,8 @@ pub struct WorkerInit {
     pub vsock: Option<ThreadInit>,
     /// net: its TAP, and the TAP's offload ioctl.
     pub net: Option<ThreadInit>,
+    /// virtio-fs: its vhost-user session's socket.
+    pub fs: Option<ThreadInit>,
 }
 
 /// One device on the bus.
@@ -143,6 +148,18 @@ impl DeviceManager {
             info!("{name}: TAP {}, MAC {}", tap.name(), n.mac);
             made.push(Box::new(
                 Net::new(&name, tap, cfg, init.net.clone()).map_err(|source| DeviceError::Net { index, source })?,
+            ));
+        }
+        for (index, f) in config.fs.iter().enumerate() {
+            let cfg = FsDeviceConfig {
+                tag: f.tag.clone(),
+                socket: f.socket.clone(),
+                request_queues: f.num_queues,
+                queue_size: f.queue_size,
+            };
+            let name = format!("virtio-fs{index}");
+            made.push(Box::new(
+                Fs::new(&name, &cfg, init.fs.clone()).map_err(|source| DeviceError::Fs { index, source })?,
             ));
         }
         if made.len() > MAX_DEVICES {

@@ -59,6 +59,10 @@ pub struct Filters {
     /// A virtio-net worker: a device's, plus setting its TAP's offloads to
     /// what the guest accepted.
     pub net: Arc<Filter>,
+    /// A virtio-fs worker: a device's, plus its vhost-user session (connect
+    /// to the backend's Unix socket, messages with fds both ways, reply
+    /// timeouts).
+    pub fs: Arc<Filter>,
 }
 
 /// One compiled filter and the thread kind it is for.
@@ -163,7 +167,8 @@ impl Filters {
             monitor: Arc::new(without_files("event monitor", allow_all(&[RUNTIME]), on_mismatch.clone())?),
             device: Arc::new(without_files("device", allow_all(&[RUNTIME, DEVICE_IO]), on_mismatch.clone())?),
             vsock: Arc::new(without_files("vsock", vsock_rules(), on_mismatch.clone())?),
-            net: Arc::new(without_files("net", net_rules(), on_mismatch)?),
+            net: Arc::new(without_files("net", net_rules(), on_mismatch.clone())?),
+            fs: Arc::new(without_files("fs", fs_rules(), on_mismatch)?),
         })
     }
 }
@@ -385,6 +390,20 @@ fn net_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     let mut rules = allow_all(&[RUNTIME, DEVICE_IO]);
     // TUNSETOFFLOAD, _IOW('T', 208, unsigned int), only.
     rules.insert(libc::SYS_ioctl, vec![arg_rule(1, SeccompCmpOp::Eq, 0x4004_54d0)]);
+    rules
+}
+
+fn fs_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
+    let session = &[
+        libc::SYS_connect,
+        libc::SYS_sendmsg,
+        libc::SYS_recvmsg,
+        // The peek that tells a closed session from a spurious wake-up.
+        libc::SYS_recvfrom,
+        libc::SYS_setsockopt,
+    ];
+    let mut rules = allow_all(&[RUNTIME, DEVICE_IO, session]);
+    rules.insert(libc::SYS_socket, vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)]);
     rules
 }
 

@@ -218,6 +218,7 @@ impl Vm {
             device: seccomp.map(|f| init(&f.device)),
             vsock: seccomp.map(|f| init(&f.vsock)),
             net: seccomp.map(|f| init(&f.net)),
+            fs: seccomp.map(|f| init(&f.fs)),
         };
         let guest_memory = GuestMemoryAtomic::new(mem.clone());
         let virtio =

@@ -9,6 +9,7 @@
 //! the device serves them on a thread of its own, never on a vCPU thread.
 
 pub mod block;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;

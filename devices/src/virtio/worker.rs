@@ -67,8 +67,12 @@ impl Watch for Fds<'_, '_> {
 const STOP_LIMIT: Duration = Duration::from_secs(5);
 const CONTROL: u32 = u32::MAX;
 
+/// Work to do once on the worker thread, under its seccomp filter.
+type Job = Box<dyn FnOnce() + Send>;
+
 enum Control<H> {
     Start(H, Vec<Arc<EventFd>>),
+    Run(Job),
     Stop(SyncSender<()>),
     Exit,
 }
@@ -101,6 +105,7 @@ impl<H: QueueHandler> Subscriber<H> {
                     }
                     self.serving = Some((handler, notifiers));
                 }
+                Control::Run(job) => job(),
                 Control::Stop(ack) => {
                     self.stop_serving(ops);
                     let _ = ack.send(());
@@ -197,6 +202,17 @@ impl<H: QueueHandler> Worker<H> {
     /// Hands the thread a handler and its queues' notifiers.
     pub fn start(&self, handler: H, notifiers: Vec<Arc<EventFd>>) -> std::io::Result<()> {
         if self.send(Control::Start(handler, notifiers)) {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("{}: the worker thread is gone", self.name)))
+        }
+    }
+
+    /// Runs `job` on the worker thread, between events: for set-up that its
+    /// seccomp filter allows and the caller's does not (virtio-fs connects to
+    /// its vhost-user backend there).
+    pub fn run(&self, job: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+        if self.send(Control::Run(Box::new(job))) {
             Ok(())
         } else {
             Err(std::io::Error::other(format!("{}: the worker thread is gone", self.name)))
