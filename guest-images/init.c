@@ -607,7 +607,8 @@ static int two_words(const char *s, char *a, int an, char *b, int bn)
 	return a[0] && b[0] ? 0 : -1;
 }
 
-/* fs-mount TAG DIR: mounts the virtio-fs share TAG on DIR (made if missing). */
+/* fs-mount TAG DIR: mounts the virtio-fs share TAG on DIR (made, with its
+ * parents, if missing), as Kata's agent mounts the pod's share. */
 static void fs_mount(const char *args, struct line *l)
 {
 	char tag[64], dir[160];
@@ -616,6 +617,14 @@ static void fs_mount(const char *args, struct line *l)
 	if (two_words(args, tag, sizeof(tag), dir, sizeof(dir)) != 0) {
 		put(l, "error: usage: fs-mount TAG DIR");
 		return;
+	}
+	/* mkdir -p: each parent, then the directory itself. */
+	for (char *p = dir + 1; *p; p++) {
+		if (*p == '/') {
+			*p = 0;
+			my_syscall2(__NR_mkdir, dir, 0755);
+			*p = '/';
+		}
 	}
 	my_syscall2(__NR_mkdir, dir, 0755);
 	r = my_syscall5(__NR_mount, tag, dir, "virtiofs", 0, 0);

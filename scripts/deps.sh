@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what lithe's build and tests need on a fresh machine of this kind:
 # Debian packages (guest kernel build, ACPI table checks with iasl, curl,
-# iproute2 for the network tests' namespaces and TAPs) and
+# iproute2 for the network tests' namespaces and TAPs, qemu-system-common
+# for /usr/lib/qemu/virtiofsd, the virtio-fs tests' backend) and
 # the Rust components (clippy, rustfmt; nightly Miri). Idempotent: checks
 # with dpkg/rustup first and installs only what is missing. Needs root for
 # apt-get; without it, it names what is missing and fails.
@@ -9,7 +10,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 patch perl
-	linux-source-6.1 acpica-tools curl e2fsprogs iproute2)
+	linux-source-6.1 acpica-tools curl e2fsprogs iproute2 qemu-system-common)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -21,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	fi
 	echo "deps: installing ${missing[*]}" >&2
 	apt-get update -qq
-	apt-get install -y -qq "${missing[@]}" >/dev/null
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy >/dev/null

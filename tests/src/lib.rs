@@ -14,6 +14,7 @@
 //! `size=128M,thp=off`).
 
 pub mod netns;
+pub mod virtiofsd;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -192,6 +193,8 @@ pub struct Launch<'a> {
     /// Run lithe inside this network namespace (`ip netns exec`, which
     /// execs lithe in place: the child is lithe itself).
     pub netns: Option<&'a str>,
+    /// `--memory`'s value instead of the default (`LITHE_TEST_MEMORY`, else 128M).
+    pub memory: Option<&'a str>,
 }
 
 impl Guest {
@@ -217,12 +220,12 @@ impl Guest {
                 cmd.arg("--initramfs").arg(&image.initramfs);
             }
             let cmdline = format!("{} {}", image.cmdline.trim(), opts.extra_cmdline);
-            cmd.arg("--cmdline")
-                .arg(cmdline.trim())
-                .arg("--cpus")
-                .arg(opts.cpus)
-                .arg("--memory")
-                .arg(std::env::var("LITHE_TEST_MEMORY").unwrap_or_else(|_| "size=128M".into()));
+            cmd.arg("--cmdline").arg(cmdline.trim()).arg("--cpus").arg(opts.cpus).arg("--memory").arg(
+                match opts.memory {
+                    Some(m) => m.to_string(),
+                    None => std::env::var("LITHE_TEST_MEMORY").unwrap_or_else(|_| "size=128M".into()),
+                },
+            );
         }
         cmd.args(opts.args);
         let mut child =

@@ -401,6 +401,8 @@ fn fs_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
         // The peek that tells a closed session from a spurious wake-up.
         libc::SYS_recvfrom,
         libc::SYS_setsockopt,
+        // The watchdog ends an exchange the backend does not answer.
+        libc::SYS_shutdown,
     ];
     let mut rules = allow_all(&[RUNTIME, DEVICE_IO, session]);
     rules.insert(libc::SYS_socket, vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)]);

@@ -149,10 +149,32 @@ fn the_net_thread_may_read_write_and_set_offloads_only() {
 }
 
 #[test]
+fn the_fs_thread_may_talk_vhost_user_on_unix_sockets_only() {
+    let f = Filters::new().expect("filters");
+    let allowed = in_child(&f.fs, || {
+        syscall(libc::SYS_socket, libc::AF_UNIX as _, libc::SOCK_STREAM as _, 0);
+        syscall(libc::SYS_connect, -1, 0, 0);
+        syscall(libc::SYS_sendmsg, -1, 0, 0);
+        syscall(libc::SYS_recvmsg, -1, 0, 0);
+        syscall(libc::SYS_recvfrom, -1, 0, 0);
+        syscall(libc::SYS_setsockopt, -1, 0, 0);
+        syscall(libc::SYS_shutdown, -1, 0, 0);
+        syscall(libc::SYS_epoll_wait, -1, 0, 0);
+    });
+    assert_eq!(allowed, 0);
+    // Not a network socket, no listening, no ioctl, no files, no processes.
+    assert_eq!(in_child(&f.fs, || syscall(libc::SYS_socket, libc::AF_INET as _, 1, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.fs, || syscall(libc::SYS_accept4, -1, 0, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.fs, || syscall(libc::SYS_ioctl, -1, KVM_RUN, 0)), BLOCKED_SYSCALL_EXIT);
+    assert_eq!(in_child(&f.fs, open_fails_with_eacces), 0);
+    assert_eq!(in_child(&f.fs, || syscall(libc::SYS_execve, 0, 0, 0)), BLOCKED_SYSCALL_EXIT);
+}
+
+#[test]
 fn every_thread_may_ask_whether_a_descriptor_is_open_and_no_more() {
     // What Rust's std does before closing an fd in a debug build.
     let f = Filters::new().expect("filters");
-    for filter in [&f.vcpu, &f.api, &f.monitor, &f.device, &f.vsock, &f.net] {
+    for filter in [&f.vcpu, &f.api, &f.monitor, &f.device, &f.vsock, &f.net, &f.fs] {
         assert_eq!(in_child(filter, || syscall(libc::SYS_fcntl, 0, libc::F_GETFD as _, 0)), 0);
     }
     for filter in [&f.vcpu, &f.device, &f.net] {

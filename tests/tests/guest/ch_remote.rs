@@ -170,11 +170,42 @@ fn ch_remote_creates_boots_and_presses_the_power_button() {
     assert_eq!(g.wait_exit(Duration::from_secs(60)).code(), Some(0), "the guest powered off, and lithe with it");
 }
 
-/// Kata Containers' clh driver (src/runtime/virtcontainers/clh.go): its
-/// launch flags, its vm.create body with the fields it really sends, its
-/// state checks, a resize computed from `boot_vcpus`, vmm.shutdown.
+/// One request to the guest's agent, as Kata's shim makes it: a connection
+/// through the hybrid-vsock socket (`CONNECT 1024`), one line each way.
+fn agent(hvsock: &Path, request: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(hvsock).unwrap();
+    s.set_read_timeout(Some(HOTPLUG_TIMEOUT)).unwrap();
+    s.write_all(b"CONNECT 1024\n").unwrap();
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut ok = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut ok).unwrap();
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    s.write_all(format!("AGENT {request}\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut answer).unwrap();
+    answer.trim_end().to_string()
+}
+
+/// Kata Containers' clh driver (src/runtime/virtcontainers/clh.go), the
+/// whole pod sequence: its launch flags, virtiofsd started first, its
+/// vm.create body with every field it sends (disk-less here: the guest
+/// image is the initramfs), vm.add-net with the pod's TAP fd, its state
+/// checks, boot, the agent dialled over hybrid vsock, the share mounted and
+/// read through virtio-fs, traffic over the TAP, a resize computed from
+/// `boot_vcpus`, vmm.shutdown. Every check is on what the guest answered.
 #[test]
 fn katas_clh_driver_sequence() {
+    let test = "guest::ch_remote::katas_clh_driver_sequence";
+    let dir = tempfile::tempdir().unwrap();
+    // The pod's shared directory, served by an unmodified virtiofsd, which
+    // Kata starts before it creates the VM.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(shared.join("pod")).unwrap();
+    let config = br#"{"ociVersion": "1.0.2", "process": {"args": ["sh"]}}"#;
+    std::fs::write(shared.join("pod/config.json"), config).unwrap();
+    let Some(_virtiofsd) = tests::virtiofsd::Virtiofsd::start(test, dir.path(), &shared) else { return };
+    let Some(ns) = Netns::new("kata") else { return };
+
     let mut g = Guest::launch(Launch {
         cpus: "",
         with_kernel: false,
@@ -190,25 +221,14 @@ fn katas_clh_driver_sequence() {
     body["payload"] = json!({ "kernel": image.kernel, "initramfs": image.initramfs, "cmdline": image.cmdline });
     body["cpus"]["max_vcpus"] = json!(2);
     body["cpus"]["topology"]["cores_per_die"] = json!(2);
-    // The device lithe has no model for yet (virtio-fs): one 400 naming it.
-    let (s, err) = g.api("PUT", "vm.create", body.clone());
-    assert_eq!(s, 400, "{err}");
-    let text = err.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" | ")).unwrap();
-    assert!(text.contains("fs ("), "fs not named: {text}");
-    assert!(!text.contains("rng") && !text.contains("vsock"), "Kata's rng and vsock are served: {text}");
-    assert!(!text.contains("memory") && !text.contains("cpus"), "only the devices are refused: {text}");
-
-    // Without it, the rest of what Kata sends is accepted, its rng and vsock
-    // included (the vsock socket where this test can make it).
-    body.as_object_mut().unwrap().remove("fs");
-    let dir = tempfile::tempdir().unwrap();
+    // Where this test can make them: the vsock socket and virtiofsd's.
     let hvsock = dir.path().join("kata.hvsock");
     body["vsock"]["socket"] = json!(hvsock);
+    body["fs"][0]["socket"] = json!(dir.path().join("virtiofsd.sock"));
     let (s, r) = g.api("PUT", "vm.create", body);
-    assert_eq!(s, 204, "{r}");
+    assert_eq!(s, 204, "Kata's whole body is taken: {r}");
     // AddNet: Kata opens the pod's TAP in its network namespace and sends
     // the fd with vm.add-net (SCM_RIGHTS), with its generated client's body.
-    let Some(ns) = Netns::new("kata") else { return };
     let tap = ns.open_tap("ktap0");
     ns.ip(&["addr", "add", "10.78.0.1/24", "dev", "ktap0"]);
     ns.ip(&["link", "set", "ktap0", "up"]);
@@ -222,26 +242,33 @@ fn katas_clh_driver_sequence() {
     let (s, info) = g.api("GET", "vm.info", Value::Null);
     assert_eq!((s, info["state"].as_str()), (200, Some("Running")), "{info}");
     assert_eq!(info["config"]["memory"]["hotplug_size"], json!(4294967296u64), "{info}");
+    assert_eq!(info["config"]["memory"]["shared"], json!(true), "{info}");
     assert_eq!(info["config"]["rng"]["src"], json!("/dev/urandom"), "{info}");
+    assert_eq!(info["config"]["fs"][0]["tag"], json!("kataShared"), "{info}");
     g.wait_cpus("0", "0", BOOT_TIMEOUT);
     // The agent's entropy: the guest reads Kata's virtio-rng.
     g.send("rng 32");
     g.wait_console("LITHE-GUEST rng bytes=32 ", HOTPLUG_TIMEOUT);
+
     // The shim dials the agent as Kata's HybridVSockDialer does: CONNECT 1024.
-    let mut agent = std::os::unix::net::UnixStream::connect(&hvsock).unwrap();
-    agent.set_read_timeout(Some(HOTPLUG_TIMEOUT)).unwrap();
-    agent.write_all(b"CONNECT 1024\n").unwrap();
-    let mut reader = std::io::BufReader::new(agent.try_clone().unwrap());
-    let mut ok = String::new();
-    std::io::BufRead::read_line(&mut reader, &mut ok).unwrap();
-    assert!(ok.starts_with("OK "), "{ok:?}");
-    agent.write_all(b"hello agent\n").unwrap();
-    let mut echo = String::new();
-    std::io::BufRead::read_line(&mut reader, &mut echo).unwrap();
-    assert_eq!(echo, "hello agent\n", "the guest answered over vsock");
+    assert_eq!(agent(&hvsock, "cpus"), "cpus online=0");
+    // The agent mounts the pod's share (Kata's kataShared tag) and reads
+    // the container's config from it, through virtiofsd.
+    let mnt = "/run/kata-containers/shared/containers";
+    assert_eq!(agent(&hvsock, &format!("mount kataShared {mnt}")), format!("fs-mount kataShared {mnt} ok"));
+    let fnv = tests::virtiofsd::fnv1a(config);
+    assert_eq!(
+        agent(&hvsock, &format!("read {mnt}/pod/config.json")),
+        format!(
+            "fs-read {mnt}/pod/config.json bytes={} fnv={fnv} first={}",
+            config.len(),
+            String::from_utf8_lossy(config)
+        )
+    );
     // The pod's network: the guest on the TAP Kata handed over.
     g.send("net-up 10.78.0.2/24");
     g.wait_console("LITHE-GUEST net-up eth0 addr=10.78.0.2/24 mac=02:42:ac:11:00:02", HOTPLUG_TIMEOUT);
+    assert_eq!(agent(&hvsock, "net"), "net eth0 mac=02:42:ac:11:00:02 operstate=up");
     let mut tcp = ns.connect("10.78.0.2:7".parse().unwrap(), HOTPLUG_TIMEOUT);
     tcp.set_read_timeout(Some(HOTPLUG_TIMEOUT)).unwrap();
     tcp.write_all(b"hello pod\n").unwrap();
@@ -254,6 +281,7 @@ fn katas_clh_driver_sequence() {
     let (s, r) = g.api("PUT", "vm.resize", json!({ "desired_vcpus": current + 1 }));
     assert_eq!((s, &r), (204, &Value::Null), "Cloud Hypervisor's answer: accepted, no body");
     g.wait_cpus("0-1", "0-1", HOTPLUG_TIMEOUT);
+    assert_eq!(agent(&hvsock, "cpus"), "cpus online=0-1");
     let (_, info) = g.api("GET", "vm.info", Value::Null);
     assert_eq!(info["config"]["cpus"]["boot_vcpus"], json!(2), "{info}");
     // Memory hotplug is what the stored hotplug_size is for: refused, by name.

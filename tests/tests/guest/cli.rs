@@ -28,6 +28,10 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
         (&["--kernel", k, "--disk", "readonly=on"], "--disk"),
         (&["--kernel", k, "--vsock", "cid=2,socket=/tmp/lithe-test.vsock"], "--vsock"),
         (&["--kernel", k, "--rng", "src=/nonexistent-rng"], "--rng"),
+        (&["--kernel", k, "--memory", "size=256M,shared=on", "--fs", "tag=t,socket=/nonexistent.sock"], "--fs"),
+        (&["--kernel", k, "--fs", "tag=t,socket=/tmp"], "--fs"),
+        (&["--kernel", k, "--fs", "tag=0123456789012345678901234567890123456,socket=/s"], "--fs"),
+        (&["--kernel", k, "--fs", "socket=/s,queue_size=1000"], "--fs"),
         (&[], "--kernel"),
     ];
     for (args, flag) in cases {

@@ -9,6 +9,7 @@ mod ch_remote;
 mod cli;
 mod devices;
 mod faults;
+mod fs;
 mod hostile_guest;
 mod hotplug;
 mod net;

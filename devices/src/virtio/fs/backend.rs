@@ -4,13 +4,14 @@
 //! guest activates the device; take the rings back when it resets.
 //!
 //! Every call runs on the device's worker thread (its seccomp filter allows
-//! the socket; a vCPU's does not), and every reply is awaited at most
-//! [`REPLY_LIMIT`]: a backend that stops answering fails the device, it
-//! never holds a lithe thread.
+//! the socket; a vCPU's does not), and every exchange is bounded by
+//! [`REPLY_LIMIT`] ([`Watchdog`]): a backend that stops answering fails the
+//! device, it never holds a lithe thread.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -19,6 +20,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::watchdog::Watchdog;
 use crate::virtio::VIRTIO_F_VERSION_1;
 
 /// The longest lithe waits for one reply (or to send one message).
@@ -49,8 +51,9 @@ pub enum BackendError {
     RingAddress { index: usize, what: &'static str, addr: u64 },
 }
 
-fn step<T>(step: &'static str, r: vhost::Result<T>) -> Result<T, BackendError> {
-    r.map_err(|source| BackendError::Protocol { step, source })
+/// One exchange, bounded by the watchdog; a failure names its step.
+fn step<T>(dog: &Watchdog, step: &'static str, f: impl FnOnce() -> vhost::Result<T>) -> Result<T, BackendError> {
+    dog.guard(f).map_err(|source| BackendError::Protocol { step, source })
 }
 
 /// One queue as the backend needs it.
@@ -75,37 +78,59 @@ pub struct Backend {
     features: u64,
     protocol: VhostUserProtocolFeatures,
     queues: usize,
+    watchdog: Arc<Watchdog>,
 }
 
 impl Backend {
     /// Connects to the backend listening on `path` and negotiates a device
     /// with `queues` queues.
-    pub fn connect(path: &Path, queues: usize) -> Result<Backend, BackendError> {
-        let sock = UnixStream::connect(path).map_err(BackendError::Connect)?;
-        sock.set_read_timeout(Some(REPLY_LIMIT)).map_err(BackendError::Connect)?;
+    pub fn connect(path: &Path, queues: usize, watchdog: Arc<Watchdog>) -> Result<Backend, BackendError> {
+        Backend::negotiate(UnixStream::connect(path).map_err(BackendError::Connect)?, queues, watchdog)
+    }
+
+    /// Negotiates over a connected session socket (tests and the fuzz
+    /// target hand one end of a socket pair).
+    pub fn negotiate(sock: UnixStream, queues: usize, watchdog: Arc<Watchdog>) -> Result<Backend, BackendError> {
+        // A send to a backend that reads nothing fails after this; receives
+        // are bounded by the watchdog (the crate retries timed-out ones).
         sock.set_write_timeout(Some(REPLY_LIMIT)).map_err(BackendError::Connect)?;
         let mut frontend = Frontend::from_stream(sock, queues as u64);
-        step("SET_OWNER", frontend.set_owner())?;
-        let features = step("GET_FEATURES", frontend.get_features())?;
+        let dog = &*watchdog;
+        dog.set_socket(frontend.as_raw_fd());
+        let r = Backend::handshake(&mut frontend, queues, dog);
+        if r.is_err() {
+            dog.clear_socket();
+        }
+        let (features, protocol) = r?;
+        Ok(Backend { frontend, features, protocol, queues, watchdog })
+    }
+
+    fn handshake(
+        frontend: &mut Frontend,
+        queues: usize,
+        dog: &Watchdog,
+    ) -> Result<(u64, VhostUserProtocolFeatures), BackendError> {
+        step(dog, "SET_OWNER", || frontend.set_owner())?;
+        let features = step(dog, "GET_FEATURES", || frontend.get_features())?;
         if features & VIRTIO_F_VERSION_1 == 0 {
             return Err(BackendError::NoVersion1(features));
         }
         let mut protocol = VhostUserProtocolFeatures::empty();
         if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
-            let offered = step("GET_PROTOCOL_FEATURES", frontend.get_protocol_features())?;
+            let offered = step(dog, "GET_PROTOCOL_FEATURES", || frontend.get_protocol_features())?;
             protocol = offered & wanted_protocol();
-            step("SET_PROTOCOL_FEATURES", frontend.set_protocol_features(protocol))?;
+            step(dog, "SET_PROTOCOL_FEATURES", || frontend.set_protocol_features(protocol))?;
             if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             }
             if protocol.contains(VhostUserProtocolFeatures::MQ) {
-                let offered = step("GET_QUEUE_NUM", frontend.get_queue_num())?;
+                let offered = step(dog, "GET_QUEUE_NUM", || frontend.get_queue_num())?;
                 if offered < queues as u64 {
                     return Err(BackendError::Queues { offered, needed: queues });
                 }
             }
         }
-        Ok(Backend { frontend, features, protocol, queues })
+        Ok((features, protocol))
     }
 
     /// The backend's virtio features.
@@ -127,9 +152,11 @@ impl Backend {
     /// accepted, the memory map with each region's fd, then each ring.
     pub fn start(&self, mem: &GuestMemoryMmap, driver_features: u64, rings: &[Ring]) -> Result<(), BackendError> {
         let mut frontend = self.frontend.clone();
+        let dog = &*self.watchdog;
         let features = driver_features | (self.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
-        step("SET_FEATURES", frontend.set_features(features))?;
-        step("SET_MEM_TABLE", frontend.set_mem_table(&memory_regions(mem)?))?;
+        step(dog, "SET_FEATURES", || frontend.set_features(features))?;
+        let regions = memory_regions(mem)?;
+        step(dog, "SET_MEM_TABLE", || frontend.set_mem_table(&regions))?;
         for (index, r) in rings.iter().enumerate() {
             let host = |what, addr| {
                 mem.get_host_address(GuestAddress(addr)).map(|p| p as u64).map_err(|_| BackendError::RingAddress {
@@ -147,13 +174,13 @@ impl Backend {
                 avail_ring_addr: host("available ring", r.avail)?,
                 log_addr: None,
             };
-            step("SET_VRING_NUM", frontend.set_vring_num(index, r.size))?;
-            step("SET_VRING_ADDR", frontend.set_vring_addr(index, &config))?;
-            step("SET_VRING_BASE", frontend.set_vring_base(index, r.base))?;
-            step("SET_VRING_CALL", frontend.set_vring_call(index, r.call))?;
-            step("SET_VRING_KICK", frontend.set_vring_kick(index, r.kick))?;
+            step(dog, "SET_VRING_NUM", || frontend.set_vring_num(index, r.size))?;
+            step(dog, "SET_VRING_ADDR", || frontend.set_vring_addr(index, &config))?;
+            step(dog, "SET_VRING_BASE", || frontend.set_vring_base(index, r.base))?;
+            step(dog, "SET_VRING_CALL", || frontend.set_vring_call(index, r.call))?;
+            step(dog, "SET_VRING_KICK", || frontend.set_vring_kick(index, r.kick))?;
             if self.enables_rings() {
-                step("SET_VRING_ENABLE", frontend.set_vring_enable(index, true))?;
+                step(dog, "SET_VRING_ENABLE", || frontend.set_vring_enable(index, true))?;
             }
         }
         Ok(())
@@ -163,11 +190,12 @@ impl Backend {
     /// of them before `GET_VRING_BASE` answers.
     pub fn stop(&self) -> Result<(), BackendError> {
         let mut frontend = self.frontend.clone();
+        let dog = &*self.watchdog;
         for index in 0..self.queues {
             if self.enables_rings() {
-                step("SET_VRING_ENABLE", frontend.set_vring_enable(index, false))?;
+                step(dog, "SET_VRING_ENABLE", || frontend.set_vring_enable(index, false))?;
             }
-            step("GET_VRING_BASE", frontend.get_vring_base(index))?;
+            step(dog, "GET_VRING_BASE", || frontend.get_vring_base(index))?;
         }
         Ok(())
     }
@@ -181,6 +209,13 @@ fn memory_regions(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo
                 .map_err(|_| BackendError::NotShared { addr: r.start_addr().0 })
         })
         .collect()
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // The socket closes with `frontend`, after this.
+        self.watchdog.clear_socket();
+    }
 }
 
 impl std::fmt::Debug for Backend {

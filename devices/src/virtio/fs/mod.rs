@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod fail;
 mod handler;
+pub mod watchdog;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use super::worker::Worker;
 use super::{read_config_bytes, ActivateError, Activation, ThreadInit, VirtioDevice, VIRTIO_F_VERSION_1};
 use backend::{Backend, BackendError, REPLY_LIMIT};
 use handler::Handler;
+use watchdog::Watchdog;
 
 pub const TYPE_FS: u32 = 26;
 /// The tag's field in the configuration space (`tag[36]`, NUL-padded).
@@ -99,8 +101,10 @@ impl Fs {
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
             .map_err(FsError::Worker)?;
+        let dog_name = format!("{}-dog", name.trim_start_matches("virtio-"));
+        let watchdog = Arc::new(Watchdog::spawn(&dog_name, REPLY_LIMIT, thread_init.clone()).map_err(FsError::Worker)?);
         let worker = Worker::spawn(name, thread_init).map_err(FsError::Worker)?;
-        let backend = connect_on(&worker, &cfg.socket, queues)?;
+        let backend = connect_on(&worker, &cfg.socket, queues, watchdog)?;
         log::info!("{name}: tag {:?}, backend {socket} ({backend:?})", cfg.tag);
         let mut config_space = vec![0u8; TAG_MAX + 4];
         config_space[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
@@ -124,16 +128,21 @@ impl Fs {
 
 /// Connects on the worker thread (whose filter allows the socket) and waits
 /// for it, bounded: the backend's replies are bounded by [`REPLY_LIMIT`] each.
-fn connect_on(worker: &Worker<Handler>, path: &Path, queues: usize) -> Result<Backend, FsError> {
+fn connect_on(
+    worker: &Worker<Handler>,
+    path: &Path,
+    queues: usize,
+    watchdog: Arc<Watchdog>,
+) -> Result<Backend, FsError> {
     let socket = path.display().to_string();
     let (tx, rx) = mpsc::sync_channel(1);
     let path = path.to_path_buf();
     worker
         .run(move || {
-            let _ = tx.send(Backend::connect(&path, queues));
+            let _ = tx.send(Backend::connect(&path, queues, watchdog));
         })
         .map_err(FsError::Worker)?;
-    // Connect, plus a handful of messages each bounded by REPLY_LIMIT.
+    // Connect, plus a handful of exchanges each bounded by REPLY_LIMIT.
     let limit = REPLY_LIMIT * 6;
     match rx.recv_timeout(limit) {
         Ok(r) => r.map_err(|source| FsError::Backend { socket, source }),
