@@ -9,8 +9,10 @@
  *     through /dev/mem: random offsets across both pages, widths 1/2/4/8,
  *     random values; ejects (EJECT, 0x600) of vCPU 0, absent and out-of-range
  *     ids; _OST storms (OST_SELECT/EVENT/STATUS) for any id;
- *   - the virtio-mmio devices (0xd0000000, one 4 KiB window each, three: the
- *     hostile-guest test's disk, rng and network card): random reads and writes, and whole device setups with
+ *   - the virtio-mmio devices (0xd0000000, one 4 KiB window each, four: the
+ *     hostile-guest test's disk, rng, network card and virtio-fs share, whose
+ *     rings lithe hands to a real virtiofsd or, when that has failed, serves
+ *     itself): random reads and writes, and whole device setups with
  *     random features and queue sizes whose rings sit in a page of the
  *     attacker's own memory (its physical address from /proc/self/pagemap),
  *     filled with random descriptors: loops, overlaps, lengths past the end,
@@ -54,7 +56,7 @@
 #define REG_OST_STATUS 0x60c
 #define REG_BLOCK 0x200 /* PRESENT, INSERT, REMOVE, then the control block */
 #define VIRTIO_BASE 0xd0000000UL
-#define VIRTIO_DEVICES 3UL /* the test's disk, rng and network card */
+#define VIRTIO_DEVICES 4UL /* the test's disk, rng, network card and virtio-fs */
 #define VIRTIO_WINDOW (VIRTIO_DEVICES * 0x1000UL)
 #define RING_USED 0x7f8 /* a used ring of up to 256 entries (2054 bytes) ends below 0x1000 */
 #define SYS_lseek 8
@@ -263,18 +265,23 @@ static void hostile_setup(volatile unsigned char *vio, unsigned dev)
 	mmio_write(b, 0x24, 4, 1);
 	mmio_write(b, 0x20, 4, next() % 4 ? 1 : next());
 	mmio_write(b, 0x70, 4, 11);
-	mmio_write(b, 0x30, 4, next() % 4);
-	mmio_write(b, 0x38, 4, size);
-	unsigned long desc = ring_phys ? ring_phys : next(), avail = desc + 0x400, used = desc + RING_USED;
-	if (next() % 8 == 0)
-		used = next(); /* somewhere else entirely */
-	mmio_write(b, 0x80, 4, desc);
-	mmio_write(b, 0x84, 4, desc >> 32);
-	mmio_write(b, 0x90, 4, avail);
-	mmio_write(b, 0x94, 4, avail >> 32);
-	mmio_write(b, 0xa0, 4, used);
-	mmio_write(b, 0xa4, 4, used >> 32);
-	mmio_write(b, 0x44, 4, 1);
+	/* One random queue, or the first two or three (a device with several
+	 * queues activates only with all of them ready), sharing the rings. */
+	unsigned nq = 1 + next() % 3;
+	for (unsigned q = 0; q < nq; q++) {
+		mmio_write(b, 0x30, 4, nq == 1 ? next() % 4 : q);
+		mmio_write(b, 0x38, 4, size);
+		unsigned long desc = ring_phys ? ring_phys : next(), avail = desc + 0x400, used = desc + RING_USED;
+		if (next() % 8 == 0)
+			used = next(); /* somewhere else entirely */
+		mmio_write(b, 0x80, 4, desc);
+		mmio_write(b, 0x84, 4, desc >> 32);
+		mmio_write(b, 0x90, 4, avail);
+		mmio_write(b, 0x94, 4, avail >> 32);
+		mmio_write(b, 0xa0, 4, used);
+		mmio_write(b, 0xa4, 4, used >> 32);
+		mmio_write(b, 0x44, 4, 1);
+	}
 	mmio_write(b, 0x70, 4, next() % 8 ? 15 : next());
 	mmio_write(b, 0x50, 4, next() % 4);
 }

@@ -31,17 +31,25 @@ fn counter(g: &Guest, device: &str, name: &str) -> u64 {
 
 #[test]
 fn a_guest_writing_garbage_to_the_registers_leaves_lithe_serving_and_in_agreement() {
-    // A disk, an rng and a network card too: the attacker sets them up with
-    // hostile rings. The TAP lives in a namespace of the test's, down.
+    // A disk, an rng, a network card and a virtio-fs share too: the attacker
+    // sets them up with hostile rings. The TAP lives in a namespace of the
+    // test's, down; the share's backend is a real virtiofsd.
+    let test = "guest::hostile_guest";
     let Some(ns) = Netns::new("hostile") else { return };
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.raw");
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
     let disk = format!("path={}", image.display());
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let Some(_backend) = tests::virtiofsd::Virtiofsd::start(test, dir.path(), &shared) else { return };
+    // Queues of 256 like the others: the attacker's rings fit its one page.
+    let fs = format!("tag=hostile,socket={},queue_size=256", dir.path().join("virtiofsd.sock").display());
     let mut g = Guest::launch(Launch {
         cpus: "boot=2,max=4",
         with_kernel: true,
-        args: &["--disk", &disk, "--rng", "src=/dev/urandom", "--net", "tap=hostile0"],
+        memory: Some("size=128M,shared=on"),
+        args: &["--disk", &disk, "--rng", "src=/dev/urandom", "--net", "tap=hostile0", "--fs", &fs],
         netns: Some(&ns.0),
         ..Launch::default()
     });
@@ -64,14 +72,18 @@ fn a_guest_writing_garbage_to_the_registers_leaves_lithe_serving_and_in_agreemen
         "no access was counted as ignored: the attack did not reach the controller"
     );
     assert!(g.log_contains("never removable"), "the eject of vCPU 0 was seen and refused");
-    // Both virtio devices saw the garbage and said what they refused (their
+    // Every virtio device saw the garbage and said what it refused (its
     // start-up and activation lines aside).
-    for device in ["virtio-blk0: ", "virtio-rng: ", "virtio-net0: "] {
+    for device in ["virtio-blk0: ", "virtio-rng: ", "virtio-net0: ", "virtio-fs0: "] {
         let refused = g
             .log_lines()
             .iter()
             .filter(|l| {
-                l.contains(device) && !l.contains("virtio-mmio at") && !l.contains("activated") && !l.contains(": TAP ")
+                l.contains(device)
+                    && !l.contains("virtio-mmio at")
+                    && !l.contains("activated")
+                    && !l.contains(": TAP ")
+                    && !l.contains(": tag ")
             })
             .count();
         assert!(refused > 0, "no refusal logged for {device}");
