@@ -12,6 +12,9 @@
  *                         BS) within the first SPAN bytes, QD at a time: QD
  *                         processes each keep one read in flight
  *   sink TOTAL            reads TOTAL bytes that follow on the connection
+ *   mount TAG             mounts the virtio-fs share TAG on /share
+ *   fsread BS PATH        reads the file PATH (under /share) from start to
+ *                         end, BS bytes at a time; ops= is the bytes read
  *
  * and answers "ok ops=N us=T" (T: the guest's monotonic clock around the
  * work alone, so the figures are what the guest sees) or "error: ...".
@@ -39,7 +42,10 @@
 #define SYS_fdatasync 75
 #define SYS_clock_gettime 228
 #define SYS_pipe 22
+#define SYS_mkdir 83
+#define SYS_mount 165
 
+#define O_RDONLY 0
 #define O_RDWR 02
 #define O_DIRECT 040000
 #define PROT_RW 3
@@ -280,6 +286,43 @@ static void sink(int c, const char *args)
 	answer(c, 0, 1, now_us() - t0);
 }
 
+/* mount TAG: the virtio-fs share on /share. */
+static void mount_share(int c, const char *tag)
+{
+	unsigned long t0 = now_us();
+	long r;
+
+	sys3(SYS_mkdir, "/share", 0755, 0);
+	r = sys6(SYS_mount, (long)tag, (long)"/share", (long)"virtiofs", 0, 0, 0);
+	if (r != 0)
+		failed(c, "mount", 0, r);
+	else
+		answer(c, 0, 1, now_us() - t0);
+}
+
+/* fsread BS PATH: the whole file, BS bytes per read. */
+static void fsread(int c, const char *args)
+{
+	unsigned long bs = parse(&args), got = 0, t0;
+	long n, fd;
+
+	while (*args == ' ')
+		args++;
+	if (bs == 0 || bs > MAX_BS)
+		{ answer(c, "BS must be 1 byte to 1 MiB", 0, 0); return; }
+	fd = sys3(SYS_open, (long)args, O_RDONLY, 0);
+	if (fd < 0)
+		{ failed(c, "open", 0, fd); return; }
+	t0 = now_us();
+	while ((n = sys3(SYS_read, fd, (long)io_buf, (long)bs)) > 0)
+		got += (unsigned long)n;
+	sys3(SYS_close, fd, 0, 0);
+	if (n < 0)
+		failed(c, "read", got, n);
+	else
+		answer(c, 0, got, now_us() - t0);
+}
+
 static void serve(int c)
 {
 	char cmd[128];
@@ -304,6 +347,10 @@ static void serve(int c)
 			random_reads(c, cmd + 5);
 		else if (starts(cmd, "sink "))
 			sink(c, cmd + 5);
+		else if (starts(cmd, "mount "))
+			mount_share(c, cmd + 6);
+		else if (starts(cmd, "fsread "))
+			fsread(c, cmd + 7);
 		else
 			answer(c, "unknown command", 0, 0);
 	}

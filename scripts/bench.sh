@@ -3,11 +3,12 @@
 # on the same guest, alternating, in one run: see tests/src/bin/bench/.
 # Each section writes its own page: hotplug docs/benchmarks.md (~15-25
 # minutes), io docs/benchmarks-io.md (~10 minutes), net (TCP echo over a
-# TAP in a network namespace; needs root) docs/benchmarks-net.md, netscale (lithe alone:
+# TAP in a network namespace; needs root) docs/benchmarks-net.md, fs (virtio-fs
+# reads through the same virtiofsd) docs/benchmarks-fs.md, netscale (lithe alone:
 # TCP requests/s while the vCPUs go 1 -> 4 -> 1, ~3 minutes, needs root for
 # a network namespace) docs/benchmarks-net-scale.md. Not part of the tests:
 # absolute times swing from day to day; read the ratios.
-#   scripts/bench.sh [--runs N] [--max 4,32,64] [--sections hotplug,io,net,netscale]
+#   scripts/bench.sh [--runs N] [--max 4,32,64] [--sections hotplug,io,net,fs,netscale]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/deps.sh >/dev/null
@@ -15,7 +16,7 @@ guest-images/build.sh >/dev/null
 cargo build --release -p lithe --bin lithe -q
 cargo build --release -p tests --bin bench -q
 
-args=() sections=hotplug,io,net,netscale
+args=() sections=hotplug,io,net,fs,netscale
 while [ $# -gt 0 ]; do
 	case $1 in
 	--sections) sections=$2; shift 2 ;;
@@ -32,8 +33,9 @@ for section in ${sections//,/ }; do
 	hotplug) page=docs/benchmarks.md title="vCPU hotplug" ;;
 	io) page=docs/benchmarks-io.md title="I/O" ;;
 	net) page=docs/benchmarks-net.md title="TCP over a TAP" ;;
+	fs) page=docs/benchmarks-fs.md title="virtio-fs" ;;
 	netscale) page=docs/benchmarks-net-scale.md title="TCP throughput while the vCPUs change" ;;
-	*) echo "bench.sh: unknown section '$section' (hotplug, io, net, netscale)" >&2; exit 2 ;;
+	*) echo "bench.sh: unknown section '$section' (hotplug, io, net, fs, netscale)" >&2; exit 2 ;;
 	esac
 	target/release/bench --out "$table" --sections "$section" "${args[@]}"
 	{
@@ -62,6 +64,15 @@ for section in ${sections//,/ }; do
 			echo "sets the TAP's address itself (\`ip=\`, \`mask=\`); for lithe the bench gives it with ip(8). From inside the"
 			echo "namespace the bench sends 4 MiB through each connection and reads the echo back, every byte checked: one"
 			echo "connection, then four at once. VMM CPU is every VMM thread but the vCPU threads (/proc schedstat), per MB."
+			echo
+		fi
+		if [ "$section" = fs ]; then
+			echo "Each run starts a fresh virtiofsd (Debian's /usr/lib/qemu/virtiofsd, \`-o cache=none\`, the same binary and"
+			echo "flags for both VMMs) sharing a folder with one 64 MiB file of pseudo-random bytes. Each VM has one vCPU,"
+			echo "\`--memory size=256M,shared=on\`, \`--fs tag=bench,socket=…,num_queues=1,queue_size=1024\`, hybrid vsock and"
+			echo "\`lithe_bench=io\`; the guest's iobench mounts the share and reads the file in 1 MiB reads, timed in the guest."
+			echo "lithe's device is virtio-mmio, Cloud Hypervisor's virtio-pci. VMM CPU is every VMM thread but the vCPU threads"
+			echo "(/proc schedstat) around the read, per MiB; virtiofsd's CPU is counted for neither."
 			echo
 		fi
 		if [ "$section" = io ]; then

@@ -8,6 +8,11 @@ use vmm_sys_util::eventfd::EventFd;
 /// Something that injects one edge of a device interrupt into the guest.
 pub trait InterruptTrigger: Send + Sync {
     fn trigger(&self) -> io::Result<()>;
+    /// The irqfd behind it, if it is one: a vhost-user backend can then
+    /// raise the interrupt itself.
+    fn irqfd(&self) -> Option<&EventFd> {
+        None
+    }
 }
 
 /// An irqfd: writing the eventfd makes KVM raise the GSI it was registered for.
@@ -27,6 +32,10 @@ impl EventFdTrigger {
 impl InterruptTrigger for EventFdTrigger {
     fn trigger(&self) -> io::Result<()> {
         self.0.write(1)
+    }
+
+    fn irqfd(&self) -> Option<&EventFd> {
+        Some(&self.0)
     }
 }
 

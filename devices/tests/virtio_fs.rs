@@ -138,3 +138,19 @@ fn forgets_get_no_reply_and_short_chains_are_refused() {
     m.write_obj(header(1, 7), GuestAddress(BUF)).unwrap();
     assert!(answer_eio(&m, q.pop_descriptor_chain(&m).unwrap()).is_err(), "no room for the reply");
 }
+
+#[test]
+fn a_sticky_used_bit_survives_acks_until_a_reset() {
+    use devices::virtio::interrupt::{INT_CONFIG, INT_VRING};
+    use devices::virtio::VirtioInterrupt;
+    let irq = devices::EventFdTrigger::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    let i = VirtioInterrupt::new(Box::new(irq));
+    assert!(i.irqfd().is_some(), "an irqfd trigger hands out its eventfd");
+    i.set_sticky(INT_VRING);
+    i.signal(INT_CONFIG);
+    assert_eq!(i.status(), INT_VRING | INT_CONFIG);
+    i.ack(INT_VRING | INT_CONFIG);
+    assert_eq!(i.status(), INT_VRING, "the config bit is exact, the used bit stays");
+    i.clear();
+    assert_eq!(i.status(), 0, "a reset clears it");
+}

@@ -12,13 +12,17 @@ pub const INT_CONFIG: u32 = 2;
 
 pub struct VirtioInterrupt {
     status: AtomicU32,
+    /// Bits `InterruptStatus` reads as set whatever was acknowledged: for
+    /// a device whose backend raises the irqfd itself, so lithe never sees
+    /// (and cannot set a bit for) each of its interrupts.
+    sticky: AtomicU32,
     trigger: Box<dyn InterruptTrigger>,
     raised: AtomicU64,
 }
 
 impl VirtioInterrupt {
     pub fn new(trigger: Box<dyn InterruptTrigger>) -> Self {
-        VirtioInterrupt { status: AtomicU32::new(0), trigger, raised: AtomicU64::new(0) }
+        VirtioInterrupt { status: AtomicU32::new(0), sticky: AtomicU32::new(0), trigger, raised: AtomicU64::new(0) }
     }
 
     /// Sets `bits` in `InterruptStatus` and raises the interrupt.
@@ -36,7 +40,19 @@ impl VirtioInterrupt {
     }
 
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::Acquire)
+        self.status.load(Ordering::Acquire) | self.sticky.load(Ordering::Acquire)
+    }
+
+    /// The irqfd the interrupt is raised through, when it is one.
+    pub fn irqfd(&self) -> Option<&vmm_sys_util::eventfd::EventFd> {
+        self.trigger.irqfd()
+    }
+
+    /// Makes `bits` read as set until [`VirtioInterrupt::clear`] (a reset).
+    /// A spurious used-ring interrupt is harmless (drivers check the ring);
+    /// a missing bit would lose the interrupt.
+    pub fn set_sticky(&self, bits: u32) {
+        self.sticky.fetch_or(bits, Ordering::AcqRel);
     }
 
     /// The guest's `InterruptACK`.
@@ -46,6 +62,7 @@ impl VirtioInterrupt {
 
     pub fn clear(&self) {
         self.status.store(0, Ordering::Release);
+        self.sticky.store(0, Ordering::Release);
     }
 
     /// Interrupts raised so far.

@@ -1,11 +1,15 @@
 //! virtio-fs on its worker thread while the guest has it active.
 //!
 //! With a live backend the backend serves the rings itself: it reads the
-//! guest's notifications from KVM's ioeventfds directly, and lithe only
-//! relays its "used" signals into the virtio-mmio interrupt (the status
-//! register must say why the interrupt came, so the backend cannot raise the
-//! guest's irqfd itself). It also watches the session's socket: the backend
-//! sends nothing unasked, so the socket becoming readable means it closed.
+//! guest's notifications from KVM's ioeventfds directly and raises the
+//! guest's interrupt through the device's irqfd directly, so a request
+//! never wakes lithe. virtio-mmio's `InterruptStatus` must say why an
+//! interrupt came, and lithe does not see these: the used-ring bit is made
+//! sticky while the backend serves (a spurious used-ring interrupt is
+//! harmless, a missing bit would lose one). Without an irqfd (tests), lithe
+//! relays the backend's signals itself. It also watches the session's
+//! socket: the backend sends nothing unasked, so the socket becoming
+//! readable means it closed.
 //!
 //! When the backend is gone, lithe takes the rings over and answers every
 //! request with `EIO` ([`super::fail`]).
@@ -22,6 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::{Backend, Ring};
 use super::{fail, State};
 use crate::guest_warn;
+use crate::virtio::interrupt::INT_VRING;
 use crate::virtio::worker::{QueueHandler, Watch, FIRST_FD_TOKEN};
 use crate::virtio::{GuestMemoryHandle, VirtioInterrupt};
 
@@ -45,7 +50,9 @@ pub struct Handler {
 }
 
 impl Handler {
-    fn rings(&self) -> Vec<Ring<'_>> {
+    /// The rings; the backend signals `direct` (the irqfd) if given, else
+    /// each queue's call eventfd, which lithe relays.
+    fn rings<'a>(&'a self, direct: Option<&'a EventFd>) -> Vec<Ring<'a>> {
         self.queues
             .iter()
             .zip(self.kicks.iter().zip(self.calls.iter()))
@@ -56,7 +63,7 @@ impl Handler {
                 avail: q.avail_ring(),
                 used: q.used_ring(),
                 base: q.next_avail(),
-                call,
+                call: direct.unwrap_or(call),
                 kick,
             })
             .collect()
@@ -146,13 +153,21 @@ impl QueueHandler for Handler {
         }
         let Some(backend) = self.backend.clone() else { return };
         let mem = self.mem.memory();
-        if let Err(e) = backend.start(&mem, self.features, &self.rings()) {
+        let interrupt = self.interrupt.clone();
+        let direct = interrupt.irqfd();
+        if direct.is_some() {
+            interrupt.set_sticky(INT_VRING);
+        }
+        if let Err(e) = backend.start(&mem, self.features, &self.rings(direct)) {
             return self.fail_over(&format!("setting up the rings: {e}"), fds);
         }
         drop(mem);
-        for (i, c) in self.calls.iter().enumerate() {
-            if !fds.watch(c.as_raw_fd(), CALL + i as u32, EventSet::IN) {
-                return self.fail_over(&format!("cannot watch queue {i}'s used signal"), fds);
+        self.state.direct.store(direct.is_some(), Ordering::Relaxed);
+        if direct.is_none() {
+            for (i, c) in self.calls.iter().enumerate() {
+                if !fds.watch(c.as_raw_fd(), CALL + i as u32, EventSet::IN) {
+                    return self.fail_over(&format!("cannot watch queue {i}'s used signal"), fds);
+                }
             }
         }
         if !fds.watch(backend.socket_fd(), SOCKET, EventSet::IN) {

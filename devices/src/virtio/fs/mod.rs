@@ -46,6 +46,8 @@ pub enum FsError {
 #[derive(Default)]
 pub struct State {
     serving: AtomicBool,
+    /// The backend raises the guest's irqfd itself.
+    direct: AtomicBool,
     failure: Mutex<Option<String>>,
     relayed: AtomicU64,
     failed_requests: AtomicU64,
@@ -200,6 +202,7 @@ impl VirtioDevice for Fs {
         vec![
             ("backend_serving", u64::from(s.serving.load(Ordering::Relaxed))),
             ("backend_failed", u64::from(s.failure().is_some())),
+            ("interrupt_direct", u64::from(s.direct.load(Ordering::Relaxed))),
             ("used_signals", s.relayed.load(Ordering::Relaxed)),
             ("failed_requests", s.failed_requests.load(Ordering::Relaxed)),
         ]

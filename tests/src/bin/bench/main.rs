@@ -3,15 +3,16 @@
 //! alternating in one run. Run it through `scripts/bench.sh`; it prints
 //! Markdown tables (and writes them to `--out FILE`).
 //!
-//! Four sections (`--sections hotplug,io,net,netscale`, all by default):
+//! Five sections (`--sections hotplug,io,net,fs,netscale`, all by default):
 //! vCPU hotplug (hotplug.rs), disk and vsock I/O (io.rs), TCP over a TAP
-//! (netio.rs), and TCP throughput while lithe's vCPUs change (netscale.rs,
-//! lithe alone). A figure a VMM cannot give is "n/a" with
+//! (netio.rs), virtio-fs reads through virtiofsd (fsio.rs), and TCP
+//! throughput while lithe's vCPUs change (netscale.rs, lithe alone). A figure a VMM cannot give is "n/a" with
 //! the reason in the notes.
 //!
 //! Not a test: absolute times on this machine swing from day to day, so
 //! only the ratios within one run mean anything.
 
+mod fsio;
 mod hotplug;
 mod io;
 mod netio;
@@ -78,10 +79,10 @@ fn main() {
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(2);
     let maxes: Vec<u32> =
         arg("--max").unwrap_or_else(|| "4,32,64".into()).split(',').filter_map(|m| m.parse().ok()).collect();
-    let sections = arg("--sections").unwrap_or_else(|| "hotplug,io,net,netscale".into());
+    let sections = arg("--sections").unwrap_or_else(|| "hotplug,io,net,fs,netscale".into());
     let sections: Vec<&str> = sections.split(',').collect();
-    if let Some(s) = sections.iter().find(|s| !["hotplug", "io", "net", "netscale"].contains(s)) {
-        eprintln!("bench: unknown section {s:?} (--sections takes hotplug, io, net, netscale)");
+    if let Some(s) = sections.iter().find(|s| !["hotplug", "io", "net", "fs", "netscale"].contains(s)) {
+        eprintln!("bench: unknown section {s:?} (--sections takes hotplug, io, net, fs, netscale)");
         std::process::exit(2);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
@@ -147,6 +148,22 @@ fn main() {
             md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
         }
         md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better.\n\n");
+    }
+
+    if sections.contains(&"fs") {
+        let file = std::env::temp_dir().join(format!("lithe-bench-{}-fs.bin", std::process::id()));
+        match fsio::make_file(&file) {
+            Ok(()) => notes.extend(alternate(&vmms, runs, "fs", |vmm| fsio::run(&setup, vmm, &file, &mut samples))),
+            Err(e) => notes.push(format!("fs: no file: {e}")),
+        }
+        let _ = std::fs::remove_file(&file);
+        md.push_str("| figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|\n");
+        for f in &fsio::FIGURES {
+            let key = |vmm| (*f, fsio::FS_KEY, vmm);
+            let (l, c) = (samples.get(&key(Vmm::Lithe)), samples.get(&key(Vmm::CloudHypervisor)));
+            md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
+        }
+        md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better (virtiofsd's own CPU is not counted for either VMM).\n\n");
     }
 
     if sections.contains(&"netscale") {

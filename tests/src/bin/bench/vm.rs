@@ -68,6 +68,21 @@ impl Vm {
         extra: &[String],
         netns: Option<&str>,
     ) -> Result<Vm, String> {
+        Vm::launch_with(setup, vmm, dir, max, cmdline, extra, netns, "size=256M")
+    }
+
+    /// As [`Vm::launch_in`], with `--memory memory` (both VMMs spell it alike).
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_with(
+        setup: &Setup,
+        vmm: Vmm,
+        dir: &Path,
+        max: u32,
+        cmdline: &str,
+        extra: &[String],
+        netns: Option<&str>,
+        memory: &str,
+    ) -> Result<Vm, String> {
         let (socket, serial) = (dir.join("api.sock"), dir.join("serial.log"));
         let bin = match vmm {
             Vmm::Lithe => setup.lithe.clone(),
@@ -92,7 +107,7 @@ impl Vm {
             .arg("--cpus")
             .arg(format!("boot=1,max={max}"))
             .arg("--memory")
-            .arg("size=256M")
+            .arg(memory)
             .arg("--serial")
             .arg(format!("file={}", serial.display()))
             .arg("--console")

@@ -1,0 +1,135 @@
+//! The virtio-fs section: per VMM, per run, a fresh virtiofsd (the same
+//! binary and flags for both VMMs: Debian's /usr/lib/qemu/virtiofsd,
+//! `cache=none`, so every read crosses the device) shares a folder with one
+//! file of pseudo-random bytes; the VM boots with shared memory, the share
+//! and hybrid vsock, and the guest's iobench mounts the share and reads the
+//! file through, timing it in the guest. The VMM's CPU (every thread but
+//! the vCPUs', not virtiofsd's) is read around the read.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::vm::{scratch, vmm_cpu_ns, Setup, Vm, Vmm};
+use crate::Samples;
+
+const BOOT_LIMIT: Duration = Duration::from_secs(400);
+const PHASE_LIMIT: Duration = Duration::from_secs(300);
+const FILE_BYTES: u64 = 64 << 20;
+const MIB: u64 = 1 << 20;
+/// The fs figures are keyed with this `max`.
+pub const FS_KEY: u32 = 2;
+
+pub const FIGURES: [&str; 2] =
+    ["virtio-fs sequential read, 1 MiB requests (MB/s)", "VMM CPU per MiB read over virtio-fs (µs)"];
+
+/// The backend, killed when dropped.
+struct Backend(Child);
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn virtiofsd(dir: &Path, shared: &Path) -> Result<(Backend, std::path::PathBuf), String> {
+    let bin = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .ok_or("no virtiofsd (Debian: qemu-system-common)")?;
+    let socket = dir.join("virtiofsd.sock");
+    let child = Command::new(bin)
+        .arg(format!("--socket-path={}", socket.display()))
+        .args(["-o", &format!("source={}", shared.display()), "-o", "cache=none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("virtiofsd.log")).map_err(|e| e.to_string())?))
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let backend = Backend(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            return Err("virtiofsd did not listen".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((backend, socket))
+}
+
+/// One command to the guest's iobench; its `ok ops= us=`.
+fn call(w: &mut UnixStream, r: &mut BufReader<UnixStream>, cmd: &str) -> Result<(u64, u64), String> {
+    w.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| format!("writing to the guest: {e}"))?;
+    let mut l = String::new();
+    r.read_line(&mut l).map_err(|e| format!("reading the guest's answer: {e}"))?;
+    let field = |k: &str| l.split_whitespace().find_map(|f| f.strip_prefix(k)).and_then(|v| v.parse::<u64>().ok());
+    match (l.starts_with("ok "), field("ops="), field("us=")) {
+        (true, Some(ops), Some(us)) if us > 0 => Ok((ops, us)),
+        _ => Err(format!("{cmd}: the guest answered {:?}", l.trim())),
+    }
+}
+
+pub fn run(setup: &Setup, vmm: Vmm, file: &Path, out: &mut Samples) -> Result<(), String> {
+    let dir = scratch(&format!("{}-fs", vmm.name()))?;
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).map_err(|e| e.to_string())?;
+    std::fs::copy(file, shared.join("data.bin")).map_err(|e| format!("copying the file: {e}"))?;
+    let (_backend, socket) = virtiofsd(&dir, &shared)?;
+    let vsock = dir.join("vsock.sock");
+    let base = match vmm {
+        Vmm::Lithe => setup.cmdline.clone(),
+        Vmm::CloudHypervisor => {
+            setup.cmdline.split_whitespace().filter(|w| *w != "pci=off").collect::<Vec<_>>().join(" ")
+        }
+    };
+    let extra = [
+        "--fs".to_string(),
+        format!("tag=bench,socket={},num_queues=1,queue_size=1024", socket.display()),
+        "--vsock".to_string(),
+        format!("cid=3,socket={}", vsock.display()),
+    ];
+    let cmdline = format!("{base} lithe_bench=io");
+    let mut vm = Vm::launch_with(setup, vmm, &dir, 1, &cmdline, &extra, None, "size=256M,shared=on")?;
+    vm.wait_serial(0, "LITHE-GUEST iobench listening", BOOT_LIMIT)?;
+    let mut w = UnixStream::connect(&vsock).map_err(|e| format!("connect {}: {e}", vsock.display()))?;
+    w.set_read_timeout(Some(PHASE_LIMIT)).map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(w.try_clone().map_err(|e| e.to_string())?);
+    w.write_all(b"CONNECT 1025\n").map_err(|e| e.to_string())?;
+    let mut ok = String::new();
+    r.read_line(&mut ok).map_err(|e| e.to_string())?;
+    if !ok.starts_with("OK ") {
+        return Err(format!("CONNECT 1025 was answered {ok:?}"));
+    }
+    call(&mut w, &mut r, "mount bench")?;
+    let cpu0 = vmm_cpu_ns(vm.pid);
+    let (bytes, us) = call(&mut w, &mut r, &format!("fsread {MIB} /share/data.bin"))?;
+    let cpu = vmm_cpu_ns(vm.pid).saturating_sub(cpu0);
+    if bytes != FILE_BYTES {
+        return Err(format!("the guest read {bytes} bytes of {FILE_BYTES}"));
+    }
+    out.entry((FIGURES[0], FS_KEY, vmm)).or_default().push(bytes as f64 / us as f64);
+    out.entry((FIGURES[1], FS_KEY, vmm)).or_default().push(cpu as f64 / (bytes / MIB) as f64 / 1e3);
+    drop(vm);
+    Ok(())
+}
+
+/// The file every run reads: pseudo-random bytes.
+pub fn make_file(path: &Path) -> Result<(), String> {
+    let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut chunk = vec![0u8; MIB as usize];
+    for _ in 0..FILE_BYTES / MIB {
+        for b in chunk.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&chunk).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
