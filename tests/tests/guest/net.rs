@@ -3,7 +3,8 @@
 //! removes: lithe runs in it and creates the TAP there, the test gives the
 //! TAP its address and talks to the guest's TCP echo service (port 7) from
 //! a thread that joined the namespace. No other address is reached, and the
-//! traffic is bounded (1 MiB, each read bounded in time).
+//! traffic is bounded (1 MiB, each read bounded in time). At the end the
+//! TAP is deleted under the running guest.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -88,4 +89,17 @@ fn tcp_over_virtio_net_keeps_flowing_while_vcpus_change() {
     assert_eq!(info["config"]["net"][0]["tap"], "ltap0", "{info}");
     let modes = g.thread_seccomp_modes();
     assert!(modes.iter().any(|(n, m)| n == "virtio-net0" && *m == 2), "the net thread is filtered: {modes:?}");
+
+    // The TAP goes away under the running guest: lithe says so once, stops
+    // receiving, and everything else goes on.
+    ns.ip(&["link", "del", "ltap0"]);
+    g.wait_log("virtio-net0: reading TAP ltap0", HOTPLUG_TIMEOUT);
+    g.send("ping");
+    g.wait_console("LITHE-GUEST pong", HOTPLUG_TIMEOUT);
+    let (s, counters) = g.api("GET", "vm.counters", serde_json::Value::Null);
+    assert_eq!(s, 200);
+    assert!(counters["virtio-net0"]["errors"].as_u64() >= Some(1), "{counters}");
+    assert_eq!(g.resize(2)["complete"], serde_json::json!(true));
+    let said = g.log_lines().iter().filter(|l| l.contains("reading TAP ltap0")).count();
+    assert_eq!(said, 1, "logged once: {:?}", g.log_lines());
 }

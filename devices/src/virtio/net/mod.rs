@@ -66,6 +66,8 @@ struct Counters {
     tx_frames: AtomicU64,
     tx_dropped: AtomicU64,
     errors: AtomicU64,
+    /// The TAP failed a read (it went away): never watched again, said once.
+    tap_failed: std::sync::atomic::AtomicBool,
 }
 
 pub struct Net {
@@ -109,7 +111,7 @@ struct Handler {
 
 impl Handler {
     fn watch_tap(&mut self, fds: &mut dyn Watch) {
-        if !self.tap_watched {
+        if !self.tap_watched && !self.counters.tap_failed.load(Ordering::Relaxed) {
             self.tap_watched = fds.watch(self.tap.as_raw_fd(), TAP_TOKEN, EventSet::IN);
         }
     }
@@ -133,7 +135,9 @@ impl Handler {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        log::error!("{}: reading TAP {}: {e}; receive stops", self.name, self.tap.name());
+                        if !self.counters.tap_failed.swap(true, Ordering::Relaxed) {
+                            log::error!("{}: reading TAP {}: {e}; receive stops", self.name, self.tap.name());
+                        }
                         self.forget_tap(fds);
                         return;
                     }
