@@ -20,6 +20,8 @@ pub const GED_MMIO_LEN: u64 = 4;
 pub const GED_EVENT_CPU_HOTPLUG: u32 = 1 << 0;
 /// Event bit: the ACPI power button was pressed (`Notify(PWRB, 0x80)`).
 pub const GED_EVENT_POWER_BUTTON: u32 = 1 << 1;
+/// Event bit: the memory hotplug controller has pending insert/remove requests.
+pub const GED_EVENT_MEM_HOTPLUG: u32 = 1 << 2;
 
 pub struct Ged<T: InterruptTrigger> {
     pending: AtomicU32,

@@ -10,6 +10,7 @@ pub mod ged;
 pub mod guest_log;
 pub mod interrupt;
 pub mod ioapic;
+pub mod mem_hotplug;
 pub mod power;
 pub mod serial;
 pub mod virtio;

@@ -46,6 +46,7 @@ pub const MMIO_HOLE_SIZE: u64 = FOUR_GIB - MMIO_HOLE_START;
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 pub const GED_MMIO_BASE: u64 = 0xfeb0_0000;
 pub const CPU_HOTPLUG_MMIO_BASE: u64 = 0xfeb0_1000;
+pub const MEM_HOTPLUG_MMIO_BASE: u64 = 0xfeb0_2000;
 pub const IOAPIC_BASE: u64 = 0xfec0_0000;
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
 /// KVM needs three pages for the TSS and one for the identity map on Intel.
@@ -59,7 +60,8 @@ const _: () = {
     assert!(PDE_START + 0x1000 <= CMDLINE_START);
     assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER + 0x10);
     assert!(GED_MMIO_BASE >= MMIO_HOLE_START && GED_MMIO_BASE + 4 <= CPU_HOTPLUG_MMIO_BASE);
-    assert!(CPU_HOTPLUG_MMIO_BASE + 0x1000 <= IOAPIC_BASE);
+    assert!(CPU_HOTPLUG_MMIO_BASE + 0x1000 <= MEM_HOTPLUG_MMIO_BASE);
+    assert!(MEM_HOTPLUG_MMIO_BASE + 0x1000 <= IOAPIC_BASE);
     assert!(EBDA_START <= ACPI_DSDT_START && ACPI_DSDT_END <= ACPI_START);
     assert!(IOAPIC_BASE < LAPIC_BASE && LAPIC_BASE < KVM_IDENTITY_MAP_ADDR);
     assert!(KVM_TSS_ADDR + 3 * 0x1000 <= FOUR_GIB);

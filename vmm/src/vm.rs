@@ -230,7 +230,7 @@ impl Vm {
         let entry = boot::load_payload(&mem, &p.kernel, p.initramfs.as_deref(), &p.cmdline, config.memory.size)?;
         let t_payload = t0.elapsed();
         regs::write_boot_tables(&mem)?;
-        acpi::build(cpus.boot_vcpus, &stack.topology, &virtio.windows())?.write(&mem)?;
+        acpi::build(cpus.boot_vcpus, &stack.topology, 0, &virtio.windows())?.write(&mem)?;
         let t_tables = t0.elapsed();
 
         let latencies = Arc::new(Latencies::default());

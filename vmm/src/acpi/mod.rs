@@ -5,6 +5,7 @@
 //! registers.
 
 pub mod cpu_aml;
+pub mod mem_aml;
 pub mod virtio_aml;
 
 use acpi_tables::aml::{self, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Method};
@@ -21,9 +22,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::topology::Topology;
 use crate::memory::{GuestMemory, ACPI_DSDT_END, ACPI_DSDT_START, ACPI_END, ACPI_START};
-use crate::memory::{CPU_HOTPLUG_MMIO_BASE, GED_MMIO_BASE, IOAPIC_BASE, LAPIC_BASE};
+use crate::memory::{CPU_HOTPLUG_MMIO_BASE, GED_MMIO_BASE, IOAPIC_BASE, LAPIC_BASE, MEM_HOTPLUG_MMIO_BASE};
 use cpu_aml::{bytes, cpus_container, Raw};
-use devices::ged::{GED_EVENT_CPU_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_MMIO_LEN};
+use devices::ged::{GED_EVENT_CPU_HOTPLUG, GED_EVENT_MEM_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_MMIO_LEN};
 use devices::power::{
     ACPI_POWER_PORT, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
 };
@@ -74,7 +75,7 @@ fn serial_device() -> Raw {
     ))
 }
 
-fn ged_device() -> Raw {
+fn ged_device(memory: bool) -> Raw {
     let irq = Interrupt::new(true, true, false, false, GED_IRQ);
     let crs = ResourceTemplate::new(vec![&irq]);
     let region = bytes(&OpRegion::new(
@@ -95,8 +96,15 @@ fn ged_device() -> Raw {
     let cpu = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(GED_EVENT_CPU_HOTPLUG as usize)), vec![&scan]));
     let press = bytes(&aml::Notify::new(&aml::Path::new("\\_SB_.PWRB"), &0x80usize));
     let power = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(GED_EVENT_POWER_BUTTON as usize)), vec![&press]));
+    let mem_scan = bytes(&MethodCall::new("\\_SB_.MHPC.MSCN".into(), vec![]));
+    let mem = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(GED_EVENT_MEM_HOTPLUG as usize)), vec![&mem_scan]));
     let done = cpu_aml::end_of_method();
-    let evt = Method::new("_EVT".into(), 1, true, vec![&read, &cpu, &power, &done]);
+    let mut steps: Vec<&dyn Aml> = vec![&read, &cpu, &power];
+    if memory {
+        steps.push(&mem);
+    }
+    steps.push(&done);
+    let evt = Method::new("_EVT".into(), 1, true, steps);
     bytes(&Device::new(
         "GED_".into(),
         vec![
@@ -117,27 +125,31 @@ fn power_button() -> Raw {
     bytes(&Device::new("PWRB".into(), vec![&Name::new("_HID".into(), &hid), &Name::new("_UID".into(), &aml::ZERO)]))
 }
 
-/// The DSDT's AML body.
-pub fn dsdt_body(topology: &Topology) -> Vec<u8> {
+/// The DSDT's AML body; `mem_slots` hot-pluggable memory slots (none: no
+/// memory hotplug container).
+pub fn dsdt_body(topology: &Topology, mem_slots: usize) -> Vec<u8> {
     let cpus = cpus_container(topology, CPU_HOTPLUG_MMIO_BASE);
     let serial = serial_device();
-    let ged = ged_device();
+    let ged = ged_device(mem_slots > 0);
     let pwrb = power_button();
     let sb = bytes(&aml::Scope::new("\\_SB_".into(), vec![&serial, &pwrb, &ged]));
     let s5_type = S5_SLEEP_TYPE as usize;
     let s5_pkg = Package::new(vec![&s5_type, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
     let s5 = bytes(&Name::new("_S5_".into(), &s5_pkg));
     let mut out = Vec::new();
-    // CPUS first: GED's _EVT refers to its CSCN method.
+    // CPUS (and MHPC) first: GED's _EVT refers to their scan methods.
     cpus.to_aml_bytes(&mut out);
+    if mem_slots > 0 {
+        mem_aml::memory_container(mem_slots, MEM_HOTPLUG_MMIO_BASE).to_aml_bytes(&mut out);
+    }
     sb.to_aml_bytes(&mut out);
     s5.to_aml_bytes(&mut out);
     out
 }
 
-fn dsdt(topology: &Topology, virtio: &[virtio_aml::MmioDevice]) -> Vec<u8> {
+fn dsdt(topology: &Topology, mem_slots: usize, virtio: &[virtio_aml::MmioDevice]) -> Vec<u8> {
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    sdt.append_slice(&dsdt_body(topology));
+    sdt.append_slice(&dsdt_body(topology, mem_slots));
     if !virtio.is_empty() {
         let devices = virtio_aml::devices(virtio);
         let refs: Vec<&dyn Aml> = devices.iter().map(|d| d as &dyn Aml).collect();
@@ -210,7 +222,12 @@ fn align8(v: u64) -> u64 {
 }
 
 /// Builds all tables for a VM with `boot_vcpus` of `topology`'s vCPUs present.
-pub fn build(boot_vcpus: u32, topology: &Topology, virtio: &[virtio_aml::MmioDevice]) -> Result<AcpiTables, AcpiError> {
+pub fn build(
+    boot_vcpus: u32,
+    topology: &Topology,
+    mem_slots: usize,
+    virtio: &[virtio_aml::MmioDevice],
+) -> Result<AcpiTables, AcpiError> {
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align8(rsdp_addr + Rsdp::len() as u64);
     // XSDT with two entries: header (36) + 2 * 8.
@@ -222,7 +239,7 @@ pub fn build(boot_vcpus: u32, topology: &Topology, virtio: &[virtio_aml::MmioDev
         return Err(AcpiError::TooLarge { table: "MADT", needed: end - ACPI_START, available: ACPI_END - ACPI_START });
     }
     let dsdt_addr = ACPI_DSDT_START;
-    let dsdt = dsdt(topology, virtio);
+    let dsdt = dsdt(topology, mem_slots, virtio);
     if dsdt.len() as u64 > ACPI_DSDT_END - ACPI_DSDT_START {
         return Err(AcpiError::TooLarge {
             table: "DSDT",
@@ -262,7 +279,7 @@ mod tests {
     #[test]
     fn tables_fit_and_checksum() {
         for (boot, max) in [(1, 1), (2, 4), (1, 254), (1, 288), (1, 1024)] {
-            let t = build(boot, &Topology::flat(max), &[]).unwrap();
+            let t = build(boot, &Topology::flat(max), 0, &[]).unwrap();
             for (name, addr, data) in &t.tables {
                 let (start, end) =
                     if *name == "DSDT" { (ACPI_DSDT_START, ACPI_DSDT_END) } else { (ACPI_START, ACPI_END) };
@@ -300,7 +317,7 @@ mod tests {
 
     #[test]
     fn madt_lists_every_possible_vcpu() {
-        let t = build(2, &Topology::flat(4), &[]).unwrap();
+        let t = build(2, &Topology::flat(4), 0, &[]).unwrap();
         let madt = t.get("APIC").unwrap();
         assert_eq!(madt[8], MADT_REVISION);
         assert_eq!(madt_processors(madt), vec![(0, 0, 0, 1), (0, 1, 1, 1), (0, 2, 2, 2), (0, 3, 3, 2)]);
@@ -308,7 +325,7 @@ mod tests {
 
     #[test]
     fn apic_ids_past_254_get_x2apic_structures() {
-        let t = build(1, &Topology::flat(300), &[]).unwrap();
+        let t = build(1, &Topology::flat(300), 0, &[]).unwrap();
         let madt = t.get("APIC").unwrap();
         assert!(checksum_ok(madt));
         let procs = madt_processors(madt);
@@ -322,7 +339,7 @@ mod tests {
         // A sparse topology reaches x2APIC ids with fewer vCPUs: 2 packages
         // of 129 cores use 8 core bits, so package 1 starts at APIC id 256.
         let sparse = Topology { threads: 1, cores: 129, dies: 1, packages: 2 };
-        let procs = madt_processors(build(1, &sparse, &[]).unwrap().get("APIC").unwrap());
+        let procs = madt_processors(build(1, &sparse, 0, &[]).unwrap().get("APIC").unwrap());
         assert_eq!(procs[128], (0, 128, 128, MADT_ONLINE_CAPABLE));
         assert_eq!(procs[129], (9, 129, 256, MADT_ONLINE_CAPABLE));
     }
@@ -331,10 +348,10 @@ mod tests {
     fn tables_that_do_not_fit_are_refused_with_the_table_named() {
         // lithe's own limit fits, with the widest _MAT structures.
         let limit = crate::config::MAX_SUPPORTED_VCPUS;
-        build(limit, &Topology::flat(limit), &[]).unwrap();
-        build(1, &Topology { threads: 2, cores: limit / 4, dies: 1, packages: 2 }, &[]).unwrap();
+        build(limit, &Topology::flat(limit), 0, &[]).unwrap();
+        build(1, &Topology { threads: 2, cores: limit / 4, dies: 1, packages: 2 }, 0, &[]).unwrap();
         // The controller's 4096 do not: about 500 KiB of DSDT.
-        match build(1, &Topology::flat(devices::cpu_hotplug::MAX_CPUS), &[]) {
+        match build(1, &Topology::flat(devices::cpu_hotplug::MAX_CPUS), 0, &[]) {
             Err(AcpiError::TooLarge { table, needed, .. }) => assert_eq!((table, needed > 400_000), ("DSDT", true)),
             other => panic!("expected the DSDT to be too large, got {:?}", other.map(|_| ())),
         }
@@ -342,7 +359,7 @@ mod tests {
 
     #[test]
     fn dsdt_has_a_device_per_possible_vcpu_and_the_ged() {
-        let body = dsdt_body(&Topology::flat(20));
+        let body = dsdt_body(&Topology::flat(20), 0);
         let has = |s: &[u8]| body.windows(s.len()).any(|w| w == s);
         assert!(has(b"C000") && has(b"C013") && !has(b"C014"));
         assert!(has(b"ACPI0013") && has(b"ACPI0010") && has(b"_S5_") && has(b"CSCN") && has(b"PWRB"));
@@ -355,13 +372,28 @@ mod tests {
 
     #[test]
     fn virtio_devices_are_lnro0005_with_their_window_and_interrupt() {
-        let t = build(1, &Topology::flat(2), &VIRTIO_SAMPLE).unwrap();
+        let t = build(1, &Topology::flat(2), 0, &VIRTIO_SAMPLE).unwrap();
         let dsdt = t.get("DSDT").unwrap();
         let has = |s: &[u8]| dsdt.windows(s.len()).any(|w| w == s);
         assert!(has(b"VR00") && has(b"VR01") && has(b"LNRO0005"));
         assert!(has(&0xd000_1000u32.to_le_bytes()), "the second window");
-        let none = build(1, &Topology::flat(2), &[]).unwrap();
+        let none = build(1, &Topology::flat(2), 0, &[]).unwrap();
         assert!(!none.get("DSDT").unwrap().windows(8).any(|w| w == b"LNRO0005"));
+    }
+
+    #[test]
+    fn memory_slots_get_pnp0c80_devices_and_the_ged_scans_them() {
+        let with = build(1, &Topology::flat(2), 4, &[]).unwrap();
+        let dsdt = with.get("DSDT").unwrap();
+        let has = |d: &[u8], s: &[u8]| d.windows(s.len()).any(|w| w == s);
+        // PNP0C80 as an EISA id (compressed vendor PNP, product 0C80).
+        let pnp0c80 = [0x41, 0xd0, 0x0c, 0x80];
+        assert!(has(dsdt, b"MHPC") && has(dsdt, &pnp0c80) && has(dsdt, b"ME03") && !has(dsdt, b"ME04"));
+        assert!(has(dsdt, b"MSCN") && has(dsdt, b"MCRS") && has(dsdt, b"MEJ0"));
+        assert!(has(dsdt, &(MEM_HOTPLUG_MMIO_BASE as u32).to_le_bytes()), "the controller's registers");
+        let without = build(1, &Topology::flat(2), 0, &[]).unwrap();
+        let dsdt = without.get("DSDT").unwrap();
+        assert!(!has(dsdt, b"MHPC") && !has(dsdt, b"MSCN"), "no slots, no container and no scan");
     }
 
     /// Disassembles every table with ACPICA and recompiles the DSDT: both must
@@ -371,12 +403,16 @@ mod tests {
         let iasl = Command::new("iasl").arg("-v").output();
         assert!(iasl.is_ok(), "iasl not found: install acpica-tools (the CI script does)");
         let sparse = Topology { threads: 2, cores: 3, dies: 1, packages: 2 };
-        for (boot, topology) in
-            [(2, Topology::flat(4)), (1, Topology::flat(288)), (1, Topology::flat(1024)), (3, sparse)]
-        {
+        for (boot, topology, mem_slots) in [
+            (2, Topology::flat(4), 0),
+            (1, Topology::flat(288), 0),
+            (1, Topology::flat(1024), 0),
+            (3, sparse, 0),
+            (1, Topology::flat(4), 32),
+        ] {
             let max = topology.vcpus();
             let dir = tempfile::tempdir().unwrap();
-            let t = build(boot, &topology, &VIRTIO_SAMPLE).unwrap();
+            let t = build(boot, &topology, mem_slots, &VIRTIO_SAMPLE).unwrap();
             for (name, _, data) in &t.tables {
                 if *name == "RSDP" {
                     continue;

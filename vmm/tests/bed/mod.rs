@@ -409,7 +409,7 @@ impl Bed {
 
         let accesses = Arc::new(AtomicU64::new(0));
         let mut aml = AmlContext::new(Box::new(BusHandler(mmio, accesses.clone())), DebugVerbosity::None);
-        aml.parse_table(&acpi::dsdt_body(&Topology::flat(max))).expect("the interpreter loads lithe's DSDT");
+        aml.parse_table(&acpi::dsdt_body(&Topology::flat(max), 0)).expect("the interpreter loads lithe's DSDT");
         let notes = Arc::new(Mutex::new(Vec::new()));
         aml.namespace.add_value(name("\\NTID"), int(0)).unwrap();
         aml.namespace.add_value(name("\\NTEV"), int(0)).unwrap();
