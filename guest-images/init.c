@@ -121,6 +121,17 @@ static int write_file(const char *path, const char *s)
 	return r == len ? 0 : -1;
 }
 
+/* Creates an empty file (mode 0644). 0 on success. */
+static int write_file_create(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
+}
+
 /* path = a + b + c, truncated to size. */
 static void join(char *path, int size, const char *a, const char *b, const char *c)
 {
@@ -585,6 +596,106 @@ static void rng(const char *args)
 	put(&l, " distinct=");
 	put_num(&l, distinct);
 	say(&l);
+}
+
+/* ---- memory: what hotplug gave the guest --------------------------------- */
+
+static void count_online_block(const char *name, void *arg)
+{
+	char path[128], v[8];
+
+	join(path, sizeof(path), "/sys/devices/system/memory/", name, "/online");
+	if (read_file(path, v, sizeof(v)) > 0 && v[0] == '1')
+		(*(long *)arg)++;
+}
+
+/* meminfo: MemTotal (kB) and how many memory blocks are online. */
+static void meminfo(void)
+{
+	char buf[256];
+	const char *p = buf;
+	long blocks = 0;
+	struct line l = { .len = 0 };
+
+	if (read_file("/proc/meminfo", buf, sizeof(buf)) < 0) {
+		say2("error: cannot read /proc/meminfo", "");
+		return;
+	}
+	while (*p && (*p < '0' || *p > '9'))
+		p++;
+	each_entry("/sys/devices/system/memory", "memory", count_online_block, &blocks);
+	put(&l, "LITHE-GUEST meminfo total_kb=");
+	put_num(&l, (long)number(&p));
+	put(&l, " blocks_online=");
+	put_num(&l, blocks);
+	say(&l);
+}
+
+/* mem-touch MB: maps MB MiB, writes a pattern into every page, reads every
+ * page back. With hot-added memory online, the kernel backs much of it
+ * there. */
+static void mem_touch(const char *args)
+{
+	const char *p = args;
+	unsigned long mb = number(&p), size = mb << 20, bad = 0;
+	struct line l = { .len = 0 };
+	long m = my_syscall6(__NR_mmap, 0, size, 3 /* PROT_READ|PROT_WRITE */, 0x22 /* MAP_PRIVATE|MAP_ANONYMOUS */, -1, 0);
+
+	if (mb == 0 || (m < 0 && m > -4096)) {
+		say2("error: mem-touch cannot map ", args);
+		return;
+	}
+	for (unsigned long off = 0; off < size; off += 4096)
+		*(volatile unsigned long *)(m + off) = off * 0x9e3779b97f4a7c15UL + mb;
+	for (unsigned long off = 0; off < size; off += 4096)
+		if (*(volatile unsigned long *)(m + off) != off * 0x9e3779b97f4a7c15UL + mb)
+			bad++;
+	my_syscall2(__NR_munmap, m, size);
+	put(&l, "LITHE-GUEST mem-touch mb=");
+	put_num(&l, (long)mb);
+	put(&l, bad ? " bad_pages=" : " ok");
+	if (bad)
+		put_num(&l, (long)bad);
+	say(&l);
+}
+
+/* mem-hold MB: a process of its own maps MB MiB and fills every page with a
+ * pattern, then holds it; mem-check has it read every page back and report
+ * (across a memory removal, the kernel must have migrated those pages). */
+static void mem_hold(const char *args)
+{
+	const char *p = args;
+	unsigned long mb = number(&p), size = mb << 20, bad = 0;
+	struct line l = { .len = 0 };
+	long m;
+
+	if (mb == 0 || fork() != 0)
+		return;
+	m = my_syscall6(__NR_mmap, 0, size, 3, 0x22, -1, 0);
+	if (m < 0 && m > -4096) {
+		say2("error: mem-hold cannot map ", args);
+		exit(1);
+	}
+	for (unsigned long off = 0; off < size; off += 4096)
+		*(volatile unsigned long *)(m + off) = off * 0x9e3779b97f4a7c15UL + mb;
+	put(&l, "LITHE-GUEST mem-hold mb=");
+	put_num(&l, (long)mb);
+	put(&l, " holding");
+	say(&l);
+	/* mem-check creates /tmp/mem-check; the holder looks once a second. */
+	while (my_syscall2(__NR_access, "/tmp/mem-check", 0) != 0)
+		sleep(1);
+	for (unsigned long off = 0; off < size; off += 4096)
+		if (*(volatile unsigned long *)(m + off) != off * 0x9e3779b97f4a7c15UL + mb)
+			bad++;
+	put(&l, "LITHE-GUEST mem-hold mb=");
+	put_num(&l, (long)mb);
+	put(&l, bad ? " bad_pages=" : " ok");
+	if (bad)
+		put_num(&l, (long)bad);
+	say(&l);
+	my_syscall1(__NR_unlink, "/tmp/mem-check");
+	exit(0);
 }
 
 /* ---- virtio-fs: the share Kata's agent mounts ----------------------------- */
@@ -1071,6 +1182,15 @@ static void run_command(char *cmd, char **envp)
 			say2("error: eject-cpu failed for ", e.uid);
 	} else if (starts_with(cmd, "attack ")) {
 		attack(cmd + 7, envp);
+	} else if (strcmp(cmd, "meminfo") == 0) {
+		meminfo();
+	} else if (starts_with(cmd, "mem-touch ")) {
+		mem_touch(trim(cmd + 10));
+	} else if (starts_with(cmd, "mem-hold ")) {
+		mem_hold(trim(cmd + 9));
+	} else if (strcmp(cmd, "mem-check") == 0) {
+		if (write_file_create("/tmp/mem-check") != 0)
+			say2("error: mem-check cannot create /tmp/mem-check", "");
 	} else if (strcmp(cmd, "topology") == 0) {
 		topology();
 	} else if (starts_with(cmd, "serial-irq ")) {

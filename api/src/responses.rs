@@ -39,6 +39,9 @@ pub struct VmInfoResponse {
     pub target: Option<TargetStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<Vec<VcpuInfo>>,
+    /// lithe's: each hot-pluggable memory slot in use, its state and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_slots: Option<Vec<vmm::memory_hotplug::slots::SlotInfo>>,
 }
 
 impl From<PingInfo> for VmmPingResponse {
@@ -49,9 +52,9 @@ impl From<PingInfo> for VmmPingResponse {
 
 impl From<VmInfo> for VmInfoResponse {
     fn from(i: VmInfo) -> Self {
-        let (target, vcpus) = match i.hotplug {
-            Some(h) => (Some(h.target), Some(h.vcpus)),
-            None => (None, None),
+        let (target, vcpus, memory_slots) = match i.hotplug {
+            Some(h) => (Some(h.target), Some(h.vcpus), (!h.memory_slots.is_empty()).then_some(h.memory_slots)),
+            None => (None, None, None),
         };
         VmInfoResponse {
             config: crate::config_wire::to_wire(&i.config),
@@ -63,6 +66,7 @@ impl From<VmInfo> for VmInfoResponse {
             memory_actual_size: i.memory_actual_size,
             target,
             vcpus,
+            memory_slots,
         }
     }
 }

@@ -260,7 +260,7 @@ mod tests {
 
     fn resize_to(n: u32, wait_ms: Option<u64>) -> VmmAction {
         let wait = wait_ms.map(std::time::Duration::from_millis);
-        VmmAction::Command(Command::Resize(ResizeRequest { want: Some(vmm::resize::Want::Count(n)), wait }))
+        VmmAction::Command(Command::Resize(ResizeRequest { want: Some(vmm::resize::Want::Count(n)), ram: None, wait }))
     }
 
     #[test]

@@ -160,7 +160,19 @@ impl ApiBridge {
                 // a reboot boots.
                 let mut c = v.config.clone();
                 c.cpus.boot_vcpus = target.desired;
-                (c, Some(HotplugInfo { target: (*target).clone(), vcpus }))
+                // memory.size too: what the guest has taken (Kata reads it as
+                // the current size), the room left shrinking as much.
+                let memory_slots = match &v.memory {
+                    Some(slots) => {
+                        let plugged = slots.plugged_bytes();
+                        c.memory.size += plugged;
+                        c.memory.hotplug_size =
+                            c.memory.hotplug_size.map(|h| h.saturating_sub(plugged)).filter(|&h| h > 0);
+                        slots.info()
+                    }
+                    None => Vec::new(),
+                };
+                (c, Some(HotplugInfo { target: (*target).clone(), vcpus, memory_slots }))
             }
             None => match self.shared.config.load_full() {
                 Some(c) => ((*c).clone(), None),

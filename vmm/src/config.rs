@@ -133,9 +133,8 @@ impl CpusConfig {
 pub struct MemoryConfig {
     /// Bytes of guest RAM.
     pub size: u64,
-    /// Room for memory hotplug (Cloud Hypervisor's `hotplug_size`): accepted
-    /// as a capacity; lithe has no memory hotplug, so using it (a resize
-    /// with `desired_ram`) is refused.
+    /// Room for memory hotplug (Cloud Hypervisor's `hotplug_size`): how far
+    /// `desired_ram` may grow the guest past `size`, in whole 128 MiB blocks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hotplug_size: Option<u64>,
     /// Ask for transparent huge pages on guest RAM (`madvise(MADV_HUGEPAGE)`).
@@ -544,7 +543,7 @@ pub fn topology_text(t: CpuTopology) -> String {
     format!("{}:{}:{}:{}", t.threads_per_core, t.cores_per_die, t.dies_per_package, t.packages)
 }
 
-fn validate_memory(size: u64) -> Result<(), ConfigError> {
+pub fn validate_memory(size: u64) -> Result<(), ConfigError> {
     if size < MIN_MEMORY {
         return Err(ConfigError::Memory(format!("{size} bytes is less than the minimum of {}M", MIN_MEMORY >> 20)));
     }
@@ -763,16 +762,17 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, ConfigError> {
         return parse_size(s).map(MemoryConfig::new).map_err(ConfigError::Memory);
     }
     let mut size = None;
-    let (mut thp, mut shared) = (true, false);
-    for (k, v) in pairs(s, &["size", "thp", "shared"]).map_err(ConfigError::Memory)? {
+    let (mut thp, mut shared, mut hotplug_size) = (true, false, None);
+    for (k, v) in pairs(s, &["size", "thp", "shared", "hotplug_size"]).map_err(ConfigError::Memory)? {
         match k {
             "size" => size = Some(parse_size(v).map_err(ConfigError::Memory)?),
             "thp" => thp = on_off(k, v).map_err(ConfigError::Memory)?,
+            "hotplug_size" => hotplug_size = Some(parse_size(v).map_err(ConfigError::Memory)?).filter(|&h| h > 0),
             _ => shared = on_off(k, v).map_err(ConfigError::Memory)?,
         }
     }
     let size = size.ok_or_else(|| ConfigError::Memory("size= is missing".into()))?;
-    Ok(MemoryConfig { thp, shared, ..MemoryConfig::new(size) })
+    Ok(MemoryConfig { thp, shared, hotplug_size, ..MemoryConfig::new(size) })
 }
 
 /// `tty`, `off`, or `file=PATH`.

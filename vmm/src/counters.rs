@@ -96,6 +96,8 @@ pub struct CounterSources {
     pub serial: Arc<SerialDevice>,
     pub latencies: Arc<Latencies>,
     pub devices: Arc<crate::device_manager::DeviceManager>,
+    /// The memory hotplug controller and its slots, when the VM has room to grow.
+    pub memory: Option<(Arc<devices::mem_hotplug::MemHotplugController>, Arc<crate::memory_hotplug::slots::Slots>)>,
 }
 
 impl CounterSources {
@@ -112,6 +114,11 @@ impl CounterSources {
         out.insert("ged".into(), to_map(self.ged.counters()));
         out.insert("serial".into(), to_map(self.serial.counters()));
         out.insert("vmm".into(), to_map(self.latencies.snapshot()));
+        if let Some((controller, slots)) = &self.memory {
+            let mut m = to_map(controller.counter_values());
+            m.insert("plugged_bytes".into(), slots.plugged_bytes());
+            out.insert("mem-hotplug".into(), m);
+        }
         out.extend(self.devices.counters());
         out
     }

@@ -11,6 +11,7 @@ pub mod events;
 pub mod exit;
 pub mod hotplug;
 pub mod memory;
+pub mod memory_hotplug;
 pub mod resize;
 pub mod rpc;
 pub mod seccomp;

@@ -112,7 +112,7 @@ pub fn create_guest_memory(size: u64, shared: bool) -> Result<GuestMemory, Memor
 }
 
 /// An anonymous file of `size` bytes (`memfd_create`), close-on-exec.
-fn memfd(name: &str, size: u64) -> std::io::Result<std::sync::Arc<std::fs::File>> {
+pub(crate) fn memfd(name: &str, size: u64) -> std::io::Result<std::sync::Arc<std::fs::File>> {
     use std::os::fd::FromRawFd;
     let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
     // SAFETY: `name` is a valid NUL-terminated string for the call.

@@ -103,6 +103,8 @@ pub struct VmInfo {
 pub struct HotplugInfo {
     pub target: TargetStatus,
     pub vcpus: Vec<VcpuInfo>,
+    /// Hot-pluggable memory slots in use (empty without `hotplug_size`).
+    pub memory_slots: Vec<crate::memory_hotplug::slots::SlotInfo>,
 }
 
 pub use crate::counters::VmCounters;

@@ -32,6 +32,7 @@ use crate::device_manager::{DeviceManager, WorkerInit};
 use crate::exit::{ExitNotifier, VmExit};
 use crate::hotplug::{HotplugStack, VcpuParts};
 use crate::memory::{self, GuestMemory};
+use crate::memory_hotplug::{MemoryHotplug, MemoryResizeError, Parts as MemoryParts};
 use crate::resize::Target;
 use crate::seccomp::Filters;
 
@@ -92,6 +93,8 @@ pub struct VmView {
     pub target: Arc<Target>,
     /// What `vm.counters` reports (the devices and the VMM's latencies).
     pub counters: Option<CounterSources>,
+    /// Hot-pluggable memory slots, when the VM has room to grow.
+    pub memory: Option<Arc<crate::memory_hotplug::slots::Slots>>,
     ended: AtomicU8,
 }
 
@@ -104,7 +107,7 @@ impl VmView {
         target: Arc<Target>,
         counters: Option<CounterSources>,
     ) -> Self {
-        VmView { config, table, host, target, counters, ended: AtomicU8::new(Ended::Running as u8) }
+        VmView { config, table, host, target, counters, memory: None, ended: AtomicU8::new(Ended::Running as u8) }
     }
 
     pub fn ended(&self) -> Ended {
@@ -131,6 +134,8 @@ pub struct Vm {
     virtio: Arc<DeviceManager>,
     // Dropped after the manager has stopped every vCPU thread (see Drop).
     _vm_fd: Arc<VmFd>,
+    /// Hot-plugged memory, when the VM has room for it (`memory.hotplug_size`).
+    memory_hotplug: Option<MemoryHotplug>,
     _memory: GuestMemory,
     _kvm: Kvm,
 }
@@ -175,6 +180,21 @@ impl Vm {
         unsafe { memory::register_guest_memory(&vm_fd, &mem) }.map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
 
         let t_memory = t0.elapsed();
+
+        // Room to grow: the memory hotplug controller, its slots, and (below,
+        // once the memory map devices read exists) the manager of them.
+        let area =
+            crate::memory_hotplug::layout::Area::new(config.memory.size, config.memory.hotplug_size.unwrap_or(0));
+        let mem_slots = crate::memory_hotplug::slot_count(area.capacity);
+        let memory_parts = if mem_slots > 0 {
+            let wake = hotplug_evt.try_clone().map_err(VmError::EventFd)?;
+            let slots = Arc::new(crate::memory_hotplug::slots::Slots::new(mem_slots, wake));
+            let controller = Arc::new(devices::mem_hotplug::MemHotplugController::new(slots.clone(), mem_slots));
+            stack.mmio.insert(memory::MEM_HOTPLUG_MMIO_BASE, devices::mem_hotplug::MMIO_LEN, controller.clone())?;
+            Some((slots, controller))
+        } else {
+            None
+        };
 
         // Devices.
         let power: PowerHandler = {
@@ -230,7 +250,7 @@ impl Vm {
         let entry = boot::load_payload(&mem, &p.kernel, p.initramfs.as_deref(), &p.cmdline, config.memory.size)?;
         let t_payload = t0.elapsed();
         regs::write_boot_tables(&mem)?;
-        acpi::build(cpus.boot_vcpus, &stack.topology, 0, &virtio.windows())?.write(&mem)?;
+        acpi::build(cpus.boot_vcpus, &stack.topology, mem_slots, &virtio.windows())?.write(&mem)?;
         let t_tables = t0.elapsed();
 
         let latencies = Arc::new(Latencies::default());
@@ -240,7 +260,22 @@ impl Vm {
             serial: serial.clone(),
             latencies: latencies.clone(),
             devices: virtio.clone(),
+            memory: memory_parts.as_ref().map(|(s, c)| (c.clone(), s.clone())),
         };
+        let memory_hotplug = memory_parts.map(|(slots, controller)| {
+            MemoryHotplug::new(MemoryParts {
+                boot_size: config.memory.size,
+                area,
+                slots,
+                controller,
+                ged: stack.ged.clone(),
+                vm_fd: vm_fd.clone(),
+                memory: guest_memory.clone(),
+                shared: config.memory.shared,
+                vhost_user: !config.devices.fs.is_empty(),
+                eject_timeout: Duration::from_millis(config.cpus.eject_timeout_ms),
+            })
+        });
         let mmio = Arc::new(std::mem::take(&mut stack.mmio));
         let mut manager = stack.manager(
             &kvm,
@@ -276,8 +311,21 @@ impl Vm {
             p.kernel.display()
         );
         let target = manager.target().clone();
-        let view = Arc::new(VmView::new(config.clone(), stack.table, stack.host, target, Some(counters)));
-        Ok(Vm { manager, serial, view, exit, ged: stack.ged, virtio, _vm_fd: vm_fd, _memory: mem, _kvm: kvm })
+        let mut view = VmView::new(config.clone(), stack.table, stack.host, target, Some(counters));
+        view.memory = memory_hotplug.as_ref().map(|m| m.slots().clone());
+        let view = Arc::new(view);
+        Ok(Vm {
+            manager,
+            serial,
+            view,
+            exit,
+            ged: stack.ged,
+            virtio,
+            _vm_fd: vm_fd,
+            memory_hotplug,
+            _memory: mem,
+            _kvm: kvm,
+        })
     }
 
     pub fn manager(&mut self) -> &mut VcpuManager {
@@ -301,6 +349,27 @@ impl Vm {
     /// This generation's exit notifier.
     pub fn exit(&self) -> &ExitNotifier {
         &self.exit
+    }
+
+    /// `desired_ram`: grows the guest's RAM towards `desired` bytes.
+    pub fn resize_memory(&mut self, desired: u64) -> Result<(), MemoryResizeError> {
+        match self.memory_hotplug.as_mut() {
+            Some(m) => m.resize(desired),
+            None => Err(MemoryResizeError::NoCapacity { desired }),
+        }
+    }
+
+    /// Acts on the guest's memory hotplug answers; the RAM it has, when that
+    /// differs from `last_size`.
+    pub fn on_memory_events(&mut self, last_size: u64) -> Option<u64> {
+        self.memory_hotplug.as_mut()?.on_guest_events(last_size)
+    }
+
+    /// Main loop, periodic: memory removals the guest did not do in time.
+    pub fn memory_tick(&mut self) {
+        if let Some(m) = self.memory_hotplug.as_mut() {
+            m.tick();
+        }
     }
 }
 

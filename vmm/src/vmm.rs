@@ -388,6 +388,9 @@ impl Vmm {
     /// Hypervisor allows, of the configured one before it boots
     /// ([`resize::before_boot`]).
     fn resize(&mut self, req: &ResizeRequest, received: std::time::Instant) -> Result<Reply, ActionError> {
+        if let Some(ram) = req.ram {
+            self.resize_memory(ram)?;
+        }
         let Some(want) = &req.want else {
             // Nothing asked: done, as Cloud Hypervisor answers it.
             return match self.config {
@@ -412,6 +415,46 @@ impl Vmm {
         resize::before_boot(&mut config.cpus, want, KvmLimits::probe())?;
         self.shared.config.store(Some(Arc::new(config.clone())));
         Ok(Reply::Done)
+    }
+
+    /// `desired_ram`: the running VM grows (answered at once, as Cloud
+    /// Hypervisor does; `memory.size` follows when the guest takes it), or
+    /// the configured VM will boot with that much.
+    fn resize_memory(&mut self, ram: u64) -> Result<(), ActionError> {
+        if let Some(vm) = self.vm.as_mut() {
+            emit("vm", "resizing", &[("desired_ram", ram.to_string())]);
+            return vm.resize_memory(ram).map_err(|e| {
+                if e.is_vmm() {
+                    error!("memory resize failed: {e}");
+                }
+                ActionError::Resize(resize::ResizeError::Memory(e))
+            });
+        }
+        let Some(config) = self.config.as_mut() else { return Err(ActionError::NotCreated) };
+        crate::config::validate_memory(ram).map_err(|e| {
+            ActionError::Resize(resize::ResizeError::Memory(crate::memory_hotplug::MemoryResizeError::Failed(
+                e.to_string(),
+            )))
+        })?;
+        config.memory.size = ram;
+        self.shared.config.store(Some(Arc::new(config.clone())));
+        Ok(())
+    }
+
+    /// The guest answered a memory hotplug event: `memory.size` follows.
+    fn on_memory_events(&mut self) {
+        let Some(vm) = self.vm.as_mut() else { return };
+        let Some(config) = self.config.as_mut() else { return };
+        if let Some(size) = vm.on_memory_events(config.memory.size) {
+            info!("memory: the guest has {} MiB", size >> 20);
+            // The room left shrinks as much as the RAM grows: a reboot boots
+            // `size` with the same ceiling.
+            let room = config.memory.hotplug_size.unwrap_or(0);
+            let room = (room + config.memory.size).saturating_sub(size);
+            config.memory.hotplug_size = (room > 0).then_some(room);
+            config.memory.size = size;
+            self.shared.config.store(Some(Arc::new(config.clone())));
+        }
     }
 
     fn wants_stdin(&self) -> bool {
@@ -458,6 +501,7 @@ impl MutEventSubscriber for Vmm {
             if let Some(vm) = self.vm.as_mut() {
                 vm.manager().on_guest_events();
             }
+            self.on_memory_events();
         } else if fd == self.term_evt.as_raw_fd() {
             let _ = self.term_evt.read();
             info!("termination signal received; stopping the VM");
@@ -467,7 +511,9 @@ impl MutEventSubscriber for Vmm {
             let _ = self.timer.wait();
             if let Some(vm) = self.vm.as_mut() {
                 vm.manager().tick();
+                vm.memory_tick();
             }
+            self.on_memory_events();
             // Input held across a reboot has a fresh, empty FIFO to go to.
             self.feed_console(ops);
         } else if fd == self.input_room.as_raw_fd() {

@@ -12,6 +12,7 @@ mod faults;
 mod fs;
 mod hostile_guest;
 mod hotplug;
+mod memory;
 mod net;
 mod topology;
 mod vsock;

@@ -18,8 +18,7 @@ use acpi_tables::Aml;
 
 use super::cpu_aml::{bytes, end_of_method, Raw};
 use devices::mem_hotplug::{
-    CONTROL_CLEAR_INSERT, CONTROL_CLEAR_REMOVE, CONTROL_EJECT, REG_STATUS, STATUS_ENABLED, STATUS_INSERT,
-    STATUS_REMOVE,
+    CONTROL_CLEAR_INSERT, CONTROL_CLEAR_REMOVE, CONTROL_EJECT, REG_STATUS, STATUS_ENABLED, STATUS_INSERT, STATUS_REMOVE,
 };
 
 /// `MExx`: the device name of slot `index` (two hex digits: 64 slots fit).
@@ -43,7 +42,13 @@ fn read_into(local: u8, field: &str, mask: usize) -> Raw {
 fn regions(base: u64) -> Vec<Raw> {
     let dwords = |names: &[&[u8; 4]]| {
         let entries = names.iter().map(|n| FieldEntry::Named(**n, 32)).collect();
-        bytes(&Field::new("MHPR".into(), FieldAccessType::DWord, FieldLockRule::NoLock, FieldUpdateRule::Preserve, entries))
+        bytes(&Field::new(
+            "MHPR".into(),
+            FieldAccessType::DWord,
+            FieldLockRule::NoLock,
+            FieldUpdateRule::Preserve,
+            entries,
+        ))
     };
     vec![
         bytes(&OpRegion::new("MHPR".into(), OpRegionSpace::SystemMemory, &(base as usize), &(REG_STATUS as usize))),
@@ -90,7 +95,8 @@ fn mscn(slots: usize) -> Raw {
     let status = read_into(0, "MSTA", 0xff);
     let ins_notify = bytes(&MethodCall::new("MTFY".into(), vec![&Local(1), &aml::ONE]));
     let ins_clear = bytes(&Store::new(&Path::new("MSTA"), &(CONTROL_CLEAR_INSERT as usize)));
-    let ins = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(STATUS_INSERT as usize)), vec![&ins_notify, &ins_clear]));
+    let ins =
+        bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(STATUS_INSERT as usize)), vec![&ins_notify, &ins_clear]));
     let rm_notify = bytes(&MethodCall::new("MTFY".into(), vec![&Local(1), &3usize]));
     let rm_clear = bytes(&Store::new(&Path::new("MSTA"), &(CONTROL_CLEAR_REMOVE as usize)));
     let rm = bytes(&If::new(&And::new(&aml::ZERO, &Local(0), &(STATUS_REMOVE as usize)), vec![&rm_notify, &rm_clear]));
@@ -147,8 +153,26 @@ fn mcrs() -> Raw {
         1,
         true,
         vec![
-            &name, &min, &max, &len, &acquire, &select, &base_hi, &base_shift, &base_lo, &base, &len_hi, &len_shift,
-            &len_lo, &length, &release, &set_min, &set_len, &last, &set_max, &ret,
+            &name,
+            &min,
+            &max,
+            &len,
+            &acquire,
+            &select,
+            &base_hi,
+            &base_shift,
+            &base_lo,
+            &base,
+            &len_hi,
+            &len_shift,
+            &len_lo,
+            &length,
+            &release,
+            &set_min,
+            &set_len,
+            &last,
+            &set_max,
+            &ret,
         ],
     ))
 }

@@ -32,6 +32,8 @@ impl Want {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResizeRequest {
     pub want: Option<Want>,
+    /// The guest's RAM in bytes (`desired_ram`).
+    pub ram: Option<u64>,
     /// Wait up to this long for the guest to complete the change, and report.
     pub wait: Option<Duration>,
 }
@@ -71,6 +73,8 @@ pub enum ResizeError {
     /// only what exists.
     #[error("vCPU {vcpu}: {error}; the target is now {target}")]
     VcpuFailed { vcpu: u32, error: String, target: u32 },
+    #[error("{0}")]
+    Memory(crate::memory_hotplug::MemoryResizeError),
 }
 
 impl ResizeError {
@@ -81,14 +85,18 @@ impl ResizeError {
 
     /// The VMM failed, not the request.
     pub fn is_vmm(&self) -> bool {
-        matches!(self, ResizeError::VcpuFailed { .. })
+        match self {
+            ResizeError::VcpuFailed { .. } => true,
+            ResizeError::Memory(e) => e.is_vmm(),
+            _ => false,
+        }
     }
 }
 
 impl ResizeRequest {
     /// A count, no wait (tests, the bed).
     pub fn count(n: u32) -> ResizeRequest {
-        ResizeRequest { want: Some(Want::Count(n)), wait: None }
+        ResizeRequest { want: Some(Want::Count(n)), ram: None, wait: None }
     }
 
     /// Exactly `ids`, no wait; `ids` in any order, duplicates counting once.
@@ -101,12 +109,6 @@ impl ResizeRequest {
     /// that is too long. Bounds against `max_vcpus` are checked by
     /// [`super::start`], which knows the VM.
     pub fn new(f: ResizeFields) -> Result<ResizeRequest, ResizeError> {
-        if f.desired_ram.is_some() {
-            return Err(ResizeError::Unsupported {
-                field: "desired_ram",
-                why: "lithe has no memory hotplug; memory.hotplug_size is only a capacity",
-            });
-        }
         if f.desired_balloon.is_some() {
             return Err(ResizeError::Unsupported { field: "desired_balloon", why: "lithe has no balloon" });
         }
@@ -129,7 +131,7 @@ impl ResizeRequest {
                 Some(Want::Ids(ids))
             }
         };
-        Ok(ResizeRequest { want, wait })
+        Ok(ResizeRequest { want, ram: f.desired_ram, wait })
     }
 }
 
@@ -171,13 +173,12 @@ mod tests {
 
     #[test]
     fn unsupported_fields_and_long_waits_are_refused_naming_the_field() {
-        let e = req(ResizeFields { desired_ram: Some(1 << 30), ..Default::default() }).unwrap_err();
-        assert!(e.to_string().contains("desired_ram"), "{e}");
+        assert_eq!(req(ResizeFields { desired_ram: Some(1 << 30), ..Default::default() }).unwrap().ram, Some(1 << 30));
         let e = req(ResizeFields { desired_balloon: Some(0), ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("desired_balloon"), "{e}");
         let long = MAX_WAIT.as_millis() as u64 + 1;
         assert_eq!(req(ResizeFields { wait_ms: Some(long), ..Default::default() }), Err(ResizeError::WaitTooLong));
-        assert_eq!(req(ResizeFields::default()), Ok(ResizeRequest { want: None, wait: None }));
+        assert_eq!(req(ResizeFields::default()), Ok(ResizeRequest { want: None, ram: None, wait: None }));
     }
 
     #[test]
