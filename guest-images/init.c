@@ -639,7 +639,7 @@ static void mem_touch(const char *args)
 	const char *p = args;
 	unsigned long mb = number(&p), size = mb << 20, bad = 0;
 	struct line l = { .len = 0 };
-	long m = my_syscall6(__NR_mmap, 0, size, 3 /* PROT_READ|PROT_WRITE */, 0x22 /* MAP_PRIVATE|MAP_ANONYMOUS */, -1, 0);
+	long m = my_syscall6(__NR_mmap, 0, size, 3 /* PROT_READ|PROT_WRITE */, 0x8022 /* MAP_PRIVATE|MAP_ANONYMOUS|MAP_POPULATE: one fault-in loop in the kernel, not a page fault per page */, -1, 0);
 
 	if (mb == 0 || (m < 0 && m > -4096)) {
 		say2("error: mem-touch cannot map ", args);
@@ -671,7 +671,7 @@ static void mem_hold(const char *args)
 
 	if (mb == 0 || fork() != 0)
 		return;
-	m = my_syscall6(__NR_mmap, 0, size, 3, 0x22, -1, 0);
+	m = my_syscall6(__NR_mmap, 0, size, 3, 0x8022 /* MAP_POPULATE too */, -1, 0);
 	if (m < 0 && m > -4096) {
 		say2("error: mem-hold cannot map ", args);
 		exit(1);
@@ -860,7 +860,7 @@ static int vsock_socket(void)
 
 /* The agent's part: a connection that starts with "AGENT " carries one
  * request line, answered with one line of what the guest sees (its CPUs,
- * the share, the network), as Kata's agent answers its shim. Any other
+ * its memory, the share, the network), as Kata's agent answers its shim. Any other
  * connection is echoed. */
 static void agent_request(int c, char *buf, long n, long size)
 {
@@ -883,6 +883,15 @@ static void agent_request(int c, char *buf, long n, long size)
 		fs_mount(req + 6, &l);
 	} else if (starts_with(req, "read ")) {
 		fs_read(trim(req + 5), &l);
+	} else if (strcmp(req, "mem") == 0) {
+		const char *q = v;
+
+		if (read_file("/proc/meminfo", v, sizeof(v)) < 0)
+			v[0] = 0;
+		while (*q && (*q < '0' || *q > '9'))
+			q++;
+		put(&l, "mem total_kb=");
+		put_num(&l, (long)number(&q));
 	} else if (strcmp(req, "net") == 0) {
 		put(&l, "net eth0 mac=");
 		put(&l, read_file("/sys/class/net/eth0/address", v, sizeof(v)) < 0 ? "none" : v);

@@ -1,6 +1,6 @@
 //! Sequences of guest accesses (any offset, any width, any value) to the
-//! CPU hotplug controller, the GED, the serial port and the IOAPIC, checked against the
-//! controller's invariants: the VMM never hears of a vCPU id out of range,
+//! CPU and memory hotplug controllers, the GED, the serial port and the
+//! IOAPIC, checked against the controllers' invariants: the VMM never hears of a vCPU id out of range,
 //! never of an eject it did not get from the EJECT register, and the
 //! devices keep answering.
 #![no_main]
@@ -12,6 +12,7 @@ use devices::bus::BusDevice;
 use devices::cpu_hotplug::{CpuHotplugController, CpuHotplugHost, MMIO_LEN, REG_EJECT};
 use devices::ged::{Ged, GED_MMIO_LEN};
 use devices::interrupt::InterruptTrigger;
+use devices::mem_hotplug::{MemHotplugController, MemHotplugHost, SlotView, MMIO_LEN as MEM_MMIO_LEN};
 use devices::ioapic::{Ioapic, MsiMessage, MsiRoutes, IOAPIC_MMIO_LEN, IOAPIC_PINS};
 use devices::serial::{SerialDevice, COM1_PORT_LEN};
 use devices::EventFdTrigger;
@@ -42,6 +43,23 @@ impl CpuHotplugHost for Host {
     }
 }
 
+const SLOTS: usize = 6;
+
+#[derive(Default)]
+struct MemHost(Mutex<Vec<usize>>);
+
+impl MemHotplugHost for MemHost {
+    fn slot(&self, index: usize) -> Option<SlotView> {
+        (index < SLOTS).then_some(SlotView { base: (index as u64 + 32) << 27, len: 1 << 27, enabled: index % 2 == 0 })
+    }
+    fn eject(&self, index: usize) {
+        self.0.lock().unwrap().push(index);
+    }
+    fn ost(&self, index: usize, _event: u32, _status: u32) {
+        self.0.lock().unwrap().push(index);
+    }
+}
+
 struct Count;
 impl InterruptTrigger for Count {
     fn trigger(&self) -> std::io::Result<()> {
@@ -62,13 +80,15 @@ fuzz_target!(|data: &[u8]| {
     let host = Arc::new(Host::default());
     let ctl = CpuHotplugController::new(MAX, host.clone());
     let ged = Ged::new(Count);
+    let mem_host = Arc::new(MemHost::default());
+    let mem = MemHotplugController::new(mem_host.clone(), SLOTS);
     let serial = SerialDevice::new(
         EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
         Box::new(std::io::sink()),
     );
     let mut ejects_written = 0usize;
     for op in data.chunks_exact(8) {
-        let kind = op[0] % 10;
+        let kind = op[0] % 13;
         let off = u64::from(u16::from_le_bytes([op[1], op[7]]));
         let width = [1usize, 2, 4, 8, 3][usize::from(op[2] % 5)];
         let value = u32::from_le_bytes([op[3], op[4], op[5], op[6]]);
@@ -93,6 +113,10 @@ fuzz_target!(|data: &[u8]| {
             6 => ged.write(off % (GED_MMIO_LEN + 4), &bytes[..width]),
             8 => ioapic.write(off % (IOAPIC_MMIO_LEN + 4), &bytes[..width]),
             9 => ioapic.read(off % (IOAPIC_MMIO_LEN + 4), &mut bytes[..width]),
+            10 => mem.read(off % (MEM_MMIO_LEN + 8), &mut bytes[..width]),
+            11 => mem.write(off % (MEM_MMIO_LEN + 8), &bytes[..width]),
+            12 if op[1] & 1 == 0 => mem.request_insert(value as usize % (SLOTS + 4)),
+            12 => mem.request_remove(value as usize % (SLOTS + 4)),
             _ => {
                 if op[1] & 1 == 0 {
                     serial.write(off % (COM1_PORT_LEN + 2), &bytes[..width.min(2)]);
@@ -108,6 +132,10 @@ fuzz_target!(|data: &[u8]| {
     for id in MAX..MAX + 8 {
         assert!(!ctl.is_pending(id));
     }
+    assert!(mem_host.0.lock().unwrap().iter().all(|&i| i < SLOTS), "the memory host heard of a slot past the last");
+    let (ins, rem) = mem.pending();
+    assert_eq!((ins | rem) >> SLOTS, 0, "no event for a slot past the last");
+    assert_eq!(ins & rem, 0, "a slot is never both inserting and removing");
     // The IOAPIC's read-only entry bits (delivery status, remote IRR) and reserved bits stay clear.
     assert!(ioapic.entries().iter().all(|e| e & (1 << 12 | 1 << 14 | 0x7fff << 17 | 0xffff << 32) == 0));
     // Still answering: a scan reads every word.

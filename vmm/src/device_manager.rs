@@ -208,6 +208,15 @@ impl DeviceManager {
             .collect()
     }
 
+    /// Tells every device guest memory gained (`added`) or lost `region`;
+    /// the first device that could not take it, and why.
+    pub fn memory_changed(&self, region: &Arc<vm_memory::GuestRegionMmap>, added: bool) -> Result<(), String> {
+        for s in &self.slots {
+            s.transport.memory_changed(region, added)?;
+        }
+        Ok(())
+    }
+
     /// Stops every device (the VM is going): their workers let go of guest memory.
     pub fn reset_all(&self) {
         for s in &self.slots {

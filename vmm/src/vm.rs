@@ -272,7 +272,7 @@ impl Vm {
                 vm_fd: vm_fd.clone(),
                 memory: guest_memory.clone(),
                 shared: config.memory.shared,
-                vhost_user: !config.devices.fs.is_empty(),
+                devices: virtio.clone(),
                 eject_timeout: Duration::from_millis(config.cpus.eject_timeout_ms),
             })
         });

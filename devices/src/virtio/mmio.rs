@@ -113,6 +113,16 @@ impl MmioTransport {
         c
     }
 
+    /// Guest memory gained (`added`) or lost a region: the device hears of it.
+    pub fn memory_changed(&self, region: &Arc<vm_memory::GuestRegionMmap>, added: bool) -> Result<(), String> {
+        let mut s = self.lock();
+        if added {
+            s.device.memory_added(region)
+        } else {
+            s.device.memory_removed(region)
+        }
+    }
+
     /// Stops the device and forgets what the guest set up: a status write
     /// of 0, and every VM reboot.
     pub fn reset(&self) {

@@ -20,7 +20,7 @@ pub mod worker;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use interrupt::VirtioInterrupt;
@@ -92,6 +92,16 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Name and value of each counter, for `vm.counters`.
     fn counters(&self) -> Vec<(&'static str, u64)>;
+    /// Guest memory gained `region` (memory hotplug). Devices that read it
+    /// through the memory map need nothing; one whose backend maps guest
+    /// memory itself (vhost-user) tells it, bounded, before the guest is told.
+    fn memory_added(&mut self, _region: &Arc<GuestRegionMmap>) -> Result<(), String> {
+        Ok(())
+    }
+    /// The guest gave `region` back and no vCPU can reach it any more.
+    fn memory_removed(&mut self, _region: &Arc<GuestRegionMmap>) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Copies `value`'s bytes at `offset` into `data` (a config space read);

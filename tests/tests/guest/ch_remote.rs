@@ -284,11 +284,33 @@ fn katas_clh_driver_sequence() {
     assert_eq!(agent(&hvsock, "cpus"), "cpus online=0-1");
     let (_, info) = g.api("GET", "vm.info", Value::Null);
     assert_eq!(info["config"]["cpus"]["boot_vcpus"], json!(2), "{info}");
-    // ResizeMemory: growing memory under a vhost-user device (virtio-fs)
-    // is not implemented yet: refused, by name, and nothing changes.
-    let (s, err) = g.api("PUT", "vm.resize", json!({ "desired_ram": 536870912u64 }));
-    assert_eq!(s, 400, "{err}");
-    assert!(err.to_string().contains("desired_ram") && err.to_string().contains("virtio-fs"), "{err}");
+    // ResizeMemory: current = config.memory.size, grown by 256 MiB (two of
+    // Kata's 128 MiB blocks); the agent sees it, and the share still serves
+    // (virtiofsd mapped the new region before the guest could use it).
+    let mem_kb = |a: &str| a.strip_prefix("mem total_kb=").and_then(|v| v.parse::<u64>().ok()).unwrap();
+    let before = mem_kb(&agent(&hvsock, "mem"));
+    let current = info["config"]["memory"]["size"].as_u64().unwrap();
+    let (s, r) = g.api("PUT", "vm.resize", json!({ "desired_ram": current + (256 << 20) }));
+    assert_eq!(s, 204, "{r}");
+    let deadline = std::time::Instant::now() + HOTPLUG_TIMEOUT;
+    while mem_kb(&agent(&hvsock, "mem")) < before + 250 * 1024 {
+        assert!(std::time::Instant::now() < deadline, "the guest's memory did not grow");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let deadline = std::time::Instant::now() + HOTPLUG_TIMEOUT;
+    loop {
+        let (_, info) = g.api("GET", "vm.info", Value::Null);
+        if info["config"]["memory"]["size"] == json!(current + (256 << 20)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "memory.size did not follow: {info}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::write(shared.join("pod/after-resize"), b"grown\n").unwrap();
+    assert_eq!(
+        agent(&hvsock, &format!("read {mnt}/pod/after-resize")),
+        format!("fs-read {mnt}/pod/after-resize bytes=6 fnv={} first=grown", tests::virtiofsd::fnv1a(b"grown\n"))
+    );
 
     let (s, _) = g.api("PUT", "vmm.shutdown", Value::Null);
     assert_eq!(s, 204);

@@ -54,8 +54,6 @@ pub enum MemoryResizeError {
     NotReachable { desired: u64, current: u64, reachable: Vec<u64> },
     #[error("desired_ram={desired}: all {slots} memory slots are in use")]
     NoSlot { desired: u64, slots: usize },
-    #[error("desired_ram: growing memory with a vhost-user device (virtio-fs) is not implemented yet")]
-    VhostUser,
     #[error("desired_ram: {0}")]
     Failed(String),
 }
@@ -76,7 +74,7 @@ pub struct MemoryHotplug {
     vm_fd: Arc<VmFd>,
     memory: GuestMemoryHandle,
     shared: bool,
-    vhost_user: bool,
+    devices: Arc<crate::device_manager::DeviceManager>,
     regions: Vec<Option<Arc<GuestRegionMmap>>>,
     /// Per slot being removed: when the request lapses.
     deadlines: Vec<Option<Instant>>,
@@ -94,7 +92,8 @@ pub struct Parts {
     pub vm_fd: Arc<VmFd>,
     pub memory: GuestMemoryHandle,
     pub shared: bool,
-    pub vhost_user: bool,
+    /// The virtio devices: vhost-user backends map each region themselves.
+    pub devices: Arc<crate::device_manager::DeviceManager>,
     pub eject_timeout: Duration,
 }
 
@@ -115,7 +114,7 @@ impl MemoryHotplug {
             vm_fd: p.vm_fd,
             memory: p.memory,
             shared: p.shared,
-            vhost_user: p.vhost_user,
+            devices: p.devices,
             regions: vec![None; n],
             deadlines: vec![None; n],
             timeout: p.eject_timeout,
@@ -226,9 +225,6 @@ impl MemoryHotplug {
         if desired > max {
             return Err(MemoryResizeError::TooLarge { desired, max });
         }
-        if self.vhost_user {
-            return Err(MemoryResizeError::VhostUser);
-        }
         let Some(i) = (0..self.slots.len()).find(|&i| self.slots.phase(i) == SlotPhase::Free) else {
             return Err(MemoryResizeError::NoSlot { desired, slots: self.slots.len() });
         };
@@ -268,6 +264,13 @@ impl MemoryHotplug {
         if let Err(e) = self.publish(|m| m.insert_region(region.clone()).map_err(|e| e.to_string())) {
             self.delete_kvm_slot(i, base);
             return Err(format!("publishing the memory map: {e}"));
+        }
+        // vhost-user backends map it before the guest may hand them buffers there.
+        if let Err(e) = self.devices.memory_changed(&region, true) {
+            let _ = self
+                .publish(|m| m.remove_region(GuestAddress(base), len).map(|(next, _)| next).map_err(|e| e.to_string()));
+            self.delete_kvm_slot(i, base);
+            return Err(e);
         }
         self.regions[i] = Some(region);
         self.slots.set_range(i, base, len);
@@ -312,7 +315,11 @@ impl MemoryHotplug {
         {
             warn!("memory slot {i}: taking it out of the memory map: {e}");
         }
-        self.regions[i] = None;
+        if let Some(region) = self.regions[i].take() {
+            if let Err(e) = self.devices.memory_changed(&region, false) {
+                warn!("memory slot {i}: {e}");
+            }
+        }
         self.slots.set_reason(i, why);
         self.slots.apply(i, SlotEvent::Unplugged);
         info!("memory slot {i}: {} MiB at {base:#x} unplugged ({why:?})", len >> 20);

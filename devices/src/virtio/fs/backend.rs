@@ -17,7 +17,7 @@ use std::time::Duration;
 use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::watchdog::Watchdog;
@@ -184,6 +184,23 @@ impl Backend {
             }
         }
         Ok(())
+    }
+
+    /// Maps a region of guest memory added while the backend serves
+    /// (memory hotplug), before the guest may use it.
+    pub fn add_region(&self, region: &GuestRegionMmap) -> Result<(), BackendError> {
+        let info = VhostUserMemoryRegionInfo::from_guest_region(region)
+            .map_err(|_| BackendError::NotShared { addr: region.start_addr().0 })?;
+        let mut frontend = self.frontend.clone();
+        step(&self.watchdog, "ADD_MEM_REG", || frontend.add_mem_region(&info).map(|_| ()))
+    }
+
+    /// Unmaps a region the guest gave back (memory hotplug).
+    pub fn remove_region(&self, region: &GuestRegionMmap) -> Result<(), BackendError> {
+        let info = VhostUserMemoryRegionInfo::from_guest_region(region)
+            .map_err(|_| BackendError::NotShared { addr: region.start_addr().0 })?;
+        let mut frontend = self.frontend.clone();
+        step(&self.watchdog, "REM_MEM_REG", || frontend.remove_mem_region(&info))
     }
 
     /// Stops every ring (the guest reset the device): the backend lets go

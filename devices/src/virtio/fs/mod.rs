@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
+use vm_memory::GuestRegionMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::Worker;
@@ -126,6 +127,32 @@ impl Fs {
     pub fn failure(&self) -> Option<String> {
         self.state.failure()
     }
+
+    /// Tells the backend a region was added (or removed), on the worker
+    /// thread (whose filter allows the socket), and waits for it, bounded.
+    /// A backend that has failed is told nothing: lithe answers its requests.
+    fn tell_backend(&self, region: &Arc<GuestRegionMmap>, added: bool) -> Result<(), String> {
+        if self.state.failure().is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (backend, region) = (self.backend.clone(), region.clone());
+        self.worker
+            .run(move || {
+                let r = if added { backend.add_region(&region) } else { backend.remove_region(&region) };
+                let _ = tx.send(r);
+            })
+            .map_err(|e| e.to_string())?;
+        let limit = REPLY_LIMIT * 2;
+        match rx.recv_timeout(limit) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.state.fail(&self.name, &format!("announcing a memory region: {e}"));
+                Err(format!("{}: {e}", self.name))
+            }
+            Err(_) => Err(format!("{}: the backend did not answer within {limit:?}", self.name)),
+        }
+    }
 }
 
 /// Connects on the worker thread (whose filter allows the socket) and waits
@@ -195,6 +222,14 @@ impl VirtioDevice for Fs {
 
     fn reset(&mut self) {
         self.worker.stop();
+    }
+
+    fn memory_added(&mut self, region: &Arc<GuestRegionMmap>) -> Result<(), String> {
+        self.tell_backend(region, true)
+    }
+
+    fn memory_removed(&mut self, region: &Arc<GuestRegionMmap>) -> Result<(), String> {
+        self.tell_backend(region, false)
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
