@@ -292,7 +292,7 @@ mod tests {
     fn the_guest_moves_slots_through_ost_and_ej0() {
         let s = Slots::new(2, EventFd::new(libc::EFD_NONBLOCK).unwrap());
         s.set_range(0, 1 << 32, 128 << 20);
-        assert_eq!(s.slot(0).unwrap().enabled, false);
+        assert!(!s.slot(0).unwrap().enabled);
         s.apply(0, SlotEvent::Add).unwrap();
         assert_eq!(s.slot(0).unwrap(), SlotView { base: 1 << 32, len: 128 << 20, enabled: true });
         s.ost(0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
