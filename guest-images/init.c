@@ -466,6 +466,9 @@ static const struct toggle {
 	/* Linux then answers eject requests with a failure _OST. */
 	{ "refuse-eject", "/sys/firmware/acpi/hotplug/processor/enabled", "0", "refuse-eject=on" },
 	{ "allow-eject", "/sys/firmware/acpi/hotplug/processor/enabled", "1", "refuse-eject=off" },
+	/* The same for memory: Linux refuses its eject requests (_OST 0x80). */
+	{ "refuse-mem-eject", "/sys/firmware/acpi/hotplug/memory/enabled", "0", "refuse-mem-eject=on" },
+	{ "allow-mem-eject", "/sys/firmware/acpi/hotplug/memory/enabled", "1", "refuse-mem-eject=off" },
 	/* Unbinding the GED driver leaves its interrupt unhandled: hotplug
 	 * requests go unanswered (lithe's timeouts roll them back). */
 	{ "ignore-hotplug", "/sys/bus/platform/drivers/acpi-ged/unbind", "ACPI0013:00", "hotplug=ignored" },

@@ -4,7 +4,8 @@
 //! movable blocks, migrating what was there, and calls `_EJ0`). The proof is
 //! the guest's: its `MemTotal`, a program that fills more memory than the
 //! guest booted with and reads every page back, and one that holds a
-//! pattern across the removal. Then memory and vCPUs at once, and a reboot
+//! pattern across the removal; a guest that refuses the eject keeps the
+//! memory, and lithe says so. Then memory and vCPUs at once, and a reboot
 //! that keeps the size.
 
 use std::time::{Duration, Instant};
@@ -87,6 +88,27 @@ fn desired_ram_grows_the_guest_and_its_memtotal_says_so() {
     // fault runs emulated here: minutes, not seconds).
     g.send("mem-touch 300");
     g.wait_console("LITHE-GUEST mem-touch mb=300 ok", Duration::from_secs(600));
+
+    // A guest that refuses the eject keeps the memory, and lithe says so.
+    g.send("refuse-mem-eject");
+    g.wait_console("LITHE-GUEST refuse-mem-eject=on", HOTPLUG_TIMEOUT);
+    let (s, r) = g.api("PUT", "vm.resize", json!({ "desired_ram": 256 * MIB }));
+    assert_eq!(s, 204, "{r}");
+    let deadline = Instant::now() + HOTPLUG_TIMEOUT;
+    loop {
+        let (_, info) = g.api("GET", "vm.info", Value::Null);
+        let slot = &info["memory_slots"][0];
+        if slot["reason"] == json!("eject_refused") {
+            assert_eq!(slot["state"], json!("plugged"), "{info}");
+            assert_eq!(info["config"]["memory"]["size"], json!(768 * MIB), "the guest still has it: {info}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal seen: {info}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(mem_total_mib(&mut g) >= booted + 500, "the guest kept its memory");
+    g.send("allow-mem-eject");
+    g.wait_console("LITHE-GUEST refuse-mem-eject=off", HOTPLUG_TIMEOUT);
 
     // Memory goes back in whole slots: 512 MiB is not one of the sizes.
     let (s, err) = g.api("PUT", "vm.resize", json!({ "desired_ram": 512 * MIB }));
