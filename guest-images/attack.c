@@ -6,6 +6,7 @@
  * Makes COUNT pseudo-random accesses (xorshift64 from SEED, so a run can be
  * replayed) to lithe's device registers from inside the guest:
  *   - the CPU hotplug controller (MMIO 0xfeb01000) and the GED (0xfeb00000),
+ *     and the memory hotplug controller (0xfeb02000) when the VM has one,
  *     through /dev/mem: random offsets across both pages, widths 1/2/4/8,
  *     random values; ejects (EJECT, 0x600) of vCPU 0, absent and out-of-range
  *     ids; _OST storms (OST_SELECT/EVENT/STATUS) for any id;
@@ -49,6 +50,7 @@
 
 #define GED_BASE 0xfeb00000UL
 #define HOTPLUG_BASE 0xfeb01000UL
+#define MEM_HOTPLUG_BASE 0xfeb02000UL /* the memory hotplug controller, when the VM has one */
 #define WINDOW 0x2000UL /* the GED page and the controller's page */
 #define REG_EJECT 0x600
 #define REG_OST_SELECT 0x604
@@ -318,11 +320,24 @@ __attribute__((used, noreturn)) void attack(long *sp)
 	volatile unsigned char *hp = ged + (HOTPLUG_BASE - GED_BASE);
 	long vmap = sys6(SYS_mmap, 0, VIRTIO_WINDOW, PROT_RW, MAP_SHARED, mem, VIRTIO_BASE);
 	volatile unsigned char *vio = vmap < 0 && vmap > -4096 ? 0 : (volatile unsigned char *)vmap;
+	long mmap_mhp = sys6(SYS_mmap, 0, 0x1000, PROT_RW, MAP_SHARED, mem, MEM_HOTPLUG_BASE);
+	volatile unsigned char *mhp = mmap_mhp < 0 && mmap_mhp > -4096 ? 0 : (volatile unsigned char *)mmap_mhp;
 	own_page();
 
 	for (unsigned long op = 0; op < count; op++) {
 		unsigned long r = next();
 		unsigned width = 1u << (next() % 4);
+		if (mhp && r % 17 == 16) {
+			/* the memory hotplug controller: selectors past the slots,
+			 * _OST for anything, control bytes (ejects too), any width */
+			unsigned long off = (next() % 0x20) & ~(unsigned long)(width - 1);
+			if (next() % 2)
+				mmio_write(mhp, off, width, next() % 2 ? next() % 20 : next());
+			else
+				mmio_read(mhp, off, width);
+			mmio++;
+			continue;
+		}
 		if (vio && r % 11 >= 8) {
 			unsigned long off = (next() % VIRTIO_WINDOW) & ~(unsigned long)(width - 1);
 			switch (r % 11) {

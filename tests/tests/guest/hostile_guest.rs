@@ -48,7 +48,8 @@ fn a_guest_writing_garbage_to_the_registers_leaves_lithe_serving_and_in_agreemen
     let mut g = Guest::launch(Launch {
         cpus: "boot=2,max=4",
         with_kernel: true,
-        memory: Some("size=128M,shared=on"),
+        // Room to grow: the memory hotplug controller is there to attack too.
+        memory: Some("size=128M,shared=on,hotplug_size=256M"),
         args: &["--disk", &disk, "--rng", "src=/dev/urandom", "--net", "tap=hostile0", "--fs", &fs],
         netns: Some(&ns.0),
         ..Launch::default()
@@ -72,6 +73,7 @@ fn a_guest_writing_garbage_to_the_registers_leaves_lithe_serving_and_in_agreemen
         "no access was counted as ignored: the attack did not reach the controller"
     );
     assert!(g.log_contains("never removable"), "the eject of vCPU 0 was seen and refused");
+    assert!(counter(&g, "mem-hotplug", "ignored") > 0, "the memory hotplug controller saw the garbage and ignored it");
     // Every virtio device saw the garbage and said what it refused (its
     // start-up and activation lines aside).
     for device in ["virtio-blk0: ", "virtio-rng: ", "virtio-net0: ", "virtio-fs0: "] {
