@@ -6,17 +6,16 @@
 //! file through, timing it in the guest. The VMM's CPU (every thread but
 //! the vCPUs', not virtiofsd's) is read around the read.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::io::Agent;
 use crate::vm::{scratch, vmm_cpu_ns, Setup, Vm, Vmm};
 use crate::Samples;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(400);
-const PHASE_LIMIT: Duration = Duration::from_secs(300);
 const FILE_BYTES: u64 = 64 << 20;
 const MIB: u64 = 1 << 20;
 /// The fs figures are keyed with this `max`.
@@ -61,18 +60,6 @@ fn virtiofsd(dir: &Path, shared: &Path) -> Result<(Backend, std::path::PathBuf),
     Ok((backend, socket))
 }
 
-/// One command to the guest's iobench; its `ok ops= us=`.
-fn call(w: &mut UnixStream, r: &mut BufReader<UnixStream>, cmd: &str) -> Result<(u64, u64), String> {
-    w.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| format!("writing to the guest: {e}"))?;
-    let mut l = String::new();
-    r.read_line(&mut l).map_err(|e| format!("reading the guest's answer: {e}"))?;
-    let field = |k: &str| l.split_whitespace().find_map(|f| f.strip_prefix(k)).and_then(|v| v.parse::<u64>().ok());
-    match (l.starts_with("ok "), field("ops="), field("us=")) {
-        (true, Some(ops), Some(us)) if us > 0 => Ok((ops, us)),
-        _ => Err(format!("{cmd}: the guest answered {:?}", l.trim())),
-    }
-}
-
 pub fn run(setup: &Setup, vmm: Vmm, file: &Path, out: &mut Samples) -> Result<(), String> {
     let dir = scratch(&format!("{}-fs", vmm.name()))?;
     let shared = dir.join("shared");
@@ -95,18 +82,10 @@ pub fn run(setup: &Setup, vmm: Vmm, file: &Path, out: &mut Samples) -> Result<()
     let cmdline = format!("{base} lithe_bench=io");
     let mut vm = Vm::launch_with(setup, vmm, &dir, 1, &cmdline, &extra, None, "size=256M,shared=on")?;
     vm.wait_serial(0, "LITHE-GUEST iobench listening", BOOT_LIMIT)?;
-    let mut w = UnixStream::connect(&vsock).map_err(|e| format!("connect {}: {e}", vsock.display()))?;
-    w.set_read_timeout(Some(PHASE_LIMIT)).map_err(|e| e.to_string())?;
-    let mut r = BufReader::new(w.try_clone().map_err(|e| e.to_string())?);
-    w.write_all(b"CONNECT 1025\n").map_err(|e| e.to_string())?;
-    let mut ok = String::new();
-    r.read_line(&mut ok).map_err(|e| e.to_string())?;
-    if !ok.starts_with("OK ") {
-        return Err(format!("CONNECT 1025 was answered {ok:?}"));
-    }
-    call(&mut w, &mut r, "mount bench")?;
+    let mut agent = Agent::dial(&vsock)?;
+    agent.call("mount bench", 0)?;
     let cpu0 = vmm_cpu_ns(vm.pid);
-    let (bytes, us) = call(&mut w, &mut r, &format!("fsread {MIB} /share/data.bin"))?;
+    let (bytes, us) = agent.call(&format!("fsread {MIB} /share/data.bin"), 0)?;
     let cpu = vmm_cpu_ns(vm.pid).saturating_sub(cpu0);
     if bytes != FILE_BYTES {
         return Err(format!("the guest read {bytes} bytes of {FILE_BYTES}"));

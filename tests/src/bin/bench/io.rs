@@ -58,13 +58,13 @@ pub fn make_image(path: &Path) -> Result<(), String> {
 }
 
 /// A connection to the guest's iobench through the hybrid-vsock socket.
-struct Agent {
+pub struct Agent {
     w: UnixStream,
     r: BufReader<UnixStream>,
 }
 
 impl Agent {
-    fn dial(socket: &Path) -> Result<Agent, String> {
+    pub fn dial(socket: &Path) -> Result<Agent, String> {
         let w = UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
         w.set_read_timeout(Some(PHASE_LIMIT)).map_err(|e| e.to_string())?;
         let r = BufReader::new(w.try_clone().map_err(|e| e.to_string())?);
@@ -91,7 +91,7 @@ impl Agent {
     }
 
     /// Sends a command (and `payload` after it); the guest's `ok ops= us=`.
-    fn call(&mut self, cmd: &str, payload: u64) -> Result<(u64, u64), String> {
+    pub fn call(&mut self, cmd: &str, payload: u64) -> Result<(u64, u64), String> {
         self.send(format!("{cmd}\n").as_bytes())?;
         let chunk = vec![0x5au8; 64 << 10];
         let mut left = payload;
