@@ -51,6 +51,14 @@ pub struct Latencies {
     adds: AtomicU64,
     removes: AtomicU64,
     retires: AtomicU64,
+    /// Memory: request → GED for the last grow, and for the last shrink.
+    mem_add_api_to_ged_ns: AtomicU64,
+    mem_remove_api_to_ged_ns: AtomicU64,
+    /// Guest `_EJ0` → slot out of KVM and the memory map, for the last one.
+    mem_eject_to_unplugged_ns: AtomicU64,
+    mem_adds: AtomicU64,
+    mem_removes: AtomicU64,
+    mem_unplugs: AtomicU64,
 }
 
 impl Latencies {
@@ -64,6 +72,27 @@ impl Latencies {
         if removed > 0 {
             self.remove_api_to_ged_ns.store(ns, Ordering::Relaxed);
             self.removes.fetch_add(removed as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// A memory resize raised the GED interrupt `took` after its request arrived.
+    pub fn memory_notified(&self, took: Duration, added: usize, removed: usize) {
+        let ns = nanos(took);
+        if added > 0 {
+            self.mem_add_api_to_ged_ns.store(ns, Ordering::Relaxed);
+            self.mem_adds.fetch_add(added as u64, Ordering::Relaxed);
+        }
+        if removed > 0 {
+            self.mem_remove_api_to_ged_ns.store(ns, Ordering::Relaxed);
+            self.mem_removes.fetch_add(removed as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// A memory slot the guest ejected `since` ago is unplugged.
+    pub fn memory_unplugged(&self, since: Option<Duration>) {
+        self.mem_unplugs.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = since {
+            self.mem_eject_to_unplugged_ns.store(nanos(d), Ordering::Relaxed);
         }
     }
 
@@ -85,6 +114,19 @@ impl Latencies {
             ("vcpus_removed", r(&self.removes)),
             ("vcpus_retired", r(&self.retires)),
             ("start_to_first_kvm_run_ns", START_TO_FIRST_RUN_NS.load(Ordering::Relaxed)),
+        ]
+    }
+
+    /// lithe's share of memory resizes, for the `mem-hotplug` group.
+    pub fn memory_snapshot(&self) -> Vec<(&'static str, u64)> {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("last_add_api_to_ged_ns", r(&self.mem_add_api_to_ged_ns)),
+            ("last_remove_api_to_ged_ns", r(&self.mem_remove_api_to_ged_ns)),
+            ("last_eject_to_unplugged_ns", r(&self.mem_eject_to_unplugged_ns)),
+            ("slots_added", r(&self.mem_adds)),
+            ("slots_removed", r(&self.mem_removes)),
+            ("slots_unplugged", r(&self.mem_unplugs)),
         ]
     }
 }
@@ -117,6 +159,7 @@ impl CounterSources {
         if let Some((controller, slots)) = &self.memory {
             let mut m = to_map(controller.counter_values());
             m.insert("plugged_bytes".into(), slots.plugged_bytes());
+            m.extend(to_map(self.latencies.memory_snapshot()));
             out.insert("mem-hotplug".into(), m);
         }
         out.extend(self.devices.counters());
@@ -139,5 +182,10 @@ mod tests {
         l.retired(None);
         let s: std::collections::BTreeMap<_, _> = l.snapshot().into_iter().collect();
         assert_eq!((s["last_eject_to_joined_ns"], s["vcpus_retired"]), (250_000, 2));
+        l.memory_notified(Duration::from_micros(40), 0, 2);
+        l.memory_unplugged(Some(Duration::from_micros(90)));
+        let m: std::collections::BTreeMap<_, _> = l.memory_snapshot().into_iter().collect();
+        assert_eq!((m["last_remove_api_to_ged_ns"], m["slots_removed"], m["last_add_api_to_ged_ns"]), (40_000, 2, 0));
+        assert_eq!((m["last_eject_to_unplugged_ns"], m["slots_unplugged"]), (90_000, 1));
     }
 }

@@ -254,6 +254,7 @@ impl Vm {
         let t_tables = t0.elapsed();
 
         let latencies = Arc::new(Latencies::default());
+        let clock: Arc<dyn crate::cpu::clock::Clock> = Arc::new(SystemClock);
         let counters = CounterSources {
             controller: stack.controller.clone(),
             ged: stack.ged.clone(),
@@ -274,6 +275,8 @@ impl Vm {
                 shared: config.memory.shared,
                 devices: virtio.clone(),
                 eject_timeout: Duration::from_millis(config.cpus.eject_timeout_ms),
+                latencies: latencies.clone(),
+                clock: clock.clone(),
             })
         });
         let mmio = Arc::new(std::mem::take(&mut stack.mmio));
@@ -286,7 +289,7 @@ impl Vm {
                 mmio,
                 exit: exit.clone(),
                 seccomp: seccomp.map(|f| f.vcpu.clone()),
-                clock: Arc::new(SystemClock),
+                clock,
                 stop_limit: crate::cpu::manager::STOP_LIMIT,
                 latencies,
             },
@@ -352,9 +355,9 @@ impl Vm {
     }
 
     /// `desired_ram`: grows the guest's RAM towards `desired` bytes.
-    pub fn resize_memory(&mut self, desired: u64) -> Result<(), MemoryResizeError> {
+    pub fn resize_memory(&mut self, desired: u64, received: std::time::Instant) -> Result<(), MemoryResizeError> {
         match self.memory_hotplug.as_mut() {
-            Some(m) => m.resize(desired),
+            Some(m) => m.resize(desired, received),
             None => Err(MemoryResizeError::NoCapacity { desired }),
         }
     }

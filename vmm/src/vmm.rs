@@ -389,7 +389,7 @@ impl Vmm {
     /// ([`resize::before_boot`]).
     fn resize(&mut self, req: &ResizeRequest, received: std::time::Instant) -> Result<Reply, ActionError> {
         if let Some(ram) = req.ram {
-            self.resize_memory(ram)?;
+            self.resize_memory(ram, received)?;
         }
         let Some(want) = &req.want else {
             // Nothing asked: done, as Cloud Hypervisor answers it.
@@ -420,10 +420,10 @@ impl Vmm {
     /// `desired_ram`: the running VM grows (answered at once, as Cloud
     /// Hypervisor does; `memory.size` follows when the guest takes it), or
     /// the configured VM will boot with that much.
-    fn resize_memory(&mut self, ram: u64) -> Result<(), ActionError> {
+    fn resize_memory(&mut self, ram: u64, received: std::time::Instant) -> Result<(), ActionError> {
         if let Some(vm) = self.vm.as_mut() {
             emit("vm", "resizing", &[("desired_ram", ram.to_string())]);
-            return vm.resize_memory(ram).map_err(|e| {
+            return vm.resize_memory(ram, received).map_err(|e| {
                 if e.is_vmm() {
                     error!("memory resize failed: {e}");
                 }

@@ -12,7 +12,7 @@
 use acpi_tables::aml::{
     self, Acquire, Add, And, Arg, CreateQWordField, Device, EISAName, Field, FieldAccessType, FieldEntry,
     FieldLockRule, FieldUpdateRule, If, LessThan, Local, Method, MethodCall, Mutex, Name, Notify, OpRegion,
-    OpRegionSpace, Or, Path, Release, ResourceTemplate, Return, ShiftLeft, Store, Subtract, While,
+    OpRegionSpace, Path, Release, ResourceTemplate, Return, ShiftLeft, Store, While,
 };
 use acpi_tables::Aml;
 
@@ -132,18 +132,20 @@ fn mcrs() -> Raw {
     let max = bytes(&CreateQWordField::new(&Path::new("MAXL"), &Path::new("MR64"), &22usize));
     let len = bytes(&CreateQWordField::new(&Path::new("LENL"), &Path::new("MR64"), &38usize));
     let select = bytes(&Store::new(&Path::new("MSEL"), &Arg(0)));
-    // Local0 = base, Local1 = length, each from two 32-bit halves.
+    // Local0 = base, Local1 = length, each from two 32-bit halves, joined
+    // with Add (the halves do not overlap; the test bed's interpreter has no
+    // Or), and the last byte as base + length + Ones (no Subtract either).
     let base_hi = read_into(0, "MBHI", 0xffff_ffff);
     let base_shift = bytes(&ShiftLeft::new(&Local(0), &Local(0), &32usize));
     let base_lo = read_into(2, "MBLO", 0xffff_ffff);
-    let base = bytes(&Or::new(&Local(0), &Local(0), &Local(2)));
+    let base = bytes(&Add::new(&Local(0), &Local(0), &Local(2)));
     let len_hi = read_into(1, "MLHI", 0xffff_ffff);
     let len_shift = bytes(&ShiftLeft::new(&Local(1), &Local(1), &32usize));
     let len_lo = read_into(2, "MLLO", 0xffff_ffff);
-    let length = bytes(&Or::new(&Local(1), &Local(1), &Local(2)));
+    let length = bytes(&Add::new(&Local(1), &Local(1), &Local(2)));
     let set_min = bytes(&Store::new(&Path::new("MINL"), &Local(0)));
     let set_len = bytes(&Store::new(&Path::new("LENL"), &Local(1)));
-    let last = bytes(&Subtract::new(&Local(2), &Add::new(&aml::ZERO, &Local(0), &Local(1)), &aml::ONE));
+    let last = bytes(&Add::new(&Local(2), &Add::new(&aml::ZERO, &Local(0), &Local(1)), &aml::ONES));
     let set_max = bytes(&Store::new(&Path::new("MAXL"), &Local(2)));
     let ret = bytes(&Return::new(&Path::new("MR64")));
     let acquire = Acquire::new("MLCK".into(), 0xffff);

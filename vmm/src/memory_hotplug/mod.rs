@@ -33,6 +33,9 @@ use devices::EventFdTrigger;
 use layout::{Area, BLOCK};
 use slots::{SlotEvent, SlotPhase, SlotReason, Slots};
 
+use crate::counters::Latencies;
+use crate::cpu::clock::Clock;
+
 /// Most slots a VM gets: each resize that grows takes one, and every slot
 /// is a device the guest's AML walks on each memory event.
 pub const MAX_SLOTS: usize = 16;
@@ -80,6 +83,8 @@ pub struct MemoryHotplug {
     deadlines: Vec<Option<Instant>>,
     /// How long the guest gets to eject (the vCPUs' `eject_timeout_ms`).
     timeout: Duration,
+    latencies: Arc<Latencies>,
+    clock: Arc<dyn Clock>,
 }
 
 /// What [`MemoryHotplug::new`] needs from the VM being built.
@@ -95,6 +100,10 @@ pub struct Parts {
     /// The virtio devices: vhost-user backends map each region themselves.
     pub devices: Arc<crate::device_manager::DeviceManager>,
     pub eject_timeout: Duration,
+    /// lithe's own share of each change: request → GED, `_EJ0` → unplugged.
+    pub latencies: Arc<Latencies>,
+    /// For the eject deadlines (the vCPU manager's clock).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How many slots a VM with `capacity` bytes of hotplug room gets.
@@ -118,6 +127,8 @@ impl MemoryHotplug {
             regions: vec![None; n],
             deadlines: vec![None; n],
             timeout: p.eject_timeout,
+            latencies: p.latencies,
+            clock: p.clock,
         }
     }
 
@@ -125,9 +136,10 @@ impl MemoryHotplug {
         (0..self.slots.len()).filter(|&i| counts(self.slots.phase(i))).map(|i| self.slots.range(i).1).sum()
     }
 
-    /// RAM the guest has taken: the boot RAM and every slot it acknowledged.
+    /// RAM the guest has taken: the boot RAM and every slot it acknowledged
+    /// and has not given back.
     pub fn plugged_size(&self) -> u64 {
-        self.boot_size + self.sum(|p| matches!(p, SlotPhase::Plugged | SlotPhase::Removing))
+        self.boot_size + self.slots.plugged_bytes()
     }
 
     /// RAM asked of the guest: what it has or is offered, less what it is
@@ -146,7 +158,7 @@ impl MemoryHotplug {
     }
 
     /// Shrinks to `desired` by whole slots, the latest first.
-    fn shrink(&mut self, desired: u64, current: u64) -> Result<(), MemoryResizeError> {
+    fn shrink(&mut self, desired: u64, current: u64, received: Instant) -> Result<(), MemoryResizeError> {
         if desired < self.boot_size {
             return Err(MemoryResizeError::BelowBoot { desired, boot: self.boot_size });
         }
@@ -162,51 +174,57 @@ impl MemoryHotplug {
         if left != desired {
             return Err(MemoryResizeError::NotReachable { desired, current, reachable });
         }
+        let mut asked = 0;
         for i in take {
-            self.remove(i);
+            asked += usize::from(self.remove(i));
+        }
+        if asked > 0 {
+            self.latencies.memory_notified(received.elapsed(), 0, asked);
         }
         Ok(())
     }
 
-    /// Asks the guest to give slot `i` back, or takes back an offer it has
-    /// not looked at yet.
-    fn remove(&mut self, i: usize) {
-        if self.slots.phase(i) == SlotPhase::Adding && self.controller.pending().0 & (1 << i) != 0 {
-            self.slots.apply(i, SlotEvent::AddWithdrawn);
-            self.unplug(i, SlotReason::AddCancelled);
-            return;
+    /// Asks the guest to give slot `i` back (true), or takes back an offer
+    /// it has not looked at yet.
+    fn remove(&mut self, i: usize) -> bool {
+        if self.slots.phase(i) == SlotPhase::Adding
+            && self.controller.pending().0 & (1 << i) != 0
+            && self.slots.apply(i, SlotEvent::AddWithdrawn).is_some()
+        {
+            self.unplug(i);
+            return false;
         }
         if self.slots.apply(i, SlotEvent::Remove).is_none() {
-            return;
+            return false;
         }
         let (base, len) = self.slots.range(i);
         info!("memory: slot {i} ({} MiB at {base:#x}): the guest is asked to eject it", len >> 20);
-        self.slots.set_reason(i, SlotReason::None);
-        self.deadlines[i] = Some(Instant::now() + self.timeout);
+        self.deadlines[i] = Some(self.clock.now() + self.timeout);
         self.controller.request_remove(i);
         if let Err(e) = self.ged.notify(GED_EVENT_MEM_HOTPLUG) {
             warn!("memory slot {i}: cannot raise the GED interrupt: {e}");
         }
+        true
     }
 
     /// Main loop, periodic: a removal the guest has not done in time is
     /// rolled back (it still has the memory).
     pub fn tick(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         for i in 0..self.slots.len() {
             if self.deadlines[i].is_some_and(|d| now >= d) {
                 self.deadlines[i] = None;
                 self.controller.cancel(i);
-                if self.slots.apply(i, SlotEvent::EjectTimedOut).is_some() {
-                    warn!("memory slot {i}: no eject within {:?}; the guest keeps it", self.timeout);
-                    self.slots.set_reason(i, SlotReason::EjectTimeout);
+                if let Some(t) = self.slots.apply(i, SlotEvent::EjectTimedOut) {
+                    warn!("memory slot {i}: no eject within {:?}; it stays {:?}", self.timeout, t.to.phase);
                 }
             }
         }
     }
 
-    /// Sets the target: grows by one slot of the difference.
-    pub fn resize(&mut self, desired: u64) -> Result<(), MemoryResizeError> {
+    /// Sets the target: grows by one slot of the difference, or shrinks by
+    /// whole slots. `received`: when the request arrived (for lithe's share).
+    pub fn resize(&mut self, desired: u64, received: Instant) -> Result<(), MemoryResizeError> {
         let current = self.planned_size();
         if self.area.capacity == 0 {
             return Err(MemoryResizeError::NoCapacity { desired });
@@ -215,7 +233,7 @@ impl MemoryHotplug {
             return Ok(());
         }
         if desired < current {
-            return self.shrink(desired, current);
+            return self.shrink(desired, current, received);
         }
         let grow = desired - current;
         if !grow.is_multiple_of(BLOCK) {
@@ -234,6 +252,7 @@ impl MemoryHotplug {
             .collect();
         let base = self.area.place(&used, grow).ok_or(MemoryResizeError::TooLarge { desired, max })?;
         self.add(i, base, grow).map_err(MemoryResizeError::Failed)?;
+        self.latencies.memory_notified(received.elapsed(), 1, 0);
         info!("memory: slot {i} offered to the guest: {} MiB at {base:#x} (target {} MiB)", grow >> 20, desired >> 20);
         Ok(())
     }
@@ -274,7 +293,6 @@ impl MemoryHotplug {
         }
         self.regions[i] = Some(region);
         self.slots.set_range(i, base, len);
-        self.slots.set_reason(i, SlotReason::None);
         self.slots.apply(i, SlotEvent::Add);
         self.controller.request_insert(i);
         if let Err(e) = self.ged.notify(GED_EVENT_MEM_HOTPLUG) {
@@ -306,7 +324,7 @@ impl MemoryHotplug {
 
     /// Takes slot `i` out: KVM first (no vCPU can reach it), then the memory
     /// map; the mapping itself goes with the last snapshot that holds it.
-    fn unplug(&mut self, i: usize, why: SlotReason) {
+    fn unplug(&mut self, i: usize) {
         let (base, len) = self.slots.range(i);
         self.controller.cancel(i);
         self.delete_kvm_slot(i, base);
@@ -320,8 +338,12 @@ impl MemoryHotplug {
                 warn!("memory slot {i}: {e}");
             }
         }
-        self.slots.set_reason(i, why);
+        let why = self.slots.reason(i);
+        let ejected = self.slots.phase(i) == SlotPhase::Ejected;
         self.slots.apply(i, SlotEvent::Unplugged);
+        if ejected {
+            self.latencies.memory_unplugged(self.slots.ejected_at(i).map(|t| t.elapsed()));
+        }
         info!("memory slot {i}: {} MiB at {base:#x} unplugged ({why:?})", len >> 20);
     }
 
@@ -329,16 +351,18 @@ impl MemoryHotplug {
     /// the RAM the guest has when that changed.
     pub fn on_guest_events(&mut self, last_size: u64) -> Option<u64> {
         for i in 0..self.slots.len() {
-            match self.slots.phase(i) {
-                SlotPhase::Failed => self.unplug(i, SlotReason::AddFailed),
-                SlotPhase::Ejected => {
-                    let asked = self.deadlines[i].take().is_some();
-                    self.unplug(i, if asked { SlotReason::None } else { SlotReason::EjectedByGuest });
+            let state = self.slots.state(i);
+            match state.phase {
+                SlotPhase::Failed | SlotPhase::Ejected => {
+                    self.deadlines[i] = None;
+                    self.unplug(i);
                 }
-                // Asked to eject, and back to plugged: the guest refused.
-                SlotPhase::Plugged if self.deadlines[i].take().is_some() => {
-                    warn!("memory slot {i}: the guest refused the eject; it keeps the memory");
-                    self.slots.set_reason(i, SlotReason::EjectRefused);
+                // Asked to eject, and no longer removing: the guest refused.
+                _ if state.phase != SlotPhase::Removing && self.deadlines[i].take().is_some() => {
+                    self.controller.cancel(i);
+                    if state.reason == SlotReason::EjectRefused {
+                        warn!("memory slot {i}: the guest refused the eject; it keeps the memory");
+                    }
                 }
                 _ => {}
             }

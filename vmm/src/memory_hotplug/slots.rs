@@ -1,23 +1,34 @@
 //! The hot-pluggable memory slots as the guest and the VMM both see them:
-//! per slot, its range and its phase in atomics, so the controller's reads
-//! and the guest's `_OST`/`_EJ0` (on vCPU threads, inside MMIO exits) never
-//! lock; the main loop, woken by an eventfd, does the slow part.
+//! per slot, its range and its state word in atomics, so the controller's
+//! reads and the guest's `_OST`/`_EJ0` (on vCPU threads, inside MMIO exits)
+//! never lock; the main loop, woken by an eventfd, does the slow part. A
+//! slot moves only through the one table below, applied by the same atomic
+//! machinery as the vCPUs' lifecycle ([`vcpu_table::machine`]); phase,
+//! the phase a removal rolls back to, and the reason share one word.
 //!
-//! | from     | event                        | to       | why |
-//! |----------|------------------------------|----------|-----|
-//! | free     | `Add` (main loop)            | adding   | mapped, in KVM, published; the guest is told |
-//! | adding   | `_OST(1, 0)`                 | plugged  | the guest added the memory |
-//! | adding   | `_OST(1, failure)`           | failed   | the guest did not take it; the main loop unplugs it |
-//! | adding   | `AddWithdrawn` (main loop)   | failed   | taken back before the guest looked; unplugged at once |
-//! | adding, plugged, removing | `_EJ0`      | ejected  | the guest let the memory go; the main loop unplugs it |
-//! | removing | `_OST(3, failure)`           | plugged  | the guest keeps it (unmovable pages) |
-//! | removing | `EjectTimedOut` (main loop)  | plugged  | no `_EJ0` within the bound: the guest still has it |
-//! | adding, plugged | `Remove` (main loop)  | removing | the guest is asked to eject it |
-//! | failed, ejected | `Unplugged` (main loop) | free  | out of KVM and the memory map; unmapped with the last reader |
+//! | from                 | event                       | to                          | why |
+//! |----------------------|-----------------------------|-----------------------------|-----|
+//! | free                 | `Add` (main loop)           | adding                      | mapped, in KVM, published; the guest is told |
+//! | adding               | `_OST(1, 0)`                | plugged                     | the guest added the memory |
+//! | removing(adding)     | `_OST(1, 0)`                | removing(plugged)           | it did, while asked to give it back |
+//! | adding, removing(adding) | `_OST(1, failure)`      | failed, `add_failed`        | the guest did not take it; the main loop unplugs it |
+//! | adding               | `AddWithdrawn` (main loop)  | failed, `add_cancelled`     | taken back before the guest looked |
+//! | adding, plugged      | `Remove` (main loop)        | removing(from)              | the guest is asked to eject it |
+//! | removing             | `_EJ0`                      | ejected                     | the guest let the memory go; the main loop unplugs it |
+//! | adding, plugged      | `_EJ0`                      | ejected, `ejected_by_guest` | it let go unasked |
+//! | removing(from)       | `_OST(3, failure)`          | plugged, `eject_refused`    | the guest keeps it (unmovable pages); refusing shows it has it |
+//! | removing(from)       | `EjectTimedOut` (main loop) | from, `eject_timeout`       | no `_EJ0` within the bound: nothing changed in the guest |
+//! | failed, ejected      | `Unplugged` (main loop)     | free (reason kept)          | out of KVM and the memory map; unmapped with the last reader |
+//!
+//! A slot the guest never acknowledged stays "adding" after an unanswered
+//! eject: lithe cannot know whether the guest uses it, so it is neither
+//! counted in `memory.size` nor unmapped.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use log::{info, warn};
+use vcpu_table::machine::{self, Cells, Machine, StateCell, Transition};
 use vmm_sys_util::eventfd::EventFd;
 
 use devices::guest_warn;
@@ -38,6 +49,15 @@ pub enum SlotPhase {
 }
 
 impl SlotPhase {
+    pub const ALL: [SlotPhase; 6] = [
+        SlotPhase::Free,
+        SlotPhase::Adding,
+        SlotPhase::Plugged,
+        SlotPhase::Failed,
+        SlotPhase::Removing,
+        SlotPhase::Ejected,
+    ];
+
     fn from_u8(v: u8) -> SlotPhase {
         match v {
             1 => SlotPhase::Adding,
@@ -69,20 +89,18 @@ pub enum SlotEvent {
     Unplugged,
 }
 
-/// The one table of transitions.
-pub fn step(from: SlotPhase, event: SlotEvent) -> Option<SlotPhase> {
-    use SlotEvent as E;
-    use SlotPhase as P;
-    Some(match (from, event) {
-        (P::Free, E::Add) => P::Adding,
-        (P::Adding, E::AddAcked) => P::Plugged,
-        (P::Adding, E::AddFailed | E::AddWithdrawn) => P::Failed,
-        (P::Adding | P::Plugged | P::Removing, E::Ejected) => P::Ejected,
-        (P::Removing, E::EjectRefused | E::EjectTimedOut) => P::Plugged,
-        (P::Adding | P::Plugged, E::Remove) => P::Removing,
-        (P::Failed | P::Ejected, E::Unplugged) => P::Free,
-        _ => return None,
-    })
+impl SlotEvent {
+    pub const ALL: [SlotEvent; 9] = [
+        SlotEvent::Add,
+        SlotEvent::AddAcked,
+        SlotEvent::AddFailed,
+        SlotEvent::AddWithdrawn,
+        SlotEvent::Remove,
+        SlotEvent::EjectRefused,
+        SlotEvent::EjectTimedOut,
+        SlotEvent::Ejected,
+        SlotEvent::Unplugged,
+    ];
 }
 
 /// Why a slot's last change did not go as asked.
@@ -104,6 +122,15 @@ pub enum SlotReason {
 }
 
 impl SlotReason {
+    pub const ALL: [SlotReason; 6] = [
+        SlotReason::None,
+        SlotReason::AddFailed,
+        SlotReason::AddCancelled,
+        SlotReason::EjectRefused,
+        SlotReason::EjectTimeout,
+        SlotReason::EjectedByGuest,
+    ];
+
     fn from_u8(v: u8) -> SlotReason {
         match v {
             1 => SlotReason::AddFailed,
@@ -113,6 +140,72 @@ impl SlotReason {
             5 => SlotReason::EjectedByGuest,
             _ => SlotReason::None,
         }
+    }
+}
+
+/// One slot's whole state: phase, the phase a removal rolls back to (only
+/// while removing), and the reason of the last rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotState {
+    pub phase: SlotPhase,
+    pub from: SlotPhase,
+    pub reason: SlotReason,
+}
+
+impl SlotState {
+    pub const FREE: SlotState = SlotState::new(SlotPhase::Free, SlotReason::None);
+
+    const fn new(phase: SlotPhase, reason: SlotReason) -> SlotState {
+        SlotState { phase, from: SlotPhase::Free, reason }
+    }
+
+    /// The guest has the memory: it acknowledged it and has not given it back.
+    pub fn guest_has(self) -> bool {
+        self.phase == SlotPhase::Plugged || (self.phase == SlotPhase::Removing && self.from == SlotPhase::Plugged)
+    }
+}
+
+/// The memory slots' lifecycle, for [`machine::apply`].
+pub struct SlotMachine;
+
+impl Machine for SlotMachine {
+    type State = SlotState;
+    type Event = SlotEvent;
+    const NOUN: &'static str = "memory slot";
+
+    fn encode(s: SlotState) -> u32 {
+        u32::from(s.phase as u8) | u32::from(s.from as u8) << 8 | u32::from(s.reason as u8) << 16
+    }
+
+    fn decode(w: u32) -> SlotState {
+        SlotState {
+            phase: SlotPhase::from_u8(w as u8),
+            from: SlotPhase::from_u8((w >> 8) as u8),
+            reason: SlotReason::from_u8((w >> 16) as u8),
+        }
+    }
+
+    /// The one table of transitions (the module's).
+    fn step(s: SlotState, event: SlotEvent) -> Option<SlotState> {
+        use SlotEvent as E;
+        use SlotPhase as P;
+        use SlotReason as R;
+        let removing = |from| SlotState { phase: P::Removing, from, reason: R::None };
+        Some(match (s.phase, event) {
+            (P::Free, E::Add) => SlotState::new(P::Adding, R::None),
+            (P::Adding, E::AddAcked) => SlotState::new(P::Plugged, R::None),
+            (P::Removing, E::AddAcked) if s.from == P::Adding => removing(P::Plugged),
+            (P::Adding, E::AddFailed) => SlotState::new(P::Failed, R::AddFailed),
+            (P::Removing, E::AddFailed) if s.from == P::Adding => SlotState::new(P::Failed, R::AddFailed),
+            (P::Adding, E::AddWithdrawn) => SlotState::new(P::Failed, R::AddCancelled),
+            (P::Adding | P::Plugged, E::Remove) => removing(s.phase),
+            (P::Removing, E::Ejected) => SlotState::new(P::Ejected, R::None),
+            (P::Adding | P::Plugged, E::Ejected) => SlotState::new(P::Ejected, R::EjectedByGuest),
+            (P::Removing, E::EjectRefused) => SlotState::new(P::Plugged, R::EjectRefused),
+            (P::Removing, E::EjectTimedOut) => SlotState::new(s.from, R::EjectTimeout),
+            (P::Failed | P::Ejected, E::Unplugged) => SlotState::new(P::Free, s.reason),
+            _ => return None,
+        })
     }
 }
 
@@ -126,78 +219,76 @@ pub struct SlotInfo {
     pub reason: SlotReason,
 }
 
-struct Slot {
+struct Range {
     base: AtomicU64,
     len: AtomicU64,
-    phase: AtomicU8,
-    reason: AtomicU8,
 }
 
 pub struct Slots {
-    slots: Box<[Slot]>,
+    states: Cells,
+    ranges: Box<[Range]>,
+    /// Per slot: when the guest last ejected it (ns since `epoch`, 0: none),
+    /// for the `_EJ0` → unplugged latency.
+    ejected_at: Box<[AtomicU64]>,
+    epoch: Instant,
     wake: EventFd,
 }
 
 impl Slots {
     /// `count` slots; `wake` is written whenever the guest moves one.
     pub fn new(count: usize, wake: EventFd) -> Slots {
-        let slots = (0..count)
-            .map(|_| Slot {
-                base: AtomicU64::new(0),
-                len: AtomicU64::new(0),
-                phase: AtomicU8::new(0),
-                reason: AtomicU8::new(0),
-            })
-            .collect();
-        Slots { slots, wake }
+        let ranges = (0..count).map(|_| Range { base: AtomicU64::new(0), len: AtomicU64::new(0) }).collect();
+        let ejected_at = (0..count).map(|_| AtomicU64::new(0)).collect();
+        Slots { states: Cells::new(count), ranges, ejected_at, epoch: Instant::now(), wake }
     }
 
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.ranges.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.ranges.is_empty()
+    }
+
+    pub fn state(&self, i: usize) -> SlotState {
+        self.states.load(i as u32).map_or(SlotState::FREE, SlotMachine::decode)
     }
 
     pub fn phase(&self, i: usize) -> SlotPhase {
-        self.slots.get(i).map_or(SlotPhase::Free, |s| SlotPhase::from_u8(s.phase.load(Ordering::Acquire)))
+        self.state(i).phase
     }
 
     /// (base, len) of slot `i`.
     pub fn range(&self, i: usize) -> (u64, u64) {
-        self.slots.get(i).map_or((0, 0), |s| (s.base.load(Ordering::Acquire), s.len.load(Ordering::Acquire)))
+        self.ranges.get(i).map_or((0, 0), |s| (s.base.load(Ordering::Acquire), s.len.load(Ordering::Acquire)))
     }
 
     /// Sets a free slot's range (before it is added).
     pub fn set_range(&self, i: usize, base: u64, len: u64) {
-        if let Some(s) = self.slots.get(i) {
+        if let Some(s) = self.ranges.get(i) {
             s.base.store(base, Ordering::Release);
             s.len.store(len, Ordering::Release);
         }
     }
 
-    pub fn set_reason(&self, i: usize, r: SlotReason) {
-        if let Some(s) = self.slots.get(i) {
-            s.reason.store(r as u8, Ordering::Release);
-        }
+    pub fn reason(&self, i: usize) -> SlotReason {
+        self.state(i).reason
     }
 
-    pub fn reason(&self, i: usize) -> SlotReason {
-        self.slots.get(i).map_or(SlotReason::None, |s| SlotReason::from_u8(s.reason.load(Ordering::Acquire)))
+    /// When the guest last ejected slot `i`, if it did.
+    pub fn ejected_at(&self, i: usize) -> Option<Instant> {
+        let ns = self.ejected_at.get(i)?.load(Ordering::Acquire);
+        (ns != 0).then(|| self.epoch + std::time::Duration::from_nanos(ns))
     }
 
     /// Bytes the guest has in slots: plugged, or plugged and asked back.
     pub fn plugged_bytes(&self) -> u64 {
-        (0..self.slots.len())
-            .filter(|&i| matches!(self.phase(i), SlotPhase::Plugged | SlotPhase::Removing))
-            .map(|i| self.range(i).1)
-            .sum()
+        (0..self.len()).filter(|&i| self.state(i).guest_has()).map(|i| self.range(i).1).sum()
     }
 
     /// Each slot in use, or with something to say about its last change.
     pub fn info(&self) -> Vec<SlotInfo> {
-        (0..self.slots.len())
+        (0..self.len())
             .filter(|&i| self.phase(i) != SlotPhase::Free || self.reason(i) != SlotReason::None)
             .map(|i| {
                 let (base, size) = self.range(i);
@@ -207,23 +298,18 @@ impl Slots {
     }
 
     /// Applies `event` to slot `i` atomically; the transition, if the table has one.
-    pub fn apply(&self, i: usize, event: SlotEvent) -> Option<(SlotPhase, SlotPhase)> {
-        let s = self.slots.get(i)?;
-        let mut cur = s.phase.load(Ordering::Acquire);
-        loop {
-            let from = SlotPhase::from_u8(cur);
-            let to = step(from, event)?;
-            match s.phase.compare_exchange(cur, to as u8, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some((from, to)),
-                Err(now) => cur = now,
-            }
-        }
+    pub fn apply(&self, i: usize, event: SlotEvent) -> Option<Transition<SlotState>> {
+        machine::apply::<SlotMachine>(&self.states, u32::try_from(i).ok()?, event)
     }
 
     /// A guest-caused event: applied, logged, the main loop woken.
     fn guest_event(&self, i: usize, event: SlotEvent) -> bool {
         match self.apply(i, event) {
-            Some((from, to)) => {
+            Some(Transition { from, to }) => {
+                if event == SlotEvent::Ejected {
+                    let ns = self.epoch.elapsed().as_nanos().max(1) as u64;
+                    self.ejected_at[i].store(ns, Ordering::Release);
+                }
                 info!("memory slot {i}: {event:?}: {from:?} -> {to:?}");
                 if let Err(e) = self.wake.write(1) {
                     warn!("memory slot {i}: cannot wake the main loop: {e}");
@@ -237,7 +323,7 @@ impl Slots {
 
 impl MemHotplugHost for Slots {
     fn slot(&self, index: usize) -> Option<SlotView> {
-        (index < self.slots.len()).then(|| {
+        (index < self.len()).then(|| {
             let (base, len) = self.range(index);
             SlotView { base, len, enabled: self.phase(index).present() }
         })
@@ -266,26 +352,86 @@ impl MemHotplugHost for Slots {
 mod tests {
     use super::*;
 
+    fn step(s: SlotState, e: SlotEvent) -> Option<SlotState> {
+        SlotMachine::step(s, e)
+    }
+
+    fn st(phase: SlotPhase) -> SlotState {
+        SlotState::new(phase, SlotReason::None)
+    }
+
+    /// Well-formed states: only removing carries a "from", adding or plugged.
+    fn reachable() -> impl Iterator<Item = SlotState> {
+        SlotPhase::ALL
+            .into_iter()
+            .flat_map(|phase| {
+                SlotPhase::ALL.into_iter().flat_map(move |from| {
+                    SlotReason::ALL.into_iter().map(move |reason| SlotState { phase, from, reason })
+                })
+            })
+            .filter(|s| {
+                if s.phase == SlotPhase::Removing {
+                    matches!(s.from, SlotPhase::Adding | SlotPhase::Plugged)
+                } else {
+                    s.from == SlotPhase::Free
+                }
+            })
+    }
+
     #[test]
-    fn the_table_allows_only_what_it_lists() {
-        use SlotEvent as E;
-        use SlotPhase as P;
-        let phases = [P::Free, P::Adding, P::Plugged, P::Failed, P::Removing, P::Ejected];
-        let events = [
-            E::Add,
-            E::AddAcked,
-            E::AddFailed,
-            E::AddWithdrawn,
-            E::Remove,
-            E::EjectRefused,
-            E::EjectTimedOut,
-            E::Ejected,
-            E::Unplugged,
-        ];
-        let allowed: usize = phases.iter().map(|&p| events.iter().filter(|&&e| step(p, e).is_some()).count()).sum();
-        assert_eq!(allowed, 13, "each (phase, event) the table lists, once");
-        assert_eq!(step(P::Free, E::AddAcked), None, "a late _OST for a free slot moves nothing");
-        assert_eq!(step(P::Plugged, E::Add), None);
+    fn encoding_round_trips() {
+        for s in reachable() {
+            assert_eq!(SlotMachine::decode(SlotMachine::encode(s)), s);
+        }
+        assert_eq!(SlotMachine::decode(0), SlotState::FREE);
+    }
+
+    #[test]
+    fn invariants_hold_for_every_state_and_event() {
+        for s in reachable() {
+            for e in SlotEvent::ALL {
+                let Some(t) = step(s, e) else { continue };
+                assert!(reachable().any(|r| r == t), "{s:?} --{e:?}--> {t:?} is not well-formed");
+                // the guest's memory leaves it only through an eject
+                if s.guest_has() && !t.guest_has() {
+                    assert!(
+                        t.phase == SlotPhase::Ejected
+                            || (t.phase == SlotPhase::Removing && t.from == SlotPhase::Plugged),
+                        "{s:?} --{e:?}--> {t:?}"
+                    );
+                }
+                // memory the guest never acknowledged never counts, unless it says it has it
+                if !s.guest_has() && t.guest_has() {
+                    assert!(matches!(e, SlotEvent::AddAcked | SlotEvent::EjectRefused), "{s:?} --{e:?}--> {t:?}");
+                }
+                // only unplugged slots are free again; only free slots are added
+                if t.phase == SlotPhase::Free {
+                    assert!(matches!(s.phase, SlotPhase::Failed | SlotPhase::Ejected), "{s:?} {e:?}");
+                }
+                if e == SlotEvent::Add {
+                    assert_eq!(s.phase, SlotPhase::Free);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rollbacks_return_to_the_phase_before_the_removal() {
+        for from in [SlotPhase::Adding, SlotPhase::Plugged] {
+            let r = step(st(from), SlotEvent::Remove).unwrap();
+            assert_eq!(step(r, SlotEvent::EjectTimedOut).unwrap(), SlotState::new(from, SlotReason::EjectTimeout));
+            assert_eq!(
+                step(r, SlotEvent::EjectRefused).unwrap(),
+                SlotState::new(SlotPhase::Plugged, SlotReason::EjectRefused),
+                "a refusal shows the guest has it"
+            );
+        }
+        let r = step(st(SlotPhase::Adding), SlotEvent::Remove).unwrap();
+        let acked = step(r, SlotEvent::AddAcked).unwrap();
+        assert!(acked.guest_has(), "a late acknowledgement while asked back: counted until ejected");
+        assert_eq!(step(acked, SlotEvent::EjectTimedOut).unwrap().phase, SlotPhase::Plugged);
+        assert_eq!(step(st(SlotPhase::Free), SlotEvent::AddAcked), None, "a late _OST for a free slot moves nothing");
+        assert_eq!(step(st(SlotPhase::Plugged), SlotEvent::Add), None);
     }
 
     #[test]
@@ -301,10 +447,15 @@ mod tests {
         assert_eq!(s.phase(0), SlotPhase::Plugged, "a late failure does not unplug");
         s.apply(0, SlotEvent::Remove).unwrap();
         s.ost(0, OST_EVENT_EJECT_REQUEST, 0x81);
-        assert_eq!(s.phase(0), SlotPhase::Plugged, "refused: the guest keeps it");
+        assert_eq!(s.state(0), SlotState::new(SlotPhase::Plugged, SlotReason::EjectRefused), "refused: kept");
         s.eject(1);
         assert_eq!(s.phase(1), SlotPhase::Free, "an eject of a free slot is ignored");
-        assert_eq!(s.wake.read().unwrap(), 2, "two guest moves woke the main loop");
+        assert!(s.ejected_at(0).is_none());
+        s.eject(0);
+        assert_eq!(s.state(0), SlotState::new(SlotPhase::Ejected, SlotReason::EjectedByGuest));
+        assert!(s.ejected_at(0).is_some());
+        assert_eq!(s.wake.read().unwrap(), 3, "three guest moves woke the main loop");
         assert!(s.slot(2).is_none());
+        assert!(s.apply(7, SlotEvent::Add).is_none(), "no such slot");
     }
 }

@@ -19,6 +19,8 @@
 
 #![allow(dead_code)]
 
+pub mod memory;
+
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,7 +46,7 @@ use vmm::cpu::vcpu::{install_kick_handler, VcpuHandle};
 use vmm::cpu::{Phase, State, VcpuTable};
 use vmm::exit::ExitNotifier;
 use vmm::hotplug::{HotplugStack, VcpuParts};
-use vmm::memory;
+use vmm::memory as memory_consts;
 use vmm::resize::{self, ResizeError, Want};
 
 /// One bed at a time per process: thread counts are process-wide.
@@ -180,6 +182,9 @@ impl devices::BusDevice for Blocker {
     fn write(&self, _: u64, _: &[u8]) {}
 }
 
+/// The memory hotplug controller's status and control byte.
+const MEM_STATUS: u64 = memory_consts::MEM_HOTPLUG_MMIO_BASE + devices::mem_hotplug::REG_STATUS;
+
 /// The AML's memory accesses, on lithe's MMIO bus, counted (each would be
 /// one MMIO exit in a real guest). Only 32-bit field accesses are expected:
 /// anything else is a bug in the AML and fails.
@@ -217,8 +222,14 @@ impl Handler for BusHandler {
         let a = unscale(address);
         assert!(self.0.write(a, &value.to_le_bytes()), "AML write of unmapped MMIO {a:#x}");
     }
+    /// The memory hotplug controller's status byte is the one byte-wide
+    /// register (its own one-byte region, so the address is not scaled).
     fn read_u8(&self, a: usize) -> u8 {
-        panic!("AML: 8-bit read at {a:#x}")
+        assert_eq!(a as u64, MEM_STATUS, "AML: 8-bit read at {a:#x}");
+        self.1.fetch_add(1, Ordering::Relaxed);
+        let mut b = [0u8; 1];
+        assert!(self.0.read(MEM_STATUS, &mut b), "AML read of unmapped MMIO {a:#x}");
+        b[0]
     }
     fn read_u16(&self, a: usize) -> u16 {
         panic!("AML: 16-bit read at {a:#x}")
@@ -226,8 +237,10 @@ impl Handler for BusHandler {
     fn read_u64(&self, a: usize) -> u64 {
         panic!("AML: 64-bit read at {a:#x}")
     }
-    fn write_u8(&mut self, a: usize, _: u8) {
-        panic!("AML: 8-bit write at {a:#x}")
+    fn write_u8(&mut self, a: usize, v: u8) {
+        assert_eq!(a as u64, MEM_STATUS, "AML: 8-bit write at {a:#x}");
+        self.1.fetch_add(1, Ordering::Relaxed);
+        assert!(self.0.write(MEM_STATUS, &[v]), "AML write of unmapped MMIO {a:#x}");
     }
     fn write_u16(&mut self, a: usize, _: u16) {
         panic!("AML: 16-bit write at {a:#x}")
@@ -310,6 +323,8 @@ pub struct ModelGuest {
     /// The ones it started.
     pub started: BTreeSet<u32>,
     pub deferred: Vec<u32>,
+    /// Its memory.
+    pub memory: memory::ModelMemory,
 }
 
 pub struct Bed {
@@ -321,6 +336,8 @@ pub struct Bed {
     pub guest: ModelGuest,
     pub max: u32,
     pub blocker: Arc<Blocker>,
+    /// lithe's memory hotplug, in a bed built with slots.
+    pub mem: Option<memory::MemPart>,
     doorbell: Arc<Doorbell>,
     aml: AmlContext,
     accesses: Arc<AtomicU64>,
@@ -330,16 +347,16 @@ pub struct Bed {
     ged_seen: u64,
     wake: EventFd,
     pub vm: Arc<VmFd>,
-    _memory: memory::GuestMemory,
+    _memory: memory_consts::GuestMemory,
     _kvm: Kvm,
     _one: MutexGuard<'static, ()>,
 }
 
-fn name(s: &str) -> AmlName {
+pub(crate) fn name(s: &str) -> AmlName {
     AmlName::from_str(s).unwrap()
 }
 
-fn int(v: u64) -> AmlValue {
+pub(crate) fn int(v: u64) -> AmlValue {
     AmlValue::Integer(v)
 }
 
@@ -368,22 +385,31 @@ impl Bed {
     /// [`Bed::new`], with `stop_limit` for how long a vCPU thread gets to
     /// stop or pause: short only in tests whose thread is meant not to stop.
     pub fn with_stop_limit(boot: u32, max: u32, stop_limit: Duration) -> Bed {
+        Bed::build(boot, max, stop_limit, 0)
+    }
+
+    /// [`Bed::new`] with `slots` memory hotplug slots (128 MiB each of room).
+    pub fn with_memory(boot: u32, max: u32, slots: usize) -> Bed {
+        Bed::build(boot, max, STOP_LIMIT, slots)
+    }
+
+    fn build(boot: u32, max: u32, stop_limit: Duration, mem_slots: usize) -> Bed {
         assert!(max <= 512, "unscale() holds for up to 16 bitmap words");
         let one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
         install_kick_handler().unwrap();
         let kvm = Kvm::new().expect("/dev/kvm");
         let vm = Arc::new(kvm.create_vm().unwrap());
-        vm.set_tss_address(memory::KVM_TSS_ADDR as usize).unwrap();
+        vm.set_tss_address(memory_consts::KVM_TSS_ADDR as usize).unwrap();
         let mut cpus = CpusConfig::new(boot, max);
         cpus.eject_timeout_ms = TIMEOUT.as_millis() as u64;
         let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut stack = HotplugStack::new(&vm, &cpus, &wake).expect("lithe's hotplug stack");
-        let mem = memory::create_guest_memory(4 << 20, false).unwrap();
+        let mem = memory_consts::create_guest_memory(memory::BOOT, false).unwrap();
         // SAFETY: the bed keeps `mem` until after the VM and its vCPUs are gone
         // (Drop stops the vCPUs; the fields drop in order).
-        unsafe { memory::register_guest_memory(&vm, &mem) }.unwrap();
+        unsafe { memory_consts::register_guest_memory(&vm, &mem) }.unwrap();
         regs::write_boot_tables(&mem).unwrap();
-        let entry = memory::HIMEM_START;
+        let entry = memory_consts::HIMEM_START;
         mem.write_slice(BSP_CODE, GuestAddress(entry)).unwrap();
         mem.write_slice(AP_CODE, GuestAddress(u64::from(SIPI_VECTOR) << 12)).unwrap();
         let doorbell = Arc::new(Doorbell::default());
@@ -392,6 +418,7 @@ impl Bed {
         pio.insert(DOORBELL_PORT, 4, doorbell.clone()).unwrap();
         pio.insert(BLOCKER_PORT, 1, blocker.clone()).unwrap();
 
+        let mem_pending = (mem_slots > 0).then(|| memory::prepare(mem_slots, &vm, &mem, &mut stack.mmio, &wake));
         let mmio = Arc::new(std::mem::take(&mut stack.mmio));
         let clock = Arc::new(ManualClock::default());
         let parts = VcpuParts {
@@ -406,10 +433,14 @@ impl Bed {
         let mut manager = stack.manager(&kvm, &vm, &cpus, parts).expect("lithe's vCPU manager");
         manager.start_boot_vcpus(boot, entry).unwrap();
         let HotplugStack { table, host, controller, ged, .. } = stack;
+        let mem_part = mem_pending.map(|p| p.finish(&vm, &ged, &clock));
 
         let accesses = Arc::new(AtomicU64::new(0));
         let mut aml = AmlContext::new(Box::new(BusHandler(mmio, accesses.clone())), DebugVerbosity::None);
-        aml.parse_table(&acpi::dsdt_body(&Topology::flat(max), 0)).expect("the interpreter loads lithe's DSDT");
+        aml.parse_table(&acpi::dsdt_body(&Topology::flat(max), mem_slots)).expect("the interpreter loads lithe's DSDT");
+        if let Some(part) = &mem_part {
+            memory::install_notify(&mut aml, part);
+        }
         let notes = Arc::new(Mutex::new(Vec::new()));
         aml.namespace.add_value(name("\\NTID"), int(0)).unwrap();
         aml.namespace.add_value(name("\\NTEV"), int(0)).unwrap();
@@ -433,6 +464,7 @@ impl Bed {
             cpus: (0..boot).collect(),
             started: (0..boot).collect(),
             deferred: Vec::new(),
+            memory: memory::ModelMemory::default(),
         };
         Bed {
             manager,
@@ -443,6 +475,7 @@ impl Bed {
             guest,
             max,
             blocker,
+            mem: mem_part,
             doorbell,
             aml,
             accesses,
@@ -524,7 +557,25 @@ impl Bed {
                 e => panic!("vCPU {id}: unexpected Notify value {e}"),
             }
         }
+        let mem_notes = self.mem.as_ref().map(|m| m.take_notes()).unwrap_or_default();
+        for (slot, event) in mem_notes {
+            self.guest_memory().notified(slot as usize, event);
+        }
         true
+    }
+
+    /// The guest's memory side, through the AML (a bed built with slots).
+    pub fn guest_memory(&mut self) -> memory::GuestSide<'_> {
+        memory::GuestSide {
+            aml: &mut self.aml,
+            part: self.mem.as_ref().expect("a bed with memory slots"),
+            guest: &mut self.guest.memory,
+        }
+    }
+
+    /// The memory part (a bed built with slots).
+    pub fn mem(&mut self) -> &mut memory::MemPart {
+        self.mem.as_mut().expect("a bed with memory slots")
     }
 
     fn guest_device_check(&mut self, id: u32) {
@@ -621,6 +672,9 @@ impl Bed {
     pub fn vmm_handles_events(&mut self) {
         if self.wake.read().is_ok() {
             self.manager.on_guest_events();
+            if let Some(m) = self.mem.as_mut() {
+                m.on_guest_events();
+            }
         }
     }
 
@@ -628,6 +682,10 @@ impl Bed {
     pub fn advance(&mut self, by: Duration) {
         self.clock.advance(by);
         self.manager.tick();
+        if let Some(m) = self.mem.as_mut() {
+            m.hotplug.tick();
+            m.on_guest_events();
+        }
     }
 
     /// Guest and VMM exchange until neither has anything left to say.
@@ -637,6 +695,9 @@ impl Bed {
             let had_events = self.wake.read().is_ok();
             if had_events {
                 self.manager.on_guest_events();
+                if let Some(m) = self.mem.as_mut() {
+                    m.on_guest_events();
+                }
             }
             if !interrupt && !had_events {
                 return;
@@ -696,6 +757,9 @@ impl Bed {
             threads = Self::vcpu_threads();
         }
         assert_eq!(threads, live, "vcpu threads vs live vCPUs: {:?}", self.phases());
+        if let Some(m) = &self.mem {
+            m.check_always();
+        }
     }
 
     /// Invariants once the guest has settled: both sides agree, and the
@@ -718,6 +782,9 @@ impl Bed {
         }
         for id in &self.guest.started {
             assert_eq!(self.state(*id).phase, Phase::Running, "vCPU {id} runs in the guest");
+        }
+        if let Some(m) = &self.mem {
+            m.check_settled(&self.guest.memory);
         }
     }
 }

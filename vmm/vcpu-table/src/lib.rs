@@ -1,6 +1,7 @@
 //! The vCPU table lithe keeps its vCPUs in: a presence bitmap with RCU
 //! semantics per bit ([`table`], on the small RCU domain in [`rcu`]), and the
-//! lifecycle state each slot carries ([`lifecycle`]).
+//! lifecycle state each slot carries ([`lifecycle`], one instance of the
+//! atomic state machine in [`machine`], which memory slots share).
 //!
 //! A crate of its own so that its concurrency checks stay cheap: the loom
 //! models (`RUSTFLAGS="--cfg loom"`) and Miri build this crate and its few
@@ -8,6 +9,7 @@
 //! for loom's.
 
 pub mod lifecycle;
+pub mod machine;
 pub mod rcu;
 mod sync;
 pub mod table;

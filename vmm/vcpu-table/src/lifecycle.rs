@@ -34,6 +34,8 @@
 
 use std::fmt;
 
+use crate::machine::Machine;
+
 /// Where a vCPU id is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -240,36 +242,35 @@ pub fn step(s: State, event: Event) -> Option<State> {
     })
 }
 
-/// Where a vCPU's state word lives (the vCPU table's per-id bookkeeping).
-pub trait StateCell {
-    fn load(&self, id: u32) -> Option<u32>;
-    /// Replaces `old` by `new`; on failure returns the current word.
-    fn compare_exchange(&self, id: u32, old: u32, new: u32) -> Result<(), u32>;
-}
+pub use crate::machine::StateCell;
 
-/// A transition that took place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
-    pub from: State,
-    pub to: State,
-}
+/// The vCPU lifecycle as a [`Machine`]: the table above, one word per id.
+pub struct Vcpu;
 
-/// Applies `event` to vCPU `id` atomically. `None`: the event does not apply
-/// to the vCPU's state (or the id is out of range); nothing changed. The
-/// caller reports the transition (lithe's `cpu::apply` emits it as an event).
-pub fn apply(cell: &impl StateCell, id: u32, event: Event) -> Option<Transition> {
-    let mut word = cell.load(id)?;
-    loop {
-        let from = State::decode(word);
-        let Some(to) = step(from, event) else {
-            log::debug!("vCPU {id}: {event:?} does not apply in state {from:?}; ignored");
-            return None;
-        };
-        match cell.compare_exchange(id, word, to.encode()) {
-            Ok(()) => return Some(Transition { from, to }),
-            Err(current) => word = current,
-        }
+impl Machine for Vcpu {
+    type State = State;
+    type Event = Event;
+    const NOUN: &'static str = "vCPU";
+    fn encode(s: State) -> u32 {
+        s.encode()
     }
+    fn decode(word: u32) -> State {
+        State::decode(word)
+    }
+    fn step(s: State, event: Event) -> Option<State> {
+        step(s, event)
+    }
+}
+
+/// A vCPU transition that took place.
+pub type Transition = crate::machine::Transition<State>;
+
+/// Applies `event` to vCPU `id` atomically ([`crate::machine::apply`]).
+/// `None`: the event does not apply to the vCPU's state (or the id is out of
+/// range); nothing changed. The caller reports the transition (lithe's
+/// `cpu::apply` emits it as an event).
+pub fn apply(cell: &impl StateCell, id: u32, event: Event) -> Option<Transition> {
+    crate::machine::apply::<Vcpu>(cell, id, event)
 }
 
 #[cfg(test)]

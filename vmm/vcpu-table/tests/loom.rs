@@ -160,3 +160,37 @@ fn iterators_against_retire_and_republish() {
         });
     }
 }
+
+/// The shared state machine's `apply`, raced: the guest's `_EJ0` (a vCPU
+/// thread) against the main loop's eject timeout on the same id. Exactly one
+/// wins, and the end state is what one of the two orders gives, never a mix.
+#[test]
+fn apply_races_end_in_one_of_the_sequential_outcomes() {
+    use vcpu_table::lifecycle::{step, Event, Phase, State, Vcpu};
+    use vcpu_table::machine::{apply, Cells, StateCell};
+    loom::model(|| {
+        let cells = Arc::new(Cells::new(1));
+        let removing = step(step(State::ABSENT, Event::Add).unwrap(), Event::AddAcked)
+            .and_then(|s| step(s, Event::Started))
+            .and_then(|s| step(s, Event::Remove))
+            .unwrap();
+        let word = cells.load(0).unwrap();
+        cells.compare_exchange(0, word, removing.encode()).unwrap();
+        let guest = {
+            let cells = cells.clone();
+            thread::spawn(move || apply::<Vcpu>(&*cells, 0, Event::Ejected).is_some())
+        };
+        let timed_out = apply::<Vcpu>(&*cells, 0, Event::EjectTimedOut).is_some();
+        let ejected = guest.join().unwrap();
+        let end = State::decode(cells.load(0).unwrap());
+        let eject_first = step(removing, Event::Ejected).unwrap();
+        let timeout_first = step(removing, Event::EjectTimedOut).unwrap();
+        // Ejected then a timeout (no-op); or the timeout, then the guest's
+        // late eject (ejected_by_guest).
+        let late_eject = step(timeout_first, Event::Ejected).unwrap();
+        assert!(end == eject_first || end == late_eject, "{end:?}");
+        assert!(ejected, "the guest's eject applies in either order");
+        assert_eq!(timed_out, end == late_eject);
+        assert_eq!(end.phase, Phase::Ejected);
+    });
+}
