@@ -3,7 +3,8 @@
  *
  * The kernel runs it once per uevent, with ACTION, DEVPATH and SUBSYSTEM in
  * the environment. For the cpu subsystem's add, remove, online and offline
- * events on cpuN it writes one line, "ACTION DEVPATH\n", to init's FIFO
+ * events on cpuN, and the memory subsystem's on memoryN (a hot-plugged
+ * block), it writes one line, "ACTION DEVPATH\n", to init's FIFO
  * (/tmp/cpu-events); one short write is atomic, so concurrent helpers never
  * interleave.
  *
@@ -74,12 +75,20 @@ __attribute__((used, noreturn)) void helper(long *sp)
 	const char *devpath = env(envp, "DEVPATH");
 	const char *subsystem = env(envp, "SUBSYSTEM");
 	static const char cpu[] = "/devices/system/cpu/cpu";
+	static const char memory[] = "/devices/system/memory/memory";
 	char line[256];
 	unsigned long n = 0;
+	unsigned long at;
 
-	if (!action || !devpath || !subsystem || !equal(subsystem, "cpu") || !prefix(devpath, cpu))
+	if (!action || !devpath || !subsystem)
 		sys3(SYS_exit, 0, 0, 0);
-	if (devpath[sizeof(cpu) - 1] < '0' || devpath[sizeof(cpu) - 1] > '9')
+	if (equal(subsystem, "cpu") && prefix(devpath, cpu))
+		at = sizeof(cpu) - 1;
+	else if (equal(subsystem, "memory") && prefix(devpath, memory))
+		at = sizeof(memory) - 1;
+	else
+		sys3(SYS_exit, 0, 0, 0);
+	if (devpath[at] < '0' || devpath[at] > '9')
 		sys3(SYS_exit, 0, 0, 0);
 	if (!equal(action, "add") && !equal(action, "remove") && !equal(action, "online") &&
 	    !equal(action, "offline"))

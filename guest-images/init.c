@@ -1333,12 +1333,39 @@ static void cpu_events(int fd)
 		pending[len] = 0;
 		len = 0;
 		/* A hot-added CPU: bring it up. Only "add" onlines, so a CPU the
-		 * kernel offlined for an eject is never brought back. */
-		if (starts_with(pending, "add /devices/")) {
+		 * kernel offlined for an eject is never brought back. Memory
+		 * blocks the kernel onlines itself (memhp_default_state). */
+		if (starts_with(pending, "add /devices/system/cpu/")) {
 			join(path, sizeof(path), "/sys", pending + 4, "/online");
 			write_file(path, "1");
 		}
 	}
+}
+
+static long last_mem_kb = -1;
+
+/* Prints MemTotal if it changed since the last time: at boot, and after
+ * memory blocks came or went (their uevents), so a run with no console to
+ * type on (scripts/bench.sh) sees memory hotplug land. */
+static void mem_report(void)
+{
+	char buf[256];
+	const char *p = buf;
+	struct line l = { .len = 0 };
+	long kb;
+
+	/* MemTotal is /proc/meminfo's first line. */
+	if (read_file("/proc/meminfo", buf, sizeof(buf)) < 0)
+		return;
+	while (*p && (*p < '0' || *p > '9'))
+		p++;
+	kb = (long)number(&p);
+	if (kb == last_mem_kb)
+		return;
+	last_mem_kb = kb;
+	put(&l, "LITHE-GUEST memtotal_kb=");
+	put_num(&l, kb);
+	say(&l);
 }
 
 int main(int argc, char **argv, char **envp)
@@ -1383,6 +1410,7 @@ int main(int argc, char **argv, char **envp)
 	write_file("/proc/sys/kernel/printk", "5");
 	say2("ready", "");
 	report();
+	mem_report();
 	for (;;) {
 		for (int i = 0; i < 3; i++)
 			fds[i].events = POLLIN;
@@ -1394,6 +1422,7 @@ int main(int argc, char **argv, char **envp)
 
 		if (n == 0) {
 			report();
+			mem_report();
 			settled = 1;
 			continue;
 		}
@@ -1425,6 +1454,7 @@ int main(int argc, char **argv, char **envp)
 			cpu_events(fds[0].fd);
 			settled = 0;
 			report();
+			mem_report();
 		}
 	}
 }

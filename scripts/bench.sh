@@ -4,19 +4,20 @@
 # Each section writes its own page: hotplug docs/benchmarks.md (~15-25
 # minutes), io docs/benchmarks-io.md (~10 minutes), net (TCP echo over a
 # TAP in a network namespace; needs root) docs/benchmarks-net.md, fs (virtio-fs
-# reads through the same virtiofsd) docs/benchmarks-fs.md, netscale (lithe alone:
+# reads through the same virtiofsd) docs/benchmarks-fs.md, mem (memory grows
+# by 512 MiB and shrinks back, ~10 minutes) docs/benchmarks-mem.md, netscale (lithe alone:
 # TCP requests/s while the vCPUs go 1 -> 4 -> 1, ~3 minutes, needs root for
 # a network namespace) docs/benchmarks-net-scale.md. Not part of the tests:
 # absolute times swing from day to day; read the ratios.
-#   scripts/bench.sh [--runs N] [--max 4,32,64] [--sections hotplug,io,net,fs,netscale]
+#   scripts/bench.sh [--runs N] [--max 4,32,64] [--sections hotplug,io,net,fs,mem,netscale]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-scripts/deps.sh >/dev/null
+scripts/deps.sh --bench >/dev/null
 guest-images/build.sh >/dev/null
 cargo build --release -p lithe --bin lithe -q
 cargo build --release -p tests --bin bench -q
 
-args=() sections=hotplug,io,net,fs,netscale
+args=() sections=hotplug,io,net,fs,mem,netscale
 while [ $# -gt 0 ]; do
 	case $1 in
 	--sections) sections=$2; shift 2 ;;
@@ -34,8 +35,9 @@ for section in ${sections//,/ }; do
 	io) page=docs/benchmarks-io.md title="I/O" ;;
 	net) page=docs/benchmarks-net.md title="TCP over a TAP" ;;
 	fs) page=docs/benchmarks-fs.md title="virtio-fs" ;;
+	mem) page=docs/benchmarks-mem.md title="memory hotplug" ;;
 	netscale) page=docs/benchmarks-net-scale.md title="TCP throughput while the vCPUs change" ;;
-	*) echo "bench.sh: unknown section '$section' (hotplug, io, net, fs, netscale)" >&2; exit 2 ;;
+	*) echo "bench.sh: unknown section '$section' (hotplug, io, net, fs, mem, netscale)" >&2; exit 2 ;;
 	esac
 	target/release/bench --out "$table" --sections "$section" "${args[@]}"
 	{
@@ -73,6 +75,25 @@ for section in ${sections//,/ }; do
 			echo "\`lithe_bench=io\`; the guest's iobench mounts the share and reads the file in 1 MiB reads, timed in the guest."
 			echo "lithe's device is virtio-mmio, Cloud Hypervisor's virtio-pci. VMM CPU is every VMM thread but the vCPU threads"
 			echo "(/proc schedstat) around the read, per MiB; virtiofsd's CPU is counted for neither."
+			echo
+		fi
+		if [ "$section" = hotplug ]; then
+			echo "QEMU ($(qemu-system-x86_64 --version 2>/dev/null | head -1 || echo absent)) runs in this section only, with the same kernel,"
+			echo "initramfs, command line and memory: \`-M q35,accel=kvm -cpu host -smp 1,maxcpus=MAX -m 256M -nodefaults"
+			echo "-no-user-config -display none -serial file:… -kernel … -initrd … -append … -qmp unix:…\` ($(
+				[ -d /sys/module/kvm_pvm ] && echo "here \`-cpu host,arch-capabilities=off\`: QEMU's write of that MSR fails under kvm_pvm" ||
+					echo "hardware KVM"
+			)). q35, because QEMU 7.2's microvm has no CPU hotplug. vCPUs are added with QMP \`device_add\` of the"
+			echo "free slots \`query-hotpluggable-cpus\` lists and removed with \`device_del\`; QEMU's own done signals"
+			echo "(ACPI_DEVICE_OST, DEVICE_DELETED) are rows of their own, and the guest's report is the figure compared."
+			echo
+		fi
+		if [ "$section" = mem ]; then
+			echo "Each VM has one vCPU and \`--memory size=256M,hotplug_size=512M\` (the same flags for both VMMs; ACPI hotplug,"
+			echo "Cloud Hypervisor's default). The bench asks for \`desired_ram\` 768 MiB, then 256 MiB, over the API. The guest's"
+			echo "init prints MemTotal whenever memory blocks come or go (their uevents; the kernel onlines new blocks movable,"
+			echo "\`memhp_default_state=online_movable\`); each time is from the API call to that report. \"API to VMM reports 256 MiB\""
+			echo "is until \`vm.info\`'s memory.size says so, which lithe changes once the guest has ejected the memory."
 			echo
 		fi
 		if [ "$section" = io ]; then

@@ -6,11 +6,13 @@
 # the Rust components (clippy, rustfmt; nightly Miri). Idempotent: checks
 # with dpkg/rustup first and installs only what is missing. Needs root for
 # apt-get; without it, it names what is missing and fails.
+#   scripts/deps.sh [--bench]   (--bench: also QEMU, the bench's third VMM)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 patch perl
 	linux-source-6.1 acpica-tools curl e2fsprogs iproute2 qemu-system-common)
+[ "${1:-}" = --bench ] && pkgs+=(qemu-system-x86)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -67,12 +67,7 @@ pub fn run(setup: &Setup, vmm: Vmm, file: &Path, out: &mut Samples) -> Result<()
     std::fs::copy(file, shared.join("data.bin")).map_err(|e| format!("copying the file: {e}"))?;
     let (_backend, socket) = virtiofsd(&dir, &shared)?;
     let vsock = dir.join("vsock.sock");
-    let base = match vmm {
-        Vmm::Lithe => setup.cmdline.clone(),
-        Vmm::CloudHypervisor => {
-            setup.cmdline.split_whitespace().filter(|w| *w != "pci=off").collect::<Vec<_>>().join(" ")
-        }
-    };
+    let base = setup.device_cmdline(vmm)?;
     let extra = [
         "--fs".to_string(),
         format!("tag=bench,socket={},num_queues=1,queue_size=1024", socket.display()),

@@ -15,11 +15,13 @@ const STEP_LIMIT: Duration = Duration::from_secs(180);
 const JOIN_LIMIT: Duration = Duration::from_secs(20);
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
-pub const FIGURES: [&str; 11] = [
+pub const FIGURES: [&str; 13] = [
     "boot to first report (s)",
     "hot-add 1→3, API to guest report (s)",
+    "hot-add 1→3, API to QEMU's last ACPI_DEVICE_OST (s)",
     "hot-remove 3→1, API to guest report (s)",
     "hot-remove 3→1, API to threads joined (s)",
+    "hot-remove 3→1, API to QEMU's last DEVICE_DELETED (s)",
     "idle CPU, % of one core",
     "VMM RSS, 1 vCPU (MiB)",
     "VMM RSS, 3 vCPUs (MiB)",
@@ -45,6 +47,20 @@ fn vmm_share(vm: &Vm, name: &str) -> Option<f64> {
     (ns > 0).then_some(ns as f64 / 1e6)
 }
 
+/// When QEMU sent the `count`th event `name` since `since`, from `since`:
+/// ACPI_DEVICE_OST with status 0 (the guest's `_OST` success), and
+/// DEVICE_DELETED for a device with an id (not its child objects).
+fn qemu_event(vm: &Vm, name: &str, count: usize, since: Instant) -> Option<Duration> {
+    let q = vm.qmp.as_ref()?;
+    let mut seen = q.events.iter().filter(|(at, e)| {
+        *at >= since
+            && e["event"] == name
+            && (name != "ACPI_DEVICE_OST" || e["data"]["info"]["status"] == 0)
+            && (name != "DEVICE_DELETED" || e["data"]["device"].is_string())
+    });
+    seen.nth(count - 1).map(|(at, _)| at.duration_since(since))
+}
+
 /// One VMM, one `max`: boot, idle, add, remove; the figures it measured.
 pub fn run(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Vec<String>) -> Result<(), String> {
     let dir = scratch(&format!("{}-{max}", vmm.name()))?;
@@ -67,12 +83,16 @@ pub fn run(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Vec
 
     let before = hotplug_counters(&vm);
     let t = Instant::now();
-    let (s, b) = vm.http("PUT", "vm.resize", r#"{"desired_vcpus":3}"#)?;
-    if s >= 300 {
-        return Err(format!("resize to 3: {s} {b}"));
-    }
+    vm.set_vcpus(3)?;
     pos = vm.wait_serial(pos, &report("0-2"), STEP_LIMIT)?;
     put("hot-add 1→3, API to guest report (s)", t.elapsed().as_secs_f64());
+    if let Some(q) = vm.qmp.as_mut() {
+        q.poll_events(Duration::from_millis(100));
+        match qemu_event(&vm, "ACPI_DEVICE_OST", 2, t) {
+            Some(d) => put("hot-add 1→3, API to QEMU's last ACPI_DEVICE_OST (s)", d.as_secs_f64()),
+            None => notes.push(format!("QEMU max={max}: no two successful ACPI_DEVICE_OST events for the add")),
+        }
+    }
     if let Some(ms) = vmm_share(&vm, "last_add_api_to_ged_ns") {
         put("lithe's share: API to GED interrupt, add (ms)", ms);
     }
@@ -85,10 +105,7 @@ pub fn run(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Vec
     }
 
     let t = Instant::now();
-    let (s, b) = vm.http("PUT", "vm.resize", r#"{"desired_vcpus":1}"#)?;
-    if s >= 300 {
-        return Err(format!("resize to 1: {s} {b}"));
-    }
+    vm.set_vcpus(1)?;
     // The guest's report and the threads' end, each timed from the call:
     // lithe joins a thread at the guest's _EJ0, which can come before the
     // guest prints its report.
@@ -105,6 +122,9 @@ pub fn run(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Vec
         if joined.is_none() && vcpu_threads(pid) <= 1 {
             joined = Some(t.elapsed());
         }
+        if let Some(q) = vm.qmp.as_mut() {
+            q.poll_events(Duration::from_millis(1));
+        }
         // Give a VMM that never retires its threads a bounded chance.
         if reported.is_some_and(|r| t.elapsed() > r + JOIN_LIMIT) {
             break;
@@ -112,6 +132,12 @@ pub fn run(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Vec
         std::thread::sleep(Duration::from_millis(10));
     }
     let reported = reported.ok_or("the guest never reported online=0")?;
+    if vm.qmp.is_some() {
+        match qemu_event(&vm, "DEVICE_DELETED", 2, t) {
+            Some(d) => put("hot-remove 3→1, API to QEMU's last DEVICE_DELETED (s)", d.as_secs_f64()),
+            None => notes.push(format!("QEMU max={max}: no two DEVICE_DELETED events for the removal")),
+        }
+    }
     put("hot-remove 3→1, API to guest report (s)", reported.as_secs_f64());
     match joined {
         Some(j) => {

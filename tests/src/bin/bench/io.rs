@@ -125,12 +125,7 @@ pub fn run(setup: &Setup, vmm: Vmm, image: &Path, out: &mut Samples) -> Result<(
     let vsock = dir.join("vsock.sock");
     // Cloud Hypervisor's devices are virtio-pci: the same kernel, with PCI
     // probing left on.
-    let base = match vmm {
-        Vmm::Lithe => setup.cmdline.clone(),
-        Vmm::CloudHypervisor => {
-            setup.cmdline.split_whitespace().filter(|w| *w != "pci=off").collect::<Vec<_>>().join(" ")
-        }
-    };
+    let base = setup.device_cmdline(vmm)?;
     let extra = [
         "--disk".to_string(),
         // Explicitly raw, so Cloud Hypervisor lets the guest write sector 0

@@ -3,9 +3,10 @@
 //! alternating in one run. Run it through `scripts/bench.sh`; it prints
 //! Markdown tables (and writes them to `--out FILE`).
 //!
-//! Five sections (`--sections hotplug,io,net,fs,netscale`, all by default):
+//! Six sections (`--sections hotplug,io,net,fs,mem,netscale`, all by default):
 //! vCPU hotplug (hotplug.rs), disk and vsock I/O (io.rs), TCP over a TAP
-//! (netio.rs), virtio-fs reads through virtiofsd (fsio.rs), and TCP
+//! (netio.rs), virtio-fs reads through virtiofsd (fsio.rs), memory
+//! hotplug (mem.rs), and TCP
 //! throughput while lithe's vCPUs change (netscale.rs, lithe alone). A figure a VMM cannot give is "n/a" with
 //! the reason in the notes.
 //!
@@ -15,8 +16,10 @@
 mod fsio;
 mod hotplug;
 mod io;
+mod mem;
 mod netio;
 mod netscale;
+mod qmp;
 mod vm;
 
 use std::collections::BTreeMap;
@@ -79,10 +82,10 @@ fn main() {
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(2);
     let maxes: Vec<u32> =
         arg("--max").unwrap_or_else(|| "4,32,64".into()).split(',').filter_map(|m| m.parse().ok()).collect();
-    let sections = arg("--sections").unwrap_or_else(|| "hotplug,io,net,fs,netscale".into());
+    let sections = arg("--sections").unwrap_or_else(|| "hotplug,io,net,fs,mem,netscale".into());
     let sections: Vec<&str> = sections.split(',').collect();
-    if let Some(s) = sections.iter().find(|s| !["hotplug", "io", "net", "fs", "netscale"].contains(s)) {
-        eprintln!("bench: unknown section {s:?} (--sections takes hotplug, io, net, fs, netscale)");
+    if let Some(s) = sections.iter().find(|s| !["hotplug", "io", "net", "fs", "mem", "netscale"].contains(s)) {
+        eprintln!("bench: unknown section {s:?} (--sections takes hotplug, io, net, fs, mem, netscale)");
         std::process::exit(2);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
@@ -91,6 +94,7 @@ fn main() {
     let setup = Setup {
         lithe: root.join("target/release/lithe"),
         ch: ch.exists().then_some(ch),
+        qemu: ["/usr/bin/qemu-system-x86_64"].iter().map(std::path::PathBuf::from).find(|p| p.is_file()),
         kernel: images.join("vmlinux"),
         initramfs: images.join("initramfs.cpio"),
         cmdline: std::fs::read_to_string(root.join("guest-images/cmdline")).unwrap_or_default().trim().to_string(),
@@ -106,21 +110,37 @@ fn main() {
     let mut md = String::new();
 
     if sections.contains(&"hotplug") {
+        // QEMU joins the hotplug section only: the device sections drive
+        // lithe's and Cloud Hypervisor's REST APIs.
+        let mut three = vmms.clone();
+        if setup.qemu.is_some() {
+            three.push(Vmm::Qemu);
+        } else {
+            notes.push("hotplug: no qemu-system-x86_64 (Debian: qemu-system-x86); no QEMU column".into());
+        }
         for max in &maxes {
             let mut found = Vec::new();
-            let failed = alternate(&vmms, runs, &format!("max={max}"), |vmm| {
+            let failed = alternate(&three, runs, &format!("max={max}"), |vmm| {
                 hotplug::run(&setup, vmm, *max, &mut samples, &mut found)
             });
             notes.extend(found.into_iter().chain(failed));
         }
-        md.push_str("| max | figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|---|\n");
+        md.push_str("| max | figure | lithe | Cloud Hypervisor | QEMU | lithe/CH | lithe/QEMU |\n|---|---|---|---|---|---|---|\n");
         for max in &maxes {
             for f in &hotplug::FIGURES {
-                let (l, c) = (samples.get(&(*f, *max, Vmm::Lithe)), samples.get(&(*f, *max, Vmm::CloudHypervisor)));
-                md.push_str(&format!("| {max} | {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
+                let get = |vmm| samples.get(&(*f, *max, vmm));
+                let (l, c, q) = (get(Vmm::Lithe), get(Vmm::CloudHypervisor), get(Vmm::Qemu));
+                md.push_str(&format!(
+                    "| {max} | {f} | {} | {} | {} | {} | {} |\n",
+                    cell(l),
+                    cell(c),
+                    cell(q),
+                    ratio(l, c),
+                    ratio(l, q)
+                ));
             }
         }
-        md.push_str("\nMean (min–max, n = runs). n/a: the VMM does not give the figure (Cloud Hypervisor has no per-scan counters, and does not retire ejected vCPU threads), or every run failed (notes).\n\n");
+        md.push_str("\nMean (min–max, n = runs). n/a: the VMM does not give the figure (neither Cloud Hypervisor nor QEMU has lithe's per-scan and per-step counters; Cloud Hypervisor does not retire ejected vCPU threads), or every run failed (notes).\n\n");
     }
 
     if sections.contains(&"io") {
@@ -164,6 +184,19 @@ fn main() {
             md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
         }
         md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better (virtiofsd's own CPU is not counted for either VMM).\n\n");
+    }
+
+    if sections.contains(&"mem") {
+        let mut found = Vec::new();
+        let failed = alternate(&vmms, runs, "mem", |vmm| mem::run(&setup, vmm, &mut samples, &mut found));
+        notes.extend(found.into_iter().chain(failed));
+        md.push_str("| figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|\n");
+        for f in &mem::FIGURES {
+            let key = |vmm| (*f, mem::MEM_KEY, vmm);
+            let (l, c) = (samples.get(&key(Vmm::Lithe)), samples.get(&key(Vmm::CloudHypervisor)));
+            md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
+        }
+        md.push_str("\nMean (min–max, n = runs). Lower is better. n/a: the VMM cannot do it (Cloud Hypervisor does not take ACPI hot-plugged memory back: its answer is in the notes) or does not count it (lithe's share is lithe's own counter).\n\n");
     }
 
     if sections.contains(&"netscale") {

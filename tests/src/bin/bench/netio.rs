@@ -76,15 +76,11 @@ fn stream(conns: Vec<std::net::TcpStream>) -> Result<f64, String> {
 pub fn run(setup: &Setup, vmm: Vmm, out: &mut Samples) -> Result<(), String> {
     let ns = Netns::new("benchnet").ok_or("no network namespace (needs ip(8) and root)")?;
     let dir = scratch(&format!("{}-net", vmm.name()))?;
-    let base = match vmm {
-        Vmm::Lithe => setup.cmdline.clone(),
-        Vmm::CloudHypervisor => {
-            setup.cmdline.split_whitespace().filter(|w| *w != "pci=off").collect::<Vec<_>>().join(" ")
-        }
-    };
+    let base = setup.device_cmdline(vmm)?;
     let net = match vmm {
         Vmm::Lithe => "tap=bnet0,mac=02:4c:00:00:00:80".to_string(),
         Vmm::CloudHypervisor => format!("tap=bnet0,mac=02:4c:00:00:00:80,ip={HOST},mask=255.255.255.0"),
+        Vmm::Qemu => return Err("the net section does not run QEMU".into()),
     };
     let extra = ["--net".to_string(), net];
     let mut vm = Vm::launch_in(setup, vmm, &dir, 1, &format!("{base} lithe_net={GUEST}/24"), &extra, Some(&ns.0))?;

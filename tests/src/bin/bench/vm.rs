@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub enum Vmm {
     Lithe,
     CloudHypervisor,
+    Qemu,
 }
 
 impl Vmm {
@@ -19,6 +20,7 @@ impl Vmm {
         match self {
             Vmm::Lithe => "lithe",
             Vmm::CloudHypervisor => "CH",
+            Vmm::Qemu => "QEMU",
         }
     }
 }
@@ -26,9 +28,26 @@ impl Vmm {
 pub struct Setup {
     pub lithe: PathBuf,
     pub ch: Option<PathBuf>,
+    /// qemu-system-x86_64 (Debian's qemu-system-x86), for the hotplug section.
+    pub qemu: Option<PathBuf>,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub cmdline: String,
+}
+
+impl Setup {
+    /// The command line for a VM with devices: lithe's are virtio-mmio
+    /// (`pci=off`); Cloud Hypervisor's virtio-pci, so the same kernel keeps
+    /// PCI probing on. The device sections do not run QEMU.
+    pub fn device_cmdline(&self, vmm: Vmm) -> Result<String, String> {
+        match vmm {
+            Vmm::Lithe => Ok(self.cmdline.clone()),
+            Vmm::CloudHypervisor => {
+                Ok(self.cmdline.split_whitespace().filter(|w| *w != "pci=off").collect::<Vec<_>>().join(" "))
+            }
+            Vmm::Qemu => Err("the device sections do not run QEMU".into()),
+        }
+    }
 }
 
 /// A running VM. Dropping it shuts the VMM down (kill after 20 s) and
@@ -40,6 +59,8 @@ pub struct Vm {
     pub socket: PathBuf,
     pub serial: PathBuf,
     pub started: Instant,
+    /// QEMU's monitor (QEMU has no REST API).
+    pub qmp: Option<crate::qmp::Qmp>,
 }
 
 impl Vm {
@@ -87,6 +108,12 @@ impl Vm {
         let bin = match vmm {
             Vmm::Lithe => setup.lithe.clone(),
             Vmm::CloudHypervisor => setup.ch.clone().ok_or("no Cloud Hypervisor")?,
+            Vmm::Qemu => {
+                if !extra.is_empty() || netns.is_some() {
+                    return Err("the bench runs QEMU with no devices (the hotplug section)".into());
+                }
+                return Vm::launch_qemu(setup, dir, max, cmdline, memory);
+            }
         };
         let started = Instant::now();
         let mut cmd = match netns {
@@ -121,10 +148,66 @@ impl Vm {
             .spawn()
             .map_err(|e| format!("{}: {e}", bin.display()))?;
         let pid = child.id();
-        Ok(Vm { child, pid, dir: dir.to_path_buf(), socket, serial, started })
+        Ok(Vm { child, pid, dir: dir.to_path_buf(), socket, serial, started, qmp: None })
+    }
+
+    /// QEMU with what the other two get: the same kernel, initramfs and
+    /// command line, one vCPU of `max`, the memory size, the serial console
+    /// into a file; q35 (microvm has no CPU hotplug: QEMU 7.2 does not enable
+    /// `query-hotpluggable-cpus` there), KVM, the host's CPU model, no default
+    /// devices, and QMP on a Unix socket. On kvm_pvm the host CPU model goes
+    /// without `arch-capabilities` (QEMU's write of that MSR fails there).
+    fn launch_qemu(setup: &Setup, dir: &Path, max: u32, cmdline: &str, memory: &str) -> Result<Vm, String> {
+        let bin = setup.qemu.clone().ok_or("no QEMU (Debian: qemu-system-x86)")?;
+        let size = memory
+            .strip_prefix("size=")
+            .filter(|s| !s.contains(','))
+            .ok_or_else(|| format!("QEMU in the bench takes a plain size, not {memory:?}"))?;
+        let (socket, serial) = (dir.join("qmp.sock"), dir.join("serial.log"));
+        let cpu = if Path::new("/sys/module/kvm_pvm").exists() { "host,arch-capabilities=off" } else { "host" };
+        let started = Instant::now();
+        let child = Command::new(&bin)
+            .args(["-M", "q35,accel=kvm", "-cpu", cpu])
+            .args(["-smp", &format!("1,maxcpus={max}"), "-m", size])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-kernel")
+            .arg(&setup.kernel)
+            .arg("-initrd")
+            .arg(&setup.initramfs)
+            .arg("-append")
+            .arg(cmdline)
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("vmm.log")).map_err(|e| e.to_string())?))
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let pid = child.id();
+        let mut vm = Vm { child, pid, dir: dir.to_path_buf(), socket: socket.clone(), serial, started, qmp: None };
+        vm.qmp = Some(crate::qmp::Qmp::connect(&socket, Duration::from_secs(20))?);
+        Ok(vm)
+    }
+
+    /// Asks the VMM for `n` vCPUs: `vm.resize` for lithe and Cloud
+    /// Hypervisor, `device_add`/`device_del` over QMP for QEMU.
+    pub fn set_vcpus(&mut self, n: usize) -> Result<(), String> {
+        if let Some(q) = self.qmp.as_mut() {
+            return q.set_vcpus(n);
+        }
+        let (s, b) = self.http("PUT", "vm.resize", &format!(r#"{{"desired_vcpus":{n}}}"#))?;
+        if s >= 300 {
+            return Err(format!("resize to {n}: {s} {b}"));
+        }
+        Ok(())
     }
 
     pub fn http(&self, method: &str, endpoint: &str, body: &str) -> Result<(u16, String), String> {
+        if self.qmp.is_some() {
+            return Err(format!("{endpoint}: QEMU has no REST API"));
+        }
         http(&self.socket, method, endpoint, body)
     }
 
@@ -159,7 +242,10 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        let _ = self.http("PUT", "vmm.shutdown", "");
+        match self.qmp.as_mut() {
+            Some(q) => drop(q.execute("quit", serde_json::Value::Null)),
+            None => drop(self.http("PUT", "vmm.shutdown", "")),
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -237,13 +323,18 @@ fn threads(pid: u32) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// A vCPU thread's name: lithe's and Cloud Hypervisor's `vcpuN`, QEMU's `CPU N/KVM`.
+fn is_vcpu(name: &str) -> bool {
+    name.starts_with("vcpu") || (name.starts_with("CPU ") && name.ends_with("/KVM"))
+}
+
 pub fn vcpu_threads(pid: u32) -> usize {
-    threads(pid).iter().filter(|(name, _)| name.starts_with("vcpu")).count()
+    threads(pid).iter().filter(|(name, _)| is_vcpu(name)).count()
 }
 
 /// CPU time (ns) of every thread of the VMM except its vCPU threads: what
 /// the VMM itself spends, both VMMs counted the same way. A thread that
 /// ended meanwhile is not counted.
 pub fn vmm_cpu_ns(pid: u32) -> u64 {
-    threads(pid).iter().filter(|(name, _)| !name.starts_with("vcpu")).map(|(_, ns)| ns).sum()
+    threads(pid).iter().filter(|(name, _)| !is_vcpu(name)).map(|(_, ns)| ns).sum()
 }
