@@ -78,7 +78,7 @@ __attribute__((used, noreturn)) void helper(long *sp)
 	static const char memory[] = "/devices/system/memory/memory";
 	char line[256];
 	unsigned long n = 0;
-	unsigned long at;
+	unsigned long at = 0;
 
 	if (!action || !devpath || !subsystem)
 		sys3(SYS_exit, 0, 0, 0);
