@@ -118,8 +118,9 @@ pub fn run(setup: &Setup, vmm: Vmm, out: &mut Samples, notes: &mut Vec<String>) 
         std::thread::sleep(Duration::from_millis(20));
     }
     let reported = reported.ok_or_else(|| {
+        let last = reports(&vm, 0).last().map(|r| r.0);
         format!(
-            "the guest's MemTotal did not go back to {booted_kb} kB within {STEP_LIMIT:?} (vm.info: {:?})",
+            "the shrink was answered {s}, but {STEP_LIMIT:?} later the guest's MemTotal was {last:?} kB, not {booted_kb}, while vm.info's memory.size said {:?}",
             memory_size(&vm)
         )
     })?;
