@@ -71,9 +71,9 @@ pub struct MainLoopRequest {
 /// What the main loop did with a command.
 pub enum Reply {
     Done,
-    /// A resize of the running VM is under way: what it set in motion, on
-    /// which VM generation.
-    Resizing(ResizePlan, Arc<VmView>),
+    /// A resize of the running VM is under way: what it set in motion (for
+    /// the vCPUs, for the memory), on which VM generation.
+    Resizing(Option<ResizePlan>, Option<crate::memory_hotplug::wait::MemoryPlan>, Arc<VmView>),
 }
 
 pub struct ApiBridge {
@@ -113,7 +113,7 @@ impl ApiBridge {
     fn command(&self, command: Command, received: Instant) -> Result<VmmData, ActionError> {
         // A resize that waits for the guest: until when, and what it asked.
         let wait = match &command {
-            Command::Resize(r) => r.wait.map(|w| (received + w, r.want.as_ref().map_or(0, |w| w.count()))),
+            Command::Resize(r) => r.wait.map(|w| (received + w, r.want.as_ref().map(|w| w.count()))),
             _ => None,
         };
         let (reply, rx) = sync_channel(1);
@@ -126,8 +126,8 @@ impl ApiBridge {
             .recv_timeout(MAIN_LOOP_TIMEOUT)
             .map_err(|_| ActionError::Unavailable("the VMM did not answer in time"))??;
         match (reply, wait) {
-            (Reply::Resizing(plan, view), Some((deadline, desired))) => {
-                Ok(VmmData::ResizeReport(Box::new(resize::report::wait(&view, plan, desired, deadline))))
+            (Reply::Resizing(plan, memory, view), Some((deadline, desired))) => {
+                Ok(VmmData::ResizeReport(Box::new(resize::report::wait(&view, plan, memory, desired, deadline))))
             }
             // Cloud Hypervisor's answer: accepted (under way, for a resize).
             (Reply::Done | Reply::Resizing(..), _) => Ok(VmmData::Empty),

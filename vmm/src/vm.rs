@@ -355,7 +355,11 @@ impl Vm {
     }
 
     /// `desired_ram`: grows the guest's RAM towards `desired` bytes.
-    pub fn resize_memory(&mut self, desired: u64, received: std::time::Instant) -> Result<(), MemoryResizeError> {
+    pub fn resize_memory(
+        &mut self,
+        desired: u64,
+        received: std::time::Instant,
+    ) -> Result<crate::memory_hotplug::wait::MemoryPlan, MemoryResizeError> {
         match self.memory_hotplug.as_mut() {
             Some(m) => m.resize(desired, received),
             None => Err(MemoryResizeError::NoCapacity { desired }),
@@ -365,13 +369,16 @@ impl Vm {
     /// Acts on the guest's memory hotplug answers; the RAM it has, when that
     /// differs from `last_size`.
     pub fn on_memory_events(&mut self, last_size: u64) -> Option<u64> {
-        self.memory_hotplug.as_mut()?.on_guest_events(last_size)
+        let size = self.memory_hotplug.as_mut()?.on_guest_events(last_size);
+        // A resize waiting on the guest looks again.
+        self.view.target.progress().bump();
+        size
     }
 
     /// Main loop, periodic: memory removals the guest did not do in time.
     pub fn memory_tick(&mut self) {
-        if let Some(m) = self.memory_hotplug.as_mut() {
-            m.tick();
+        if self.memory_hotplug.as_mut().is_some_and(|m| m.tick()) {
+            self.view.target.progress().bump();
         }
     }
 }

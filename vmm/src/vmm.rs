@@ -388,14 +388,17 @@ impl Vmm {
     /// Hypervisor allows, of the configured one before it boots
     /// ([`resize::before_boot`]).
     fn resize(&mut self, req: &ResizeRequest, received: std::time::Instant) -> Result<Reply, ActionError> {
-        if let Some(ram) = req.ram {
-            self.resize_memory(ram, received)?;
-        }
+        let memory = match req.ram {
+            Some(ram) => self.resize_memory(ram, received)?,
+            None => None,
+        };
         let Some(want) = &req.want else {
-            // Nothing asked: done, as Cloud Hypervisor answers it.
-            return match self.config {
-                Some(_) => Ok(Reply::Done),
-                None => Err(ActionError::NotCreated),
+            // No vCPU change: done, as Cloud Hypervisor answers it (a memory
+            // change is under way; a client may wait for it).
+            return match (&self.config, memory, &self.vm) {
+                (None, ..) => Err(ActionError::NotCreated),
+                (Some(_), Some(plan), Some(vm)) => Ok(Reply::Resizing(None, Some(plan), vm.view().clone())),
+                (Some(_), ..) => Ok(Reply::Done),
             };
         };
         if let Some(vm) = self.vm.as_mut() {
@@ -409,7 +412,7 @@ impl Vmm {
                     error!("resize failed: {e}");
                 }
             })?;
-            return Ok(Reply::Resizing(plan, vm.view().clone()));
+            return Ok(Reply::Resizing(Some(plan), memory, vm.view().clone()));
         }
         let Some(config) = self.config.as_mut() else { return Err(ActionError::NotCreated) };
         resize::before_boot(&mut config.cpus, want, KvmLimits::probe())?;
@@ -420,10 +423,14 @@ impl Vmm {
     /// `desired_ram`: the running VM grows (answered at once, as Cloud
     /// Hypervisor does; `memory.size` follows when the guest takes it), or
     /// the configured VM will boot with that much.
-    fn resize_memory(&mut self, ram: u64, received: std::time::Instant) -> Result<(), ActionError> {
+    fn resize_memory(
+        &mut self,
+        ram: u64,
+        received: std::time::Instant,
+    ) -> Result<Option<crate::memory_hotplug::wait::MemoryPlan>, ActionError> {
         if let Some(vm) = self.vm.as_mut() {
             emit("vm", "resizing", &[("desired_ram", ram.to_string())]);
-            return vm.resize_memory(ram, received).map_err(|e| {
+            return vm.resize_memory(ram, received).map(Some).map_err(|e| {
                 if e.is_vmm() {
                     error!("memory resize failed: {e}");
                 }
@@ -438,7 +445,7 @@ impl Vmm {
         })?;
         config.memory.size = ram;
         self.shared.config.store(Some(Arc::new(config.clone())));
-        Ok(())
+        Ok(None)
     }
 
     /// The guest answered a memory hotplug event: `memory.size` follows.

@@ -325,7 +325,7 @@ fn run(max: u32, slots: usize, ops: &[Op]) {
                 b.resize(*n).unwrap();
             }
             Op::Ram(n) => match b.mem().resize(BOOT + n * BLOCK) {
-                Ok(()) => {}
+                Ok(_) => {}
                 // Some targets are not reachable from where the slots are:
                 // a clear refusal, never a VMM failure.
                 Err(e) => assert!(!e.is_vmm(), "{e}"),

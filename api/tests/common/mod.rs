@@ -22,6 +22,7 @@ pub fn report(desired: u32) -> VmmData {
         ended: None,
         target: TargetStatus { seq: 1, desired, vcpu_ids: None, cause: Cause::Resize },
         vcpus: vec![],
+        memory: None,
     }))
 }
 

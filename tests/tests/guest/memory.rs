@@ -73,11 +73,14 @@ fn desired_ram_grows_the_guest_and_its_memtotal_says_so() {
     }
     assert_eq!(memory_size(&g), 256 * MIB, "nothing changed");
 
-    // Grow by 512 MiB: the guest adds and onlines it; memory.size follows its _OST.
-    let (s, r) = g.api("PUT", "vm.resize", json!({ "desired_ram": 768 * MIB }));
-    assert_eq!(s, 204, "{r}");
+    // Grow by 512 MiB: the guest adds and onlines it; memory.size follows its
+    // _OST. The request waits for that, and says which slot it was.
+    let (s, r) = g.api("PUT", "vm.resize?wait=true", json!({ "desired_ram": 768 * MIB }));
+    assert_eq!(s, 200, "{r}");
+    assert_eq!((r["complete"].clone(), r["memory"]["complete"].clone()), (json!(true), json!(true)), "{r}");
+    assert_eq!(r["memory"]["slots"][0]["state"], json!("plugged"), "{r}");
+    assert_eq!(memory_size(&g), 768 * MIB, "counted once the wait is over");
     wait_mem_total(&mut g, booted + 500);
-    wait_memory_size(&g, 768 * MIB);
     let (_, c) = g.api("GET", "vm.counters", Value::Null);
     assert!(c["mem-hotplug"]["osts"].as_u64() >= Some(1), "the guest reported with _OST: {c}");
     assert_eq!(c["mem-hotplug"]["plugged_bytes"], json!(512 * MIB), "{c}");

@@ -16,6 +16,7 @@
 
 pub mod layout;
 pub mod slots;
+pub mod wait;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,7 +159,7 @@ impl MemoryHotplug {
     }
 
     /// Shrinks to `desired` by whole slots, the latest first.
-    fn shrink(&mut self, desired: u64, current: u64, received: Instant) -> Result<(), MemoryResizeError> {
+    fn shrink(&mut self, desired: u64, current: u64, received: Instant) -> Result<Vec<usize>, MemoryResizeError> {
         if desired < self.boot_size {
             return Err(MemoryResizeError::BelowBoot { desired, boot: self.boot_size });
         }
@@ -175,13 +176,13 @@ impl MemoryHotplug {
             return Err(MemoryResizeError::NotReachable { desired, current, reachable });
         }
         let mut asked = 0;
-        for i in take {
+        for &i in &take {
             asked += usize::from(self.remove(i));
         }
         if asked > 0 {
             self.latencies.memory_notified(received.elapsed(), 0, asked);
         }
-        Ok(())
+        Ok(take)
     }
 
     /// Asks the guest to give slot `i` back (true), or takes back an offer
@@ -208,32 +209,39 @@ impl MemoryHotplug {
     }
 
     /// Main loop, periodic: a removal the guest has not done in time is
-    /// rolled back (it still has the memory).
-    pub fn tick(&mut self) {
+    /// rolled back (it still has the memory). Whether one was.
+    pub fn tick(&mut self) -> bool {
         let now = self.clock.now();
+        let mut rolled_back = false;
         for i in 0..self.slots.len() {
             if self.deadlines[i].is_some_and(|d| now >= d) {
                 self.deadlines[i] = None;
                 self.controller.cancel(i);
                 if let Some(t) = self.slots.apply(i, SlotEvent::EjectTimedOut) {
                     warn!("memory slot {i}: no eject within {:?}; it stays {:?}", self.timeout, t.to.phase);
+                    rolled_back = true;
                 }
             }
         }
+        rolled_back
     }
 
     /// Sets the target: grows by one slot of the difference, or shrinks by
     /// whole slots. `received`: when the request arrived (for lithe's share).
-    pub fn resize(&mut self, desired: u64, received: Instant) -> Result<(), MemoryResizeError> {
+    /// The plan: which slots it offers and asks back, for a client that waits.
+    pub fn resize(&mut self, desired: u64, received: Instant) -> Result<wait::MemoryPlan, MemoryResizeError> {
         let current = self.planned_size();
         if self.area.capacity == 0 {
             return Err(MemoryResizeError::NoCapacity { desired });
         }
         if desired == current {
-            return Ok(());
+            // Nothing to set in motion; a wait still waits for slots under way.
+            let pending = (0..self.slots.len()).filter(|&i| self.slots.phase(i) == SlotPhase::Adding).collect();
+            return Ok(wait::MemoryPlan::new(&self.slots, desired, pending, Vec::new()));
         }
         if desired < current {
-            return self.shrink(desired, current, received);
+            let removes = self.shrink(desired, current, received)?;
+            return Ok(wait::MemoryPlan::new(&self.slots, desired, Vec::new(), removes));
         }
         let grow = desired - current;
         if !grow.is_multiple_of(BLOCK) {
@@ -254,7 +262,7 @@ impl MemoryHotplug {
         self.add(i, base, grow).map_err(MemoryResizeError::Failed)?;
         self.latencies.memory_notified(received.elapsed(), 1, 0);
         info!("memory: slot {i} offered to the guest: {} MiB at {base:#x} (target {} MiB)", grow >> 20, desired >> 20);
-        Ok(())
+        Ok(wait::MemoryPlan::new(&self.slots, desired, vec![i], Vec::new()))
     }
 
     /// Maps, registers and publishes slot `i`'s region, then tells the guest.

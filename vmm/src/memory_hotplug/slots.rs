@@ -231,6 +231,8 @@ pub struct Slots {
     /// for the `_EJ0` → unplugged latency.
     ejected_at: Box<[AtomicU64]>,
     epoch: Instant,
+    /// Bumped by every memory resize: a wait on an older one is superseded.
+    generation: AtomicU64,
     wake: EventFd,
 }
 
@@ -239,7 +241,14 @@ impl Slots {
     pub fn new(count: usize, wake: EventFd) -> Slots {
         let ranges = (0..count).map(|_| Range { base: AtomicU64::new(0), len: AtomicU64::new(0) }).collect();
         let ejected_at = (0..count).map(|_| AtomicU64::new(0)).collect();
-        Slots { states: Cells::new(count), ranges, ejected_at, epoch: Instant::now(), wake }
+        Slots {
+            states: Cells::new(count),
+            ranges,
+            ejected_at,
+            epoch: Instant::now(),
+            generation: AtomicU64::new(0),
+            wake,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -271,6 +280,15 @@ impl Slots {
         }
     }
 
+    /// A new memory resize: its generation.
+    pub fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub fn reason(&self, i: usize) -> SlotReason {
         self.state(i).reason
     }
@@ -290,11 +308,15 @@ impl Slots {
     pub fn info(&self) -> Vec<SlotInfo> {
         (0..self.len())
             .filter(|&i| self.phase(i) != SlotPhase::Free || self.reason(i) != SlotReason::None)
-            .map(|i| {
-                let (base, size) = self.range(i);
-                SlotInfo { slot: i, base, size, state: self.phase(i), reason: self.reason(i) }
-            })
+            .map(|i| self.slot_info(i))
             .collect()
+    }
+
+    /// Slot `i` as `vm.info` shows it.
+    pub fn slot_info(&self, i: usize) -> SlotInfo {
+        let (base, size) = self.range(i);
+        let s = self.state(i);
+        SlotInfo { slot: i, base, size, state: s.phase, reason: s.reason }
     }
 
     /// Applies `event` to slot `i` atomically; the transition, if the table has one.

@@ -15,6 +15,10 @@ use crate::cpu::manager::ResizePlan;
 use crate::cpu::reconciler;
 use crate::cpu::table::{OstReport, Reader};
 use crate::cpu::vcpu::VcpuHandle;
+use crate::memory_hotplug::{
+    self,
+    wait::{MemoryPlan, MemoryReport},
+};
 use crate::vm::{Ended, VmView};
 
 /// One vCPU as `vm.info` and resize reports show it.
@@ -81,13 +85,16 @@ pub struct ResizeReport {
     /// vCPUs still being ejected that the count needs once they are free.
     pub waiting_for: Vec<u32>,
     /// The guest runs exactly the target: every added vCPU running, every
-    /// removed one parked.
+    /// removed one parked (and, with `memory`, every slot taken or given back).
     pub complete: bool,
     /// Why the wait ended before the change completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
     pub target: TargetStatus,
     pub vcpus: Vec<VcpuInfo>,
+    /// The memory change, when `desired_ram` was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryReport>,
 }
 
 /// Why a wait on target `seq` of `view` is over, if it is: `Ok` converged,
@@ -128,33 +135,75 @@ fn reason_text(r: Reason) -> &'static str {
     }
 }
 
-/// Waits until the guest completed `plan`'s target, the target moved on,
-/// the VM ended, or `deadline`; then reports. Sleeps on the target's
-/// progress signal between checks.
-pub fn wait(view: &VmView, plan: ResizePlan, desired: u32, deadline: Instant) -> ResizeReport {
+/// The memory part of a wait: the VM's end, then the slots.
+fn memory_outcome(view: &VmView, plan: &MemoryPlan) -> Option<Result<(), String>> {
+    match view.ended() {
+        Ended::Running => {}
+        Ended::Rebooted => return Some(Err("the VM rebooted before the change completed".into())),
+        Ended::ShutDown => return Some(Err("the VM shut down before the change completed".into())),
+    }
+    match &view.memory {
+        Some(slots) => memory_hotplug::wait::outcome(slots, plan),
+        None => Some(Err("the VM has no memory hotplug".into())),
+    }
+}
+
+/// Waits until the guest completed `plan`'s target (and `memory`'s slots),
+/// either moved on, the VM ended, or `deadline`; then reports. Sleeps on
+/// the target's progress signal between checks. `desired`: the vCPUs asked
+/// for (`None`: a memory-only resize; the report shows the current target).
+pub fn wait(
+    view: &VmView,
+    plan: Option<ResizePlan>,
+    memory: Option<MemoryPlan>,
+    desired: Option<u32>,
+    deadline: Instant,
+) -> ResizeReport {
     let progress = view.target.progress();
     let mut seen = progress.epoch();
+    let done = || Some(Ok(()));
     let result = loop {
-        if let Some(o) = outcome(view, plan.seq) {
-            break o;
+        let cpus = plan.as_ref().map_or_else(done, |p| outcome(view, p.seq));
+        let mem = memory.as_ref().map_or_else(done, |m| memory_outcome(view, m));
+        match (cpus, mem) {
+            (Some(Err(e)), _) | (_, Some(Err(e))) => break Err(e),
+            (Some(Ok(())), Some(Ok(()))) => break Ok(()),
+            _ => {}
         }
         if Instant::now() >= deadline {
             break Err("the guest had not completed the change in the time the resize asked to wait".into());
         }
         seen = progress.wait_past(seen, deadline);
     };
+    let plan = plan.unwrap_or_default();
     let mut ids: Vec<u32> = plan.added.iter().chain(&plan.removing).chain(&plan.waiting_for).copied().collect();
     ids.sort_unstable();
     ids.dedup();
+    let target = (*view.target.status()).clone();
+    let memory = memory.map(|m| {
+        let r = memory_outcome(view, &m).unwrap_or_else(|| result.clone());
+        match view.memory.as_deref() {
+            Some(slots) => memory_hotplug::wait::report(slots, &m, &r),
+            None => MemoryReport {
+                desired_ram: m.desired,
+                adding: m.adds,
+                removing: m.removes,
+                complete: false,
+                ended: r.err(),
+                slots: Vec::new(),
+            },
+        }
+    });
     ResizeReport {
-        desired_vcpus: desired,
+        desired_vcpus: desired.unwrap_or(target.desired),
         vcpus: vcpu_info(view, ids),
         added: plan.added,
         removing: plan.removing,
         waiting_for: plan.waiting_for,
         complete: result.is_ok(),
         ended: result.err(),
-        target: (*view.target.status()).clone(),
+        target,
+        memory,
     }
 }
 
@@ -227,9 +276,44 @@ mod tests {
             })
         };
         // An hour's deadline: only the bump can end this wait in a test run.
-        let report = wait(&v, plan, 2, Instant::now() + Duration::from_secs(3600));
+        let report = wait(&v, Some(plan), None, Some(2), Instant::now() + Duration::from_secs(3600));
         guest.join().unwrap();
         assert!(report.complete, "{report:?}");
         assert_eq!(report.vcpus.iter().map(|c| (c.id, c.state)).collect::<Vec<_>>(), [(1, Phase::Running)]);
+    }
+
+    /// A memory-only resize that waits: woken by the progress signal when the
+    /// guest acknowledges the slot; the report carries the slot, and the
+    /// vCPU part shows the current target.
+    #[test]
+    fn a_memory_wait_completes_when_the_guest_takes_the_slot() {
+        use crate::cpu::hotplug_host::{OST_EVENT_DEVICE_CHECK, OST_SUCCESS};
+        use crate::memory_hotplug::slots::{SlotEvent, SlotPhase, Slots};
+        use devices::mem_hotplug::MemHotplugHost;
+        let mut v = view();
+        let slots = Arc::new(Slots::new(1, EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        slots.set_range(0, 1 << 32, 128 << 20);
+        slots.apply(0, SlotEvent::Add).unwrap();
+        v.memory = Some(slots.clone());
+        let v = Arc::new(v);
+        let plan = MemoryPlan::new(&slots, 192 << 20, vec![0], vec![]);
+        let guest = {
+            let v = v.clone();
+            std::thread::spawn(move || {
+                slots.ost(0, OST_EVENT_DEVICE_CHECK, OST_SUCCESS);
+                v.target.progress().bump();
+            })
+        };
+        let report = wait(&v, None, Some(plan), None, Instant::now() + Duration::from_secs(3600));
+        guest.join().unwrap();
+        assert!(report.complete, "{report:?}");
+        assert_eq!(report.desired_vcpus, 1, "no vCPU change: the current target");
+        let m = report.memory.expect("a memory report");
+        assert!(m.complete && m.slots[0].state == SlotPhase::Plugged, "{m:?}");
+        // A VM that ends meanwhile ends the wait, saying so.
+        let plan = MemoryPlan::new(v.memory.as_ref().unwrap(), 64 << 20, vec![], vec![0]);
+        v.set_ended(Ended::ShutDown);
+        let report = wait(&v, None, Some(plan), None, Instant::now() + Duration::from_secs(3600));
+        assert_eq!(report.ended.as_deref(), Some("the VM shut down before the change completed"));
     }
 }

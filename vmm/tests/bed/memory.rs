@@ -32,6 +32,7 @@ use vmm::device_manager::{DeviceManager, WorkerInit};
 use vmm::memory::{self, GuestMemory as LitheMemory, MEM_HOTPLUG_MMIO_BASE};
 use vmm::memory_hotplug::layout::{Area, BLOCK};
 use vmm::memory_hotplug::slots::{SlotPhase, SlotState, Slots};
+use vmm::memory_hotplug::wait::MemoryPlan;
 use vmm::memory_hotplug::{MemoryHotplug, MemoryResizeError, Parts};
 
 use super::{int, name, OnAdd, OnEject};
@@ -194,7 +195,7 @@ impl MemPart {
     }
 
     /// A `desired_ram` resize, as the API's `Vmm::resize_memory` makes it.
-    pub fn resize(&mut self, desired: u64) -> Result<(), MemoryResizeError> {
+    pub fn resize(&mut self, desired: u64) -> Result<MemoryPlan, MemoryResizeError> {
         self.hotplug.resize(desired, Instant::now())
     }
 
