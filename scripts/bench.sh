@@ -80,7 +80,7 @@ for section in ${sections//,/ }; do
 		if [ "$section" = hotplug ]; then
 			echo "QEMU ($(qemu-system-x86_64 --version 2>/dev/null | head -1 || echo absent)) runs in this section only, with the same kernel,"
 			echo "initramfs, command line and memory: \`-M q35,accel=kvm -cpu host -smp 1,maxcpus=MAX -m 256M -nodefaults"
-			echo "-no-user-config -display none -serial file:… -kernel … -initrd … -append … -qmp unix:…\` ($(
+			echo "-no-user-config -display none -name bench,debug-threads=on -serial file:… -kernel … -initrd … -append … -qmp unix:…\` ($(
 				[ -d /sys/module/kvm_pvm ] && echo "here \`-cpu host,arch-capabilities=off\`: QEMU's write of that MSR fails under kvm_pvm" ||
 					echo "hardware KVM"
 			)). q35, because QEMU 7.2's microvm has no CPU hotplug. vCPUs are added with QMP \`device_add\` of the"

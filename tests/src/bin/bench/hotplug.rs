@@ -4,7 +4,7 @@
 //! CPU over 10 s; VMM RSS with 1 and with 3 vCPUs; MMIO exits per guest
 //! scan (lithe's counters).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::vm::{cpu_ticks, rss_kib, scratch, vcpu_threads, Setup, Vm, Vmm};
 use crate::Samples;
@@ -47,18 +47,22 @@ fn vmm_share(vm: &Vm, name: &str) -> Option<f64> {
     (ns > 0).then_some(ns as f64 / 1e6)
 }
 
-/// When QEMU sent the `count`th event `name` since `since`, from `since`:
-/// ACPI_DEVICE_OST with status 0 (the guest's `_OST` success), and
-/// DEVICE_DELETED for a device with an id (not its child objects).
-fn qemu_event(vm: &Vm, name: &str, count: usize, since: Instant) -> Option<Duration> {
+/// When QEMU sent the `count`th event `name` after `since` (wall clock),
+/// from `since`, by QEMU's own timestamp on the event: ACPI_DEVICE_OST with
+/// status 0 (the guest's `_OST` success), and DEVICE_DELETED for a device
+/// with an id (not its child objects).
+fn qemu_event(vm: &Vm, name: &str, count: usize, since: SystemTime) -> Option<Duration> {
     let q = vm.qmp.as_ref()?;
-    let mut seen = q.events.iter().filter(|(at, e)| {
-        *at >= since
-            && e["event"] == name
+    let start = since.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    let mut seen = q.events.iter().filter_map(|(_, e)| {
+        let ts = &e["timestamp"];
+        let at = ts["seconds"].as_f64()? + ts["microseconds"].as_f64()? / 1e6;
+        let wanted = e["event"] == name
             && (name != "ACPI_DEVICE_OST" || e["data"]["info"]["status"] == 0)
-            && (name != "DEVICE_DELETED" || e["data"]["device"].is_string())
+            && (name != "DEVICE_DELETED" || e["data"]["device"].is_string());
+        (wanted && at >= start).then(|| Duration::from_secs_f64(at - start))
     });
-    seen.nth(count - 1).map(|(at, _)| at.duration_since(since))
+    seen.nth(count - 1)
 }
 
 /// One VMM, one `max`: boot, idle, add, remove; the figures it measured.
@@ -82,13 +86,13 @@ pub fn run(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Vec
     put("VMM RSS, 1 vCPU (MiB)", rss_kib(pid).unwrap_or(0.0) / 1024.0);
 
     let before = hotplug_counters(&vm);
-    let t = Instant::now();
+    let (t, wall) = (Instant::now(), SystemTime::now());
     vm.set_vcpus(3)?;
     pos = vm.wait_serial(pos, &report("0-2"), STEP_LIMIT)?;
     put("hot-add 1→3, API to guest report (s)", t.elapsed().as_secs_f64());
     if let Some(q) = vm.qmp.as_mut() {
         q.poll_events(Duration::from_millis(100));
-        match qemu_event(&vm, "ACPI_DEVICE_OST", 2, t) {
+        match qemu_event(&vm, "ACPI_DEVICE_OST", 2, wall) {
             Some(d) => put("hot-add 1→3, API to QEMU's last ACPI_DEVICE_OST (s)", d.as_secs_f64()),
             None => notes.push(format!("QEMU max={max}: no two successful ACPI_DEVICE_OST events for the add")),
         }
@@ -104,7 +108,7 @@ pub fn run(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Vec
         }
     }
 
-    let t = Instant::now();
+    let (t, wall) = (Instant::now(), SystemTime::now());
     vm.set_vcpus(1)?;
     // The guest's report and the threads' end, each timed from the call:
     // lithe joins a thread at the guest's _EJ0, which can come before the
@@ -133,7 +137,7 @@ pub fn run(setup: &Setup, vmm: Vmm, max: u32, out: &mut Samples, notes: &mut Vec
     }
     let reported = reported.ok_or("the guest never reported online=0")?;
     if vm.qmp.is_some() {
-        match qemu_event(&vm, "DEVICE_DELETED", 2, t) {
+        match qemu_event(&vm, "DEVICE_DELETED", 2, wall) {
             Some(d) => put("hot-remove 3→1, API to QEMU's last DEVICE_DELETED (s)", d.as_secs_f64()),
             None => notes.push(format!("QEMU max={max}: no two DEVICE_DELETED events for the removal")),
         }

@@ -170,6 +170,8 @@ impl Vm {
             .args(["-M", "q35,accel=kvm", "-cpu", cpu])
             .args(["-smp", &format!("1,maxcpus={max}"), "-m", size])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            // Names its threads ("CPU n/KVM"), so vCPU threads can be told apart.
+            .args(["-name", "bench,debug-threads=on"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .arg("-kernel")
