@@ -540,20 +540,7 @@ fn run(max: u32, ops: &[Op]) {
         }
         b.check_always();
     }
-    // Whatever happened, a cooperative guest and the passing of time settle
-    // everything, and then both sides agree.
-    b.guest.on_add = OnAdd::Online;
-    b.guest.on_eject = OnEject::Eject;
-    b.guest.ignore_interrupts = false;
-    b.eject_deferred();
-    for _ in 0..4 {
-        b.settle();
-        b.guest_onlines_all();
-        b.advance(PAST_TIMEOUT);
-    }
-    b.settle();
-    b.vmm_handles_events();
-    b.check_settled();
+    b.cooperate_and_settle();
     assert!(b.guest.started == b.guest.cpus);
     // and the VMM still works: a final resize converges.
     let last = b.manager.target().desired() % max + 1;

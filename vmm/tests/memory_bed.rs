@@ -352,23 +352,7 @@ fn run(max: u32, slots: usize, ops: &[Op]) {
         }
         b.check_always();
     }
-    // A cooperative guest and the passing of time settle everything; then
-    // both sides agree, on the CPUs and on the memory.
-    b.guest.on_add = OnAdd::Online;
-    b.guest.on_eject = OnEject::Eject;
-    b.guest.memory.on_add = OnAdd::Online;
-    b.guest.memory.on_eject = OnEject::Eject;
-    b.guest.ignore_interrupts = false;
-    b.eject_deferred();
-    b.guest_memory().eject_deferred();
-    for _ in 0..4 {
-        b.settle();
-        b.guest_onlines_all();
-        b.advance(PAST_TIMEOUT);
-    }
-    b.settle();
-    b.vmm_handles_events();
-    b.check_settled();
+    b.cooperate_and_settle();
     // And both still work: back to the boot RAM (always reachable) and one
     // slot more, with a vCPU change at once.
     for ram in [BOOT, BOOT + BLOCK] {

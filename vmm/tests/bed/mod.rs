@@ -678,6 +678,30 @@ impl Bed {
         }
     }
 
+    /// Whatever happened before, the guest turns cooperative (CPUs and
+    /// memory) and time passes past every bound: both sides settle and then
+    /// agree ([`Bed::check_settled`]).
+    pub fn cooperate_and_settle(&mut self) {
+        self.guest.on_add = OnAdd::Online;
+        self.guest.on_eject = OnEject::Eject;
+        self.guest.memory.on_add = OnAdd::Online;
+        self.guest.memory.on_eject = OnEject::Eject;
+        self.guest.ignore_interrupts = false;
+        self.eject_deferred();
+        if self.mem.is_some() {
+            self.guest_memory().eject_deferred();
+        }
+        let past = TIMEOUT + Duration::from_millis(1);
+        for _ in 0..4 {
+            self.settle();
+            self.guest_onlines_all();
+            self.advance(past);
+        }
+        self.settle();
+        self.vmm_handles_events();
+        self.check_settled();
+    }
+
     /// Time passes; the main loop's tick runs.
     pub fn advance(&mut self, by: Duration) {
         self.clock.advance(by);
