@@ -66,6 +66,9 @@ for section in ${sections//,/ }; do
 			echo "sets the TAP's address itself (\`ip=\`, \`mask=\`); for lithe the bench gives it with ip(8). From inside the"
 			echo "namespace the bench sends 4 MiB through each connection and reads the echo back, every byte checked: one"
 			echo "connection, then four at once. VMM CPU is every VMM thread but the vCPU threads (/proc schedstat), per MB."
+			echo "QEMU runs as in the hotplug section plus \`-netdev tap,id=n0,ifname=bnet0,script=no,downscript=no -device"
+			echo "virtio-net-pci,netdev=n0,mac=02:4c:00:00:00:80\` (userspace virtio-net, as lithe's and Cloud Hypervisor's are),"
+			echo "without \`pci=off\`; the bench gives the TAP its address with ip(8)."
 			echo
 		fi
 		if [ "$section" = fs ]; then

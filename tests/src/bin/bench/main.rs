@@ -76,6 +76,35 @@ fn ratio(l: Option<&Vec<f64>>, c: Option<&Vec<f64>>) -> String {
     }
 }
 
+/// A section's table: one row per figure; the QEMU columns when it ran.
+fn table(samples: &Samples, figures: &[&str], key: u32, qemu: bool) -> String {
+    let mut md = String::new();
+    if qemu {
+        md.push_str(
+            "| figure | lithe | Cloud Hypervisor | QEMU | lithe/CH | lithe/QEMU |\n|---|---|---|---|---|---|\n",
+        );
+    } else {
+        md.push_str("| figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|\n");
+    }
+    for f in figures {
+        let get = |vmm| samples.get(&(*f, key, vmm));
+        let (l, c, q) = (get(Vmm::Lithe), get(Vmm::CloudHypervisor), get(Vmm::Qemu));
+        if qemu {
+            md.push_str(&format!(
+                "| {f} | {} | {} | {} | {} | {} |\n",
+                cell(l),
+                cell(c),
+                cell(q),
+                ratio(l, c),
+                ratio(l, q)
+            ));
+        } else {
+            md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
+        }
+    }
+    md
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -109,15 +138,25 @@ fn main() {
     let mut notes = Vec::new();
     let mut md = String::new();
 
-    if sections.contains(&"hotplug") {
-        // QEMU joins the hotplug section only: the device sections drive
-        // lithe's and Cloud Hypervisor's REST APIs.
-        let mut three = vmms.clone();
-        if setup.qemu.is_some() {
-            three.push(Vmm::Qemu);
+    // QEMU joins the sections that need nothing from the guest but its
+    // console and its network: it has no hybrid vsock, and the io and fs
+    // sections read the guest's iobench through it.
+    let mut three = vmms.clone();
+    if setup.qemu.is_some() {
+        three.push(Vmm::Qemu);
+    } else {
+        notes.push("no qemu-system-x86_64 (Debian: qemu-system-x86): no QEMU column".into());
+    }
+    let no_vsock = || {
+        let host = if Path::new("/dev/vhost-vsock").exists() {
+            ""
         } else {
-            notes.push("hotplug: no qemu-system-x86_64 (Debian: qemu-system-x86); no QEMU column".into());
-        }
+            ", and this host has no /dev/vhost-vsock for its vhost-vsock"
+        };
+        format!("QEMU is not in this table: the bench reads the guest's iobench over hybrid vsock (a Unix socket), which QEMU does not have{host}")
+    };
+
+    if sections.contains(&"hotplug") {
         for max in &maxes {
             let mut found = Vec::new();
             let failed = alternate(&three, runs, &format!("max={max}"), |vmm| {
@@ -150,23 +189,14 @@ fn main() {
             Err(e) => notes.push(format!("io: no disk image: {e}")),
         }
         let _ = std::fs::remove_file(&image);
-        md.push_str("| figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|\n");
-        for f in &io::FIGURES {
-            let key = |vmm| (*f, io::IO_KEY, vmm);
-            let (l, c) = (samples.get(&key(Vmm::Lithe)), samples.get(&key(Vmm::CloudHypervisor)));
-            md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
-        }
+        md.push_str(&table(&samples, &io::FIGURES, io::IO_KEY, false));
+        notes.push(format!("io: {}", no_vsock()));
         md.push_str("\nMean (min–max, n = runs). For MB/s and IOPS higher is better; for CPU lower is better. n/a: the VMM does not give the figure (the device-thread share is lithe's own counter), or every run failed (notes).\n\n");
     }
 
     if sections.contains(&"net") {
-        notes.extend(alternate(&vmms, runs, "net", |vmm| netio::run(&setup, vmm, &mut samples)));
-        md.push_str("| figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|\n");
-        for f in &netio::FIGURES {
-            let key = |vmm| (*f, netio::NET_KEY, vmm);
-            let (l, c) = (samples.get(&key(Vmm::Lithe)), samples.get(&key(Vmm::CloudHypervisor)));
-            md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
-        }
+        notes.extend(alternate(&three, runs, "net", |vmm| netio::run(&setup, vmm, &mut samples)));
+        md.push_str(&table(&samples, &netio::FIGURES, netio::NET_KEY, setup.qemu.is_some()));
         md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better.\n\n");
     }
 
@@ -177,12 +207,8 @@ fn main() {
             Err(e) => notes.push(format!("fs: no file: {e}")),
         }
         let _ = std::fs::remove_file(&file);
-        md.push_str("| figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|\n");
-        for f in &fsio::FIGURES {
-            let key = |vmm| (*f, fsio::FS_KEY, vmm);
-            let (l, c) = (samples.get(&key(Vmm::Lithe)), samples.get(&key(Vmm::CloudHypervisor)));
-            md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
-        }
+        md.push_str(&table(&samples, &fsio::FIGURES, fsio::FS_KEY, false));
+        notes.push(format!("fs: {}", no_vsock()));
         md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better (virtiofsd's own CPU is not counted for either VMM).\n\n");
     }
 
@@ -190,12 +216,8 @@ fn main() {
         let mut found = Vec::new();
         let failed = alternate(&vmms, runs, "mem", |vmm| mem::run(&setup, vmm, &mut samples, &mut found));
         notes.extend(found.into_iter().chain(failed));
-        md.push_str("| figure | lithe | Cloud Hypervisor | lithe/CH |\n|---|---|---|---|\n");
-        for f in &mem::FIGURES {
-            let key = |vmm| (*f, mem::MEM_KEY, vmm);
-            let (l, c) = (samples.get(&key(Vmm::Lithe)), samples.get(&key(Vmm::CloudHypervisor)));
-            md.push_str(&format!("| {f} | {} | {} | {} |\n", cell(l), cell(c), ratio(l, c)));
-        }
+        md.push_str(&table(&samples, &mem::FIGURES, mem::MEM_KEY, false));
+        notes.push("mem: QEMU is not in this table yet (its pc-dimm hotplug is not driven by the bench)".into());
         md.push_str("\nMean (min–max, n = runs). Lower is better. n/a: the VMM cannot do it (Cloud Hypervisor does not take ACPI hot-plugged memory back: its answer is in the notes) or does not count it (lithe's share is lithe's own counter).\n\n");
     }
 

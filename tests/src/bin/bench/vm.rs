@@ -37,15 +37,14 @@ pub struct Setup {
 
 impl Setup {
     /// The command line for a VM with devices: lithe's are virtio-mmio
-    /// (`pci=off`); Cloud Hypervisor's virtio-pci, so the same kernel keeps
-    /// PCI probing on. The device sections do not run QEMU.
+    /// (`pci=off`); Cloud Hypervisor's and QEMU's virtio-pci, so the same
+    /// kernel keeps PCI probing on.
     pub fn device_cmdline(&self, vmm: Vmm) -> Result<String, String> {
         match vmm {
             Vmm::Lithe => Ok(self.cmdline.clone()),
-            Vmm::CloudHypervisor => {
+            Vmm::CloudHypervisor | Vmm::Qemu => {
                 Ok(self.cmdline.split_whitespace().filter(|w| *w != "pci=off").collect::<Vec<_>>().join(" "))
             }
-            Vmm::Qemu => Err("the device sections do not run QEMU".into()),
         }
     }
 }
@@ -108,12 +107,7 @@ impl Vm {
         let bin = match vmm {
             Vmm::Lithe => setup.lithe.clone(),
             Vmm::CloudHypervisor => setup.ch.clone().ok_or("no Cloud Hypervisor")?,
-            Vmm::Qemu => {
-                if !extra.is_empty() || netns.is_some() {
-                    return Err("the bench runs QEMU with no devices (the hotplug section)".into());
-                }
-                return Vm::launch_qemu(setup, dir, max, cmdline, memory);
-            }
+            Vmm::Qemu => return Vm::launch_qemu(setup, dir, max, cmdline, memory, extra, netns),
         };
         let started = Instant::now();
         let mut cmd = match netns {
@@ -155,9 +149,18 @@ impl Vm {
     /// command line, one vCPU of `max`, the memory size, the serial console
     /// into a file; q35 (microvm has no CPU hotplug: QEMU 7.2 does not enable
     /// `query-hotpluggable-cpus` there), KVM, the host's CPU model, no default
-    /// devices, and QMP on a Unix socket. On kvm_pvm the host CPU model goes
-    /// without `arch-capabilities` (QEMU's write of that MSR fails there).
-    fn launch_qemu(setup: &Setup, dir: &Path, max: u32, cmdline: &str, memory: &str) -> Result<Vm, String> {
+    /// devices, and QMP on a Unix socket; `extra` are QEMU's own device
+    /// arguments. On kvm_pvm the host CPU model goes without
+    /// `arch-capabilities` (QEMU's write of that MSR fails there).
+    fn launch_qemu(
+        setup: &Setup,
+        dir: &Path,
+        max: u32,
+        cmdline: &str,
+        memory: &str,
+        extra: &[String],
+        netns: Option<&str>,
+    ) -> Result<Vm, String> {
         let bin = setup.qemu.clone().ok_or("no QEMU (Debian: qemu-system-x86)")?;
         let size = memory
             .strip_prefix("size=")
@@ -166,7 +169,15 @@ impl Vm {
         let (socket, serial) = (dir.join("qmp.sock"), dir.join("serial.log"));
         let cpu = if Path::new("/sys/module/kvm_pvm").exists() { "host,arch-capabilities=off" } else { "host" };
         let started = Instant::now();
-        let child = Command::new(&bin)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .args(["-M", "q35,accel=kvm", "-cpu", cpu])
             .args(["-smp", &format!("1,maxcpus={max}"), "-m", size])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
@@ -182,6 +193,7 @@ impl Vm {
             .arg(cmdline)
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(dir.join("vmm.log")).map_err(|e| e.to_string())?))
