@@ -96,7 +96,9 @@ for section in ${sections//,/ }; do
 			echo "Cloud Hypervisor's default). The bench asks for \`desired_ram\` 768 MiB, then 256 MiB, over the API. The guest's"
 			echo "init prints MemTotal whenever memory blocks come or go (their uevents; the kernel onlines new blocks movable,"
 			echo "\`memhp_default_state=online_movable\`); each time is from the API call to that report. \"API to VMM reports 256 MiB\""
-			echo "is until \`vm.info\`'s memory.size says so, which lithe changes once the guest has ejected the memory."
+			echo "is until \`vm.info\`'s memory.size says so, which lithe changes once the guest has ejected the memory. QEMU runs"
+			echo "as in the hotplug section with \`-m 256M,slots=4,maxmem=768M\`; the bench adds a 512 MiB \`pc-dimm\` on a"
+			echo "\`memory-backend-ram\` over QMP and removes it with \`device_del\`; its \"VMM reports\" is \`query-memory-size-summary\`."
 			echo
 		fi
 		if [ "$section" = io ]; then

@@ -2,8 +2,10 @@
 //! hotplug room grows by 512 MiB (API call to the guest's own `MemTotal`
 //! report, which its init prints when memory blocks come or go) and, where
 //! the VMM can, shrinks back (API call to the guest's report, and to the
-//! VMM saying the memory is gone). Cloud Hypervisor cannot take ACPI
-//! hot-plugged memory back; its answer to the shrink goes in the notes.
+//! VMM saying the memory is gone). lithe and Cloud Hypervisor get
+//! `desired_ram`; QEMU a `pc-dimm` added and removed over QMP. Cloud
+//! Hypervisor cannot take ACPI hot-plugged memory back; what it answered
+//! and what it then reported go in the notes.
 
 use std::time::{Duration, Instant};
 
@@ -63,20 +65,10 @@ fn wait_report(vm: &mut Vm, from: usize, done: impl Fn(u64) -> bool, what: &str)
     }
 }
 
-fn memory_size(vm: &Vm) -> Option<u64> {
-    let (s, body) = vm.http("GET", "vm.info", "").ok()?;
-    let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| s == 200)?;
-    v["config"]["memory"]["size"].as_u64()
-}
-
 /// lithe's own share (`vm.counters`' `mem-hotplug` block), in ms.
 fn share(vm: &Vm, name: &str) -> Option<f64> {
     let ns = vm.counters()?["mem-hotplug"][name].as_u64()?;
     (ns > 0).then_some(ns as f64 / 1e6)
-}
-
-fn resize(vm: &Vm, bytes: u64) -> Result<(u16, String), String> {
-    vm.http("PUT", "vm.resize", &format!(r#"{{"desired_ram":{bytes}}}"#))
 }
 
 /// One VMM, one run: grow, then shrink where the VMM can.
@@ -89,7 +81,7 @@ pub fn run(setup: &Setup, vmm: Vmm, out: &mut Samples, notes: &mut Vec<String>) 
     let (booted_kb, pos) = wait_report(&mut vm, 0, |_| true, "a boot MemTotal report")?;
 
     let t = Instant::now();
-    let (s, b) = resize(&vm, BOOT + GROW)?;
+    let (s, b) = vm.set_memory(BOOT + GROW)?;
     if s >= 300 {
         return Err(format!("grow: {s} {b}"));
     }
@@ -101,7 +93,7 @@ pub fn run(setup: &Setup, vmm: Vmm, out: &mut Samples, notes: &mut Vec<String>) 
     }
 
     let t = Instant::now();
-    let (s, b) = resize(&vm, BOOT)?;
+    let (s, b) = vm.set_memory(BOOT)?;
     if s >= 300 {
         notes.push(format!("{}: shrink to 256 MiB answered {s}: {}", vmm.name(), b.trim()));
         return Ok(());
@@ -112,7 +104,7 @@ pub fn run(setup: &Setup, vmm: Vmm, out: &mut Samples, notes: &mut Vec<String>) 
         if reported.is_none() && reports(&vm, pos).iter().any(|r| r.0 <= booted_kb) {
             reported = Some(t.elapsed());
         }
-        if gone.is_none() && memory_size(&vm) == Some(BOOT) {
+        if gone.is_none() && vm.memory_size() == Some(BOOT) {
             gone = Some(t.elapsed());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -121,7 +113,7 @@ pub fn run(setup: &Setup, vmm: Vmm, out: &mut Samples, notes: &mut Vec<String>) 
         let last = reports(&vm, 0).last().map(|r| r.0);
         format!(
             "the shrink was answered {s}, but {STEP_LIMIT:?} later the guest's MemTotal was {last:?} kB, not {booted_kb}, while vm.info's memory.size said {:?}",
-            memory_size(&vm)
+            vm.memory_size()
         )
     })?;
     put(FIGURES[1], reported.as_secs_f64());

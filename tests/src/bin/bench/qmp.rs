@@ -79,6 +79,42 @@ impl Qmp {
         let _ = self.reader.get_ref().set_read_timeout(Some(Duration::from_secs(60)));
     }
 
+    /// RAM the VM has: boot memory plus plugged DIMMs.
+    pub fn memory_size(&mut self) -> Result<u64, String> {
+        let r = self.execute("query-memory-size-summary", Value::Null)?;
+        Ok(r["base-memory"].as_u64().unwrap_or(0) + r["plugged-memory"].as_u64().unwrap_or(0))
+    }
+
+    /// Brings the VM's RAM to `bytes`: a `pc-dimm` of the difference (on a
+    /// RAM backend of its own) to grow, `device_del` of the latest DIMMs to
+    /// shrink (the guest offlines and ejects them; QEMU then sends
+    /// `DEVICE_DELETED` and the backend can go).
+    pub fn set_memory(&mut self, bytes: u64) -> Result<(), String> {
+        let now = self.memory_size()?;
+        let dimms = self.execute("query-memory-devices", Value::Null)?;
+        let mut dimms: Vec<(String, u64)> = dimms
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| Some((d["data"]["id"].as_str()?.to_string(), d["data"]["size"].as_u64()?)))
+            .collect();
+        if bytes > now {
+            let n = dimms.len();
+            let size = bytes - now;
+            self.execute("object-add", json!({ "qom-type": "memory-backend-ram", "id": format!("mem{n}"), "size": size }))?;
+            self.execute("device_add", json!({ "driver": "pc-dimm", "id": format!("dimm{n}"), "memdev": format!("mem{n}") }))?;
+        } else {
+            let mut left = now;
+            dimms.sort();
+            while left > bytes {
+                let (id, size) = dimms.pop().ok_or("no DIMM left to remove")?;
+                self.execute("device_del", json!({ "id": id }))?;
+                left -= size;
+            }
+        }
+        Ok(())
+    }
+
     /// Brings the VM to `n` vCPUs: `device_add` of the free CPU slots
     /// `query-hotpluggable-cpus` lists, lowest first, or `device_del` of
     /// the CPUs this bench added, latest first (the guest ejects them; QEMU

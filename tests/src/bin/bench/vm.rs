@@ -162,10 +162,25 @@ impl Vm {
         netns: Option<&str>,
     ) -> Result<Vm, String> {
         let bin = setup.qemu.clone().ok_or("no QEMU (Debian: qemu-system-x86)")?;
-        let size = memory
-            .strip_prefix("size=")
-            .filter(|s| !s.contains(','))
-            .ok_or_else(|| format!("QEMU in the bench takes a plain size, not {memory:?}"))?;
+        // size=S[,hotplug_size=H]: QEMU's -m S[,slots=4,maxmem=S+H].
+        let mut size = None;
+        let mut room = None;
+        for kv in memory.split(',') {
+            match kv.split_once('=') {
+                Some(("size", v)) => size = Some(v),
+                Some(("hotplug_size", v)) => room = Some(v),
+                _ => return Err(format!("QEMU in the bench takes size and hotplug_size, not {memory:?}")),
+            }
+        }
+        let size = size.ok_or("no memory size")?;
+        let mib = |v: &str| v.strip_suffix('M').and_then(|n| n.parse::<u64>().ok());
+        let m = match room {
+            Some(r) => {
+                let (s, r) = (mib(size).ok_or("sizes in M")?, mib(r).ok_or("sizes in M")?);
+                format!("{size},slots=4,maxmem={}M", s + r)
+            }
+            None => size.to_string(),
+        };
         let (socket, serial) = (dir.join("qmp.sock"), dir.join("serial.log"));
         let cpu = if Path::new("/sys/module/kvm_pvm").exists() { "host,arch-capabilities=off" } else { "host" };
         let started = Instant::now();
@@ -179,7 +194,7 @@ impl Vm {
         };
         let child = cmd
             .args(["-M", "q35,accel=kvm", "-cpu", cpu])
-            .args(["-smp", &format!("1,maxcpus={max}"), "-m", size])
+            .args(["-smp", &format!("1,maxcpus={max}"), "-m", &m])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
             // Names its threads ("CPU n/KVM"), so vCPU threads can be told apart.
             .args(["-name", "bench,debug-threads=on"])
@@ -203,6 +218,29 @@ impl Vm {
         let mut vm = Vm { child, pid, dir: dir.to_path_buf(), socket: socket.clone(), serial, started, qmp: None };
         vm.qmp = Some(crate::qmp::Qmp::connect(&socket, Duration::from_secs(20))?);
         Ok(vm)
+    }
+
+    /// Asks the VMM for `bytes` of RAM: `desired_ram` for lithe and Cloud
+    /// Hypervisor; a DIMM added or removed over QMP for QEMU. The status of
+    /// the answer (QMP: 200 or 400).
+    pub fn set_memory(&mut self, bytes: u64) -> Result<(u16, String), String> {
+        if let Some(q) = self.qmp.as_mut() {
+            return Ok(match q.set_memory(bytes) {
+                Ok(()) => (200, String::new()),
+                Err(e) => (400, e),
+            });
+        }
+        self.http("PUT", "vm.resize", &format!(r#"{{"desired_ram":{bytes}}}"#))
+    }
+
+    /// RAM the VMM says the VM has (`vm.info`'s memory.size; QMP's summary).
+    pub fn memory_size(&mut self) -> Option<u64> {
+        if let Some(q) = self.qmp.as_mut() {
+            return q.memory_size().ok();
+        }
+        let (s, body) = self.http("GET", "vm.info", "").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| s == 200)?;
+        v["config"]["memory"]["size"].as_u64()
     }
 
     /// Asks the VMM for `n` vCPUs: `vm.resize` for lithe and Cloud
