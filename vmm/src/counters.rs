@@ -56,6 +56,11 @@ pub struct Latencies {
     mem_remove_api_to_ged_ns: AtomicU64,
     /// Guest `_EJ0` → slot out of KVM and the memory map, for the last one.
     mem_eject_to_unplugged_ns: AtomicU64,
+    /// KVM's part of those: the last KVM_SET_USER_MEMORY_REGION that added
+    /// a slot, and the last that deleted one (each waits for KVM's own SRCU
+    /// grace period).
+    mem_kvm_add_ns: AtomicU64,
+    mem_kvm_delete_ns: AtomicU64,
     mem_adds: AtomicU64,
     mem_removes: AtomicU64,
     mem_unplugs: AtomicU64,
@@ -86,6 +91,12 @@ impl Latencies {
             self.mem_remove_api_to_ged_ns.store(ns, Ordering::Relaxed);
             self.mem_removes.fetch_add(removed as u64, Ordering::Relaxed);
         }
+    }
+
+    /// KVM took `took` to add (or delete) a memory slot.
+    pub fn kvm_slot_changed(&self, took: Duration, added: bool) {
+        let c = if added { &self.mem_kvm_add_ns } else { &self.mem_kvm_delete_ns };
+        c.store(nanos(took), Ordering::Relaxed);
     }
 
     /// A memory slot the guest ejected `since` ago is unplugged.
@@ -124,6 +135,8 @@ impl Latencies {
             ("last_add_api_to_ged_ns", r(&self.mem_add_api_to_ged_ns)),
             ("last_remove_api_to_ged_ns", r(&self.mem_remove_api_to_ged_ns)),
             ("last_eject_to_unplugged_ns", r(&self.mem_eject_to_unplugged_ns)),
+            ("last_kvm_slot_add_ns", r(&self.mem_kvm_add_ns)),
+            ("last_kvm_slot_delete_ns", r(&self.mem_kvm_delete_ns)),
             ("slots_added", r(&self.mem_adds)),
             ("slots_removed", r(&self.mem_removes)),
             ("slots_unplugged", r(&self.mem_unplugs)),

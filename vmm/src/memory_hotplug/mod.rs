@@ -284,10 +284,12 @@ impl MemoryHotplug {
             userspace_addr: region.as_ptr() as u64,
             flags: 0,
         };
+        let t = Instant::now();
         // SAFETY: the mapping is owned by `region`, which this struct keeps
         // (and the published memory map holds) until the slot is deleted
         // from KVM again in `unplug`, or the VM is gone.
         unsafe { self.vm_fd.set_user_memory_region(r) }.map_err(|e| format!("KVM memory slot {slot}: {e}"))?;
+        self.latencies.kvm_slot_changed(t.elapsed(), true);
         if let Err(e) = self.publish(|m| m.insert_region(region.clone()).map_err(|e| e.to_string())) {
             self.delete_kvm_slot(i, base);
             return Err(format!("publishing the memory map: {e}"));
@@ -324,8 +326,11 @@ impl MemoryHotplug {
         let slot = KVM_SLOT_BASE + i as u32;
         let r =
             kvm_userspace_memory_region { slot, guest_phys_addr: base, memory_size: 0, userspace_addr: 0, flags: 0 };
+        let t = Instant::now();
         // SAFETY: a zero-sized region deletes the slot; KVM keeps no address.
-        if let Err(e) = unsafe { self.vm_fd.set_user_memory_region(r) } {
+        let done = unsafe { self.vm_fd.set_user_memory_region(r) };
+        self.latencies.kvm_slot_changed(t.elapsed(), false);
+        if let Err(e) = done {
             warn!("memory slot {i}: deleting KVM memory slot {slot}: {e}");
         }
     }

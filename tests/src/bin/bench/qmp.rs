@@ -101,8 +101,14 @@ impl Qmp {
         if bytes > now {
             let n = dimms.len();
             let size = bytes - now;
-            self.execute("object-add", json!({ "qom-type": "memory-backend-ram", "id": format!("mem{n}"), "size": size }))?;
-            self.execute("device_add", json!({ "driver": "pc-dimm", "id": format!("dimm{n}"), "memdev": format!("mem{n}") }))?;
+            self.execute(
+                "object-add",
+                json!({ "qom-type": "memory-backend-ram", "id": format!("mem{n}"), "size": size }),
+            )?;
+            self.execute(
+                "device_add",
+                json!({ "driver": "pc-dimm", "id": format!("dimm{n}"), "memdev": format!("mem{n}") }),
+            )?;
         } else {
             let mut left = now;
             dimms.sort();
