@@ -44,7 +44,7 @@ for section in ${sections//,/ }; do
 		if [ "$section" = netscale ]; then
 			echo "# Benchmarks, $title (lithe)"
 		else
-			echo "# Benchmarks, $title: lithe next to Cloud Hypervisor"
+			echo "# Benchmarks, $title: lithe next to Cloud Hypervisor (and QEMU where it has a column)"
 		fi
 		echo
 		echo "Made by \`scripts/bench.sh --sections $section ${args[*]}\` on $(date -u +%Y-%m-%d) ($(nproc) host CPUs, KVM: $kvm),"
@@ -54,7 +54,7 @@ for section in ${sections//,/ }; do
 			echo "in a network namespace the bench makes and removes (\`lithe_net=\` on the command line runs the guest's net-up)."
 			echo "No other VMM publishes this figure; absolute rates on this machine swing from day to day."
 		else
-			echo "Both VMMs boot the same guest-images/out/vmlinux, initramfs and command line with boot=1 and 256 MiB,"
+			echo "Every VMM boots the same guest-images/out/vmlinux, initramfs and command line with boot=1 and 256 MiB,"
 			echo "one VM at a time, alternating which goes first. Absolute times on this machine swing ~2.5x from day"
 			echo "to day: compare the ratios, which come from one run."
 		fi
