@@ -122,6 +122,13 @@ impl MemHotplugController {
         }
     }
 
+    /// Takes back an insert the guest has not scanned yet, atomically against
+    /// the guest's scan clearing it: true if it was still pending (the guest
+    /// never saw it), false if the guest got there first.
+    pub fn withdraw_insert(&self, index: usize) -> bool {
+        index < self.slots && self.inserting.fetch_and(!(1 << index), Ordering::AcqRel) & (1 << index) != 0
+    }
+
     /// Forgets pending events for slot `index` (a rollback).
     pub fn cancel(&self, index: usize) {
         if index < self.slots {
@@ -326,6 +333,16 @@ mod tests {
         c.request_insert(64);
         c.request_insert(5);
         assert_eq!(c.pending(), (0, 0), "slots past the controller's are ignored");
+    }
+
+    #[test]
+    fn an_insert_is_withdrawn_only_while_the_guest_has_not_scanned_it() {
+        let (_, c) = setup();
+        c.request_insert(1);
+        assert!(c.withdraw_insert(1), "still pending: taken back");
+        assert_eq!(c.pending(), (0, 0));
+        assert!(!c.withdraw_insert(1), "nothing pending: the guest got there first");
+        assert!(!c.withdraw_insert(70), "no such slot");
     }
 
     #[test]

@@ -136,6 +136,36 @@ fn memory_offered_but_never_acknowledged_is_not_counted_and_not_taken_away_blind
     assert_eq!(b.mem().mapped(), [(0, BOOT)]);
 }
 
+/// A guest whose GED handling is gone never looks at an offer: after the
+/// bound lithe takes it back, says why, and a wait on it ends saying so.
+#[test]
+fn an_offer_the_guest_never_looks_at_is_taken_back() {
+    let mut b = Bed::with_memory(1, 2, 2);
+    b.guest.ignore_interrupts = true;
+    let plan = b.mem().resize(BOOT + BLOCK).unwrap();
+    b.settle();
+    assert_eq!(b.mem().slots.phase(0), SlotPhase::Adding);
+    b.advance(TIMEOUT / 2);
+    assert_eq!(b.mem().slots.phase(0), SlotPhase::Adding, "not before the bound");
+    b.advance(PAST_TIMEOUT);
+    let s = b.mem().slots.state(0);
+    assert_eq!((s.phase, s.reason), (SlotPhase::Free, SlotReason::AddTimeout));
+    assert_eq!(b.mem().mapped(), [(0, BOOT)], "out of the memory map (and KVM)");
+    assert_eq!(
+        vmm::memory_hotplug::wait::outcome(&b.mem().slots, &plan),
+        Some(Err("memory slot 0: the guest did not look at the offer in time".into()))
+    );
+    b.check_settled();
+    // An offer the guest did look at stays offered, however long it is silent.
+    b.guest.ignore_interrupts = false;
+    b.guest.memory.on_add = OnAdd::Ignore;
+    b.mem().resize(BOOT + BLOCK).unwrap();
+    b.settle();
+    b.advance(PAST_TIMEOUT);
+    assert_eq!(b.mem().slots.phase(0), SlotPhase::Adding, "seen, unanswered: it may be in use");
+    b.check_settled();
+}
+
 #[test]
 fn a_refused_eject_rolls_back_truthfully() {
     let mut b = Bed::with_memory(1, 2, 2);

@@ -82,6 +82,8 @@ pub struct MemoryHotplug {
     regions: Vec<Option<Arc<GuestRegionMmap>>>,
     /// Per slot being removed: when the request lapses.
     deadlines: Vec<Option<Instant>>,
+    /// Per slot offered: when an offer the guest never looked at is taken back.
+    add_deadlines: Vec<Option<Instant>>,
     /// How long the guest gets to eject (the vCPUs' `eject_timeout_ms`).
     timeout: Duration,
     latencies: Arc<Latencies>,
@@ -127,6 +129,7 @@ impl MemoryHotplug {
             devices: p.devices,
             regions: vec![None; n],
             deadlines: vec![None; n],
+            add_deadlines: vec![None; n],
             timeout: p.eject_timeout,
             latencies: p.latencies,
             clock: p.clock,
@@ -189,7 +192,7 @@ impl MemoryHotplug {
     /// it has not looked at yet.
     fn remove(&mut self, i: usize) -> bool {
         if self.slots.phase(i) == SlotPhase::Adding
-            && self.controller.pending().0 & (1 << i) != 0
+            && self.controller.withdraw_insert(i)
             && self.slots.apply(i, SlotEvent::AddWithdrawn).is_some()
         {
             self.unplug(i);
@@ -209,11 +212,24 @@ impl MemoryHotplug {
     }
 
     /// Main loop, periodic: a removal the guest has not done in time is
-    /// rolled back (it still has the memory). Whether one was.
+    /// rolled back (it still has the memory), and an offer the guest never
+    /// looked at is taken back (it never had it). Whether either happened.
     pub fn tick(&mut self) -> bool {
         let now = self.clock.now();
         let mut rolled_back = false;
         for i in 0..self.slots.len() {
+            if self.add_deadlines[i].is_some_and(|d| now >= d) {
+                self.add_deadlines[i] = None;
+                // Only an offer still pending: one the guest scanned may be
+                // in use even unanswered, so it stays offered.
+                if self.slots.phase(i) == SlotPhase::Adding
+                    && self.controller.withdraw_insert(i)
+                    && self.slots.apply(i, SlotEvent::AddTimedOut).is_some()
+                {
+                    warn!("memory slot {i}: the guest did not look at the offer within {:?}; taken back", self.timeout);
+                    rolled_back = true;
+                }
+            }
             if self.deadlines[i].is_some_and(|d| now >= d) {
                 self.deadlines[i] = None;
                 self.controller.cancel(i);
@@ -304,6 +320,7 @@ impl MemoryHotplug {
         self.regions[i] = Some(region);
         self.slots.set_range(i, base, len);
         self.slots.apply(i, SlotEvent::Add);
+        self.add_deadlines[i] = Some(self.clock.now() + self.timeout);
         self.controller.request_insert(i);
         if let Err(e) = self.ged.notify(GED_EVENT_MEM_HOTPLUG) {
             warn!("memory slot {i}: cannot raise the GED interrupt: {e}");
@@ -365,6 +382,9 @@ impl MemoryHotplug {
     pub fn on_guest_events(&mut self, last_size: u64) -> Option<u64> {
         for i in 0..self.slots.len() {
             let state = self.slots.state(i);
+            if state.phase != SlotPhase::Adding {
+                self.add_deadlines[i] = None;
+            }
             match state.phase {
                 SlotPhase::Failed | SlotPhase::Ejected => {
                     self.deadlines[i] = None;

@@ -13,6 +13,7 @@
 //! | removing(adding)     | `_OST(1, 0)`                | removing(plugged)           | it did, while asked to give it back |
 //! | adding, removing(adding) | `_OST(1, failure)`      | failed, `add_failed`        | the guest did not take it; the main loop unplugs it |
 //! | adding               | `AddWithdrawn` (main loop)  | failed, `add_cancelled`     | taken back before the guest looked |
+//! | adding               | `AddTimedOut` (main loop)   | failed, `add_timeout`       | the guest never looked within the bound: taken back |
 //! | adding, plugged      | `Remove` (main loop)        | removing(from)              | the guest is asked to eject it |
 //! | removing             | `_EJ0`                      | ejected                     | the guest let the memory go; the main loop unplugs it |
 //! | adding, plugged      | `_EJ0`                      | ejected, `ejected_by_guest` | it let go unasked |
@@ -82,6 +83,7 @@ pub enum SlotEvent {
     AddAcked,
     AddFailed,
     AddWithdrawn,
+    AddTimedOut,
     Remove,
     EjectRefused,
     EjectTimedOut,
@@ -90,11 +92,12 @@ pub enum SlotEvent {
 }
 
 impl SlotEvent {
-    pub const ALL: [SlotEvent; 9] = [
+    pub const ALL: [SlotEvent; 10] = [
         SlotEvent::Add,
         SlotEvent::AddAcked,
         SlotEvent::AddFailed,
         SlotEvent::AddWithdrawn,
+        SlotEvent::AddTimedOut,
         SlotEvent::Remove,
         SlotEvent::EjectRefused,
         SlotEvent::EjectTimedOut,
@@ -119,16 +122,20 @@ pub enum SlotReason {
     EjectTimeout = 4,
     /// The guest ejected it without being asked.
     EjectedByGuest = 5,
+    /// The guest never looked at the offer within the bound (its GED
+    /// handling is gone): taken back.
+    AddTimeout = 6,
 }
 
 impl SlotReason {
-    pub const ALL: [SlotReason; 6] = [
+    pub const ALL: [SlotReason; 7] = [
         SlotReason::None,
         SlotReason::AddFailed,
         SlotReason::AddCancelled,
         SlotReason::EjectRefused,
         SlotReason::EjectTimeout,
         SlotReason::EjectedByGuest,
+        SlotReason::AddTimeout,
     ];
 
     fn from_u8(v: u8) -> SlotReason {
@@ -138,6 +145,7 @@ impl SlotReason {
             3 => SlotReason::EjectRefused,
             4 => SlotReason::EjectTimeout,
             5 => SlotReason::EjectedByGuest,
+            6 => SlotReason::AddTimeout,
             _ => SlotReason::None,
         }
     }
@@ -198,6 +206,7 @@ impl Machine for SlotMachine {
             (P::Adding, E::AddFailed) => SlotState::new(P::Failed, R::AddFailed),
             (P::Removing, E::AddFailed) if s.from == P::Adding => SlotState::new(P::Failed, R::AddFailed),
             (P::Adding, E::AddWithdrawn) => SlotState::new(P::Failed, R::AddCancelled),
+            (P::Adding, E::AddTimedOut) => SlotState::new(P::Failed, R::AddTimeout),
             (P::Adding | P::Plugged, E::Remove) => removing(s.phase),
             (P::Removing, E::Ejected) => SlotState::new(P::Ejected, R::None),
             (P::Adding | P::Plugged, E::Ejected) => SlotState::new(P::Ejected, R::EjectedByGuest),

@@ -46,6 +46,7 @@ fn why(i: usize, r: SlotReason) -> String {
         SlotReason::EjectRefused => "the guest refused to eject it",
         SlotReason::EjectTimeout => "the guest did not eject it in time",
         SlotReason::EjectedByGuest => "the guest ejected it on its own",
+        SlotReason::AddTimeout => "the guest did not look at the offer in time",
     };
     format!("memory slot {i}: {what}")
 }
