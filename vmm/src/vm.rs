@@ -368,17 +368,22 @@ impl Vm {
 
     /// Acts on the guest's memory hotplug answers; the RAM it has, when that
     /// differs from `last_size`.
+    /// (Also after [`Vm::memory_tick`]: its rollbacks are seen here.)
     pub fn on_memory_events(&mut self, last_size: u64) -> Option<u64> {
-        let size = self.memory_hotplug.as_mut()?.on_guest_events(last_size);
-        // A resize waiting on the guest looks again.
-        self.view.target.progress().bump();
+        let m = self.memory_hotplug.as_mut()?;
+        let size = m.on_guest_events(last_size);
+        if m.take_moved() {
+            // A resize waiting on the guest looks again.
+            self.view.target.progress().bump();
+        }
         size
     }
 
-    /// Main loop, periodic: memory removals the guest did not do in time.
+    /// Main loop, periodic: memory offers and removals the guest did not
+    /// answer in time.
     pub fn memory_tick(&mut self) {
-        if self.memory_hotplug.as_mut().is_some_and(|m| m.tick()) {
-            self.view.target.progress().bump();
+        if let Some(m) = self.memory_hotplug.as_mut() {
+            m.tick();
         }
     }
 }

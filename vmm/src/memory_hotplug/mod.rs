@@ -88,6 +88,8 @@ pub struct MemoryHotplug {
     timeout: Duration,
     latencies: Arc<Latencies>,
     clock: Arc<dyn Clock>,
+    /// Each slot's state when [`MemoryHotplug::take_moved`] last looked.
+    seen: Vec<slots::SlotState>,
 }
 
 /// What [`MemoryHotplug::new`] needs from the VM being built.
@@ -133,6 +135,7 @@ impl MemoryHotplug {
             timeout: p.eject_timeout,
             latencies: p.latencies,
             clock: p.clock,
+            seen: vec![slots::SlotState::FREE; n],
         }
     }
 
@@ -213,10 +216,9 @@ impl MemoryHotplug {
 
     /// Main loop, periodic: a removal the guest has not done in time is
     /// rolled back (it still has the memory), and an offer the guest never
-    /// looked at is taken back (it never had it). Whether either happened.
-    pub fn tick(&mut self) -> bool {
+    /// looked at is taken back (it never had it).
+    pub fn tick(&mut self) {
         let now = self.clock.now();
-        let mut rolled_back = false;
         for i in 0..self.slots.len() {
             if self.add_deadlines[i].is_some_and(|d| now >= d) {
                 self.add_deadlines[i] = None;
@@ -227,7 +229,6 @@ impl MemoryHotplug {
                     && self.slots.apply(i, SlotEvent::AddTimedOut).is_some()
                 {
                     warn!("memory slot {i}: the guest did not look at the offer within {:?}; taken back", self.timeout);
-                    rolled_back = true;
                 }
             }
             if self.deadlines[i].is_some_and(|d| now >= d) {
@@ -235,11 +236,9 @@ impl MemoryHotplug {
                 self.controller.cancel(i);
                 if let Some(t) = self.slots.apply(i, SlotEvent::EjectTimedOut) {
                     warn!("memory slot {i}: no eject within {:?}; it stays {:?}", self.timeout, t.to.phase);
-                    rolled_back = true;
                 }
             }
         }
-        rolled_back
     }
 
     /// Sets the target: grows by one slot of the difference, or shrinks by
@@ -402,6 +401,18 @@ impl MemoryHotplug {
         }
         let now = self.plugged_size();
         (now != last_size).then_some(now)
+    }
+
+    /// Whether any slot moved (the guest's answers, rollbacks, unplugs)
+    /// since the last call: a resize waiting on the guest then looks again.
+    pub fn take_moved(&mut self) -> bool {
+        let mut moved = false;
+        for (i, seen) in self.seen.iter_mut().enumerate() {
+            let now = self.slots.state(i);
+            moved |= now != *seen;
+            *seen = now;
+        }
+        moved
     }
 
     /// The slots, shared with `vm.info`.

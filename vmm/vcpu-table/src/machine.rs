@@ -65,14 +65,6 @@ impl Cells {
     pub fn new(n: usize) -> Cells {
         Cells((0..n).map(|_| AtomicU32::new(0)).collect())
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl StateCell for Cells {

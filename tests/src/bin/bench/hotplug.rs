@@ -54,7 +54,7 @@ fn vmm_share(vm: &Vm, name: &str) -> Option<f64> {
 fn qemu_event(vm: &Vm, name: &str, count: usize, since: SystemTime) -> Option<Duration> {
     let q = vm.qmp.as_ref()?;
     let start = since.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-    let mut seen = q.events.iter().filter_map(|(_, e)| {
+    let mut seen = q.events.iter().filter_map(|e| {
         let ts = &e["timestamp"];
         let at = ts["seconds"].as_f64()? + ts["microseconds"].as_f64()? / 1e6;
         let wanted = e["event"] == name

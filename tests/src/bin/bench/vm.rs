@@ -110,14 +110,7 @@ impl Vm {
             Vmm::Qemu => return Vm::launch_qemu(setup, dir, max, cmdline, memory, extra, netns),
         };
         let started = Instant::now();
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        let mut cmd = command_in(&bin, netns);
         let child = cmd
             .arg("--kernel")
             .arg(&setup.kernel)
@@ -184,14 +177,7 @@ impl Vm {
         let (socket, serial) = (dir.join("qmp.sock"), dir.join("serial.log"));
         let cpu = if Path::new("/sys/module/kvm_pvm").exists() { "host,arch-capabilities=off" } else { "host" };
         let started = Instant::now();
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        let mut cmd = command_in(&bin, netns);
         let child = cmd
             .args(["-M", "q35,accel=kvm", "-cpu", cpu])
             .args(["-smp", &format!("1,maxcpus={max}"), "-m", &m])
@@ -305,6 +291,19 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `bin`, run inside network namespace `netns` if given (`ip netns exec`
+/// execs it in place, so the child is the VMM).
+fn command_in(bin: &Path, netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
     }
 }
 
