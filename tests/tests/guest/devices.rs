@@ -40,6 +40,9 @@ fn a_disk_keeps_what_the_guest_flushed_across_kill_9_and_the_rng_serves() {
     // not to any vCPU.
     let (s, r) = g.api("PUT", "vm.resize?wait=true", serde_json::json!({ "desired_vcpus": 2 }));
     assert_eq!((s, r["complete"].as_bool()), (200, Some(true)), "{r}");
+    // "complete" is the vCPU running; Linux marks the CPU online a moment
+    // later, and only an online CPU takes an interrupt's affinity.
+    g.wait_cpus("0-1", "0-1", HOTPLUG_TIMEOUT);
     // The disk's interrupt (virtio0: the first device in the DSDT) steered
     // to vCPU 1, then proven to reach it: a flushed write (no page cache to
     // answer it) counts there.
