@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of lithe and Cloud Hypervisor (../shared/peers),
-# on the same guest, alternating, in one run: see tests/src/bin/bench/.
+# Side-by-side benchmark of lithe, Cloud Hypervisor (../shared/peers) and
+# QEMU (Debian's; scripts/deps.sh --bench installs it), on the same guest,
+# alternating, in one run: see tests/src/bin/bench/.
 # Each section writes its own page: hotplug docs/benchmarks.md (~15-25
 # minutes), io docs/benchmarks-io.md (~10 minutes), net (TCP echo over a
 # TAP in a network namespace; needs root) docs/benchmarks-net.md, fs (virtio-fs
@@ -10,6 +11,7 @@
 # a network namespace) docs/benchmarks-net-scale.md. Not part of the tests:
 # absolute times swing from day to day; read the ratios.
 #   scripts/bench.sh [--runs N] [--max 4,32,64] [--sections hotplug,io,net,fs,mem,netscale]
+#                    [--vmms lithe,CH,QEMU]   (a subset, for a quick look)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/deps.sh --bench >/dev/null
@@ -77,11 +79,14 @@ for section in ${sections//,/ }; do
 			echo "\`--memory size=256M,shared=on\`, \`--fs tag=bench,socket=…,num_queues=1,queue_size=1024\`, hybrid vsock and"
 			echo "\`lithe_bench=io\`; the guest's iobench mounts the share and reads the file in 1 MiB reads, timed in the guest."
 			echo "lithe's device is virtio-mmio, Cloud Hypervisor's virtio-pci. VMM CPU is every VMM thread but the vCPU threads"
-			echo "(/proc schedstat) around the read, per MiB; virtiofsd's CPU is counted for neither."
+			echo "(/proc schedstat) around the read, per MiB; virtiofsd's CPU is counted for none."
+			echo "QEMU runs as in the hotplug section with \`-object memory-backend-memfd,id=ram,size=256M,share=on -machine"
+			echo "memory-backend=ram\`, \`-chardev socket,id=fs0,path=… -device vhost-user-fs-pci,chardev=fs0,tag=bench,queue-size=1024\`"
+			echo "and its vsock as in the io section (the vsock backend's CPU counted as QEMU's)."
 			echo
 		fi
 		if [ "$section" = hotplug ]; then
-			echo "QEMU ($(qemu-system-x86_64 --version 2>/dev/null | head -1 || echo absent)) runs in this section only, with the same kernel,"
+			echo "QEMU ($(qemu-system-x86_64 --version 2>/dev/null | head -1 || echo absent)) runs with the same kernel,"
 			echo "initramfs, command line and memory: \`-M q35,accel=kvm -cpu host -smp 1,maxcpus=MAX -m 256M -nodefaults"
 			echo "-no-user-config -display none -name bench,debug-threads=on -serial file:… -kernel … -initrd … -append … -qmp unix:…\` ($(
 				[ -d /sys/module/kvm_pvm ] && echo "here \`-cpu host,arch-capabilities=off\`: QEMU's write of that MSR fails under kvm_pvm" ||
@@ -110,6 +115,13 @@ for section in ${sections//,/ }; do
 			echo "(O_DIRECT on /dev/vda: 64 MiB in 1 MiB requests; 4 KiB random reads over the whole disk, QD16 as 16"
 			echo "processes); the bench times 64 MiB sent into the guest over vsock. VMM CPU is the CPU time of every"
 			echo "VMM thread but the vCPU threads (/proc schedstat), per request."
+			echo "QEMU runs as in the hotplug section (without \`pci=off\`) with \`-drive file=…,format=raw,if=none,id=disk0,"
+			echo "cache=writeback,aio=threads -device virtio-blk-pci,drive=disk0\` (buffered, as the other two: their defaults)."
+			echo "QEMU's own vsock is vhost-vsock, in the host kernel; for the same hybrid vsock it gets rust-vmm's"
+			echo "vhost-device-vsock ($(target/bench-tools/bin/vhost-device-vsock --version 2>/dev/null || echo absent); \`--guest-cid 3 --socket … --uds-path …\`) through"
+			echo "\`-chardev socket,id=vsock0,path=… -device vhost-user-vsock-pci,chardev=vsock0\`, which needs the guest's memory"
+			echo "shared: \`-object memory-backend-memfd,id=ram,size=256M,share=on -machine memory-backend=ram\`. That backend is"
+			echo "QEMU's vsock data path, so its CPU is counted as QEMU's."
 			echo
 		fi
 		cat "$table"

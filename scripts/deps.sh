@@ -6,7 +6,9 @@
 # the Rust components (clippy, rustfmt; nightly Miri). Idempotent: checks
 # with dpkg/rustup first and installs only what is missing. Needs root for
 # apt-get; without it, it names what is missing and fails.
-#   scripts/deps.sh [--bench]   (--bench: also QEMU, the bench's third VMM)
+#   scripts/deps.sh [--bench]   (--bench: also QEMU, the bench's third VMM,
+#   and rust-vmm's vhost-device-vsock, built from crates.io into
+#   target/bench-tools: QEMU's hybrid vsock in the io and fs sections)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -35,5 +37,13 @@ if [ "${LITHE_SKIP_MIRI_INSTALL:-0}" != 1 ]; then
 	if rustup toolchain list | grep -q '^nightly'; then
 		rustup component add --toolchain nightly miri rust-src >/dev/null 2>&1 ||
 			echo "deps: could not add Miri to nightly (Miri will be skipped)" >&2
+	fi
+fi
+
+if [ "${1:-}" = --bench ]; then
+	root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+	if [ ! -x "$root/target/bench-tools/bin/vhost-device-vsock" ]; then
+		echo "deps: building vhost-device-vsock 0.3.0 into target/bench-tools" >&2
+		cargo install -q --locked --version 0.3.0 --root "$root/target/bench-tools" vhost-device-vsock
 	fi
 fi

@@ -1,21 +1,20 @@
 //! The virtio-fs section: per VMM, per run, a fresh virtiofsd (the same
-//! binary and flags for both VMMs: Debian's /usr/lib/qemu/virtiofsd,
+//! binary and flags for every VMM: Debian's /usr/lib/qemu/virtiofsd,
 //! `cache=none`, so every read crosses the device) shares a folder with one
 //! file of pseudo-random bytes; the VM boots with shared memory, the share
 //! and hybrid vsock, and the guest's iobench mounts the share and reads the
 //! file through, timing it in the guest. The VMM's CPU (every thread but
-//! the vCPUs', not virtiofsd's) is read around the read.
+//! the vCPUs', not virtiofsd's; QEMU's vsock backend's, as in io.rs) is
+//! read around the read. QEMU's share is its `vhost-user-fs-pci`.
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use crate::io::Agent;
-use crate::vm::{scratch, vmm_cpu_ns, Setup, Vm, Vmm};
+use crate::io::Guest;
+use crate::vm::{scratch, Backend, Setup, Vmm};
 use crate::Samples;
 
-const BOOT_LIMIT: Duration = Duration::from_secs(400);
 const FILE_BYTES: u64 = 64 << 20;
 const MIB: u64 = 1 << 20;
 /// The fs figures are keyed with this `max`.
@@ -24,16 +23,6 @@ pub const FS_KEY: u32 = 2;
 pub const FIGURES: [&str; 2] =
     ["virtio-fs sequential read, 1 MiB requests (MB/s)", "VMM CPU per MiB read over virtio-fs (µs)"];
 
-/// The backend, killed when dropped.
-struct Backend(Child);
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn virtiofsd(dir: &Path, shared: &Path) -> Result<(Backend, std::path::PathBuf), String> {
     let bin = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
         .iter()
@@ -41,22 +30,14 @@ fn virtiofsd(dir: &Path, shared: &Path) -> Result<(Backend, std::path::PathBuf),
         .find(|p| p.is_file())
         .ok_or("no virtiofsd (Debian: qemu-system-common)")?;
     let socket = dir.join("virtiofsd.sock");
-    let child = Command::new(bin)
-        .arg(format!("--socket-path={}", socket.display()))
-        .args(["-o", &format!("source={}", shared.display()), "-o", "cache=none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join("virtiofsd.log")).map_err(|e| e.to_string())?))
-        .spawn()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let backend = Backend(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        if Instant::now() > deadline {
-            return Err("virtiofsd did not listen".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("--socket-path={}", socket.display())).args([
+        "-o",
+        &format!("source={}", shared.display()),
+        "-o",
+        "cache=none",
+    ]);
+    let backend = Backend::start(cmd, &dir.join("virtiofsd.log"), &socket)?;
     Ok((backend, socket))
 }
 
@@ -65,29 +46,27 @@ pub fn run(setup: &Setup, vmm: Vmm, file: &Path, out: &mut Samples) -> Result<()
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared).map_err(|e| e.to_string())?;
     std::fs::copy(file, shared.join("data.bin")).map_err(|e| format!("copying the file: {e}"))?;
-    let (_backend, socket) = virtiofsd(&dir, &shared)?;
-    let vsock = dir.join("vsock.sock");
-    let base = setup.device_cmdline(vmm)?;
-    let extra = [
-        "--fs".to_string(),
-        format!("tag=bench,socket={},num_queues=1,queue_size=1024", socket.display()),
-        "--vsock".to_string(),
-        format!("cid=3,socket={}", vsock.display()),
-    ];
-    let cmdline = format!("{base} lithe_bench=io");
-    let mut vm = Vm::launch_with(setup, vmm, &dir, 1, &cmdline, &extra, None, "size=256M,shared=on")?;
-    vm.wait_serial(0, "LITHE-GUEST iobench listening", BOOT_LIMIT)?;
-    let mut agent = Agent::dial(&vsock)?;
+    let (_virtiofsd, socket) = virtiofsd(&dir, &shared)?;
+    let devices = match vmm {
+        Vmm::Qemu => vec![
+            "-chardev".to_string(),
+            format!("socket,id=fs0,path={}", socket.display()),
+            "-device".to_string(),
+            "vhost-user-fs-pci,chardev=fs0,tag=bench,queue-size=1024".to_string(),
+        ],
+        _ => vec!["--fs".to_string(), format!("tag=bench,socket={},num_queues=1,queue_size=1024", socket.display())],
+    };
+    let (guest, mut agent) = Guest::boot(setup, vmm, &dir, devices, "size=256M,shared=on")?;
     agent.call("mount bench", 0)?;
-    let cpu0 = vmm_cpu_ns(vm.pid);
+    let cpu0 = guest.cpu_ns();
     let (bytes, us) = agent.call(&format!("fsread {MIB} /share/data.bin"), 0)?;
-    let cpu = vmm_cpu_ns(vm.pid).saturating_sub(cpu0);
+    let cpu = guest.cpu_ns().saturating_sub(cpu0);
     if bytes != FILE_BYTES {
         return Err(format!("the guest read {bytes} bytes of {FILE_BYTES}"));
     }
     out.entry((FIGURES[0], FS_KEY, vmm)).or_default().push(bytes as f64 / us as f64);
     out.entry((FIGURES[1], FS_KEY, vmm)).or_default().push(cpu as f64 / (bytes / MIB) as f64 / 1e3);
-    drop(vm);
+    drop(guest);
     Ok(())
 }
 

@@ -5,14 +5,19 @@
 //! (`CONNECT 1025`) and runs one phase per command: the guest times the
 //! disk phases itself (what the guest sees), the bench times the vsock
 //! stream, and between phases it reads the VMM's CPU time (every thread
-//! but the vCPUs', from /proc, both VMMs alike) and lithe's own counters.
+//! but the vCPUs', from /proc, every VMM alike) and lithe's own counters.
+//!
+//! QEMU has no hybrid vsock of its own: its `vhost-user-vsock-pci` talks
+//! to rust-vmm's vhost-device-vsock, which serves the same `CONNECT`
+//! socket. That backend does QEMU's vsock data path, so its CPU is counted
+//! as QEMU's.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::vm::{scratch, vmm_cpu_ns, Setup, Vm, Vmm};
+use crate::vm::{process_cpu_ns, qemu_vsock, scratch, vmm_cpu_ns, Backend, Setup, Vm, Vmm};
 use crate::Samples;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(400);
@@ -117,26 +122,71 @@ fn block_counters(vm: &Vm) -> Option<(u64, u64)> {
     Some((dev["device_cpu_ns"].as_u64()?, dev["read_ops"].as_u64()?))
 }
 
+/// A booted VM with hybrid vsock, and QEMU's vsock backend if it has one.
+pub struct Guest {
+    pub vm: Vm,
+    pub backend: Option<Backend>,
+}
+
+impl Guest {
+    /// Boots `vmm` with `devices` (lithe's and Cloud Hypervisor's flags, or
+    /// QEMU's arguments), hybrid vsock at `dir/vsock.sock` and
+    /// `lithe_bench=io`; waits for iobench and dials it.
+    pub fn boot(
+        setup: &Setup,
+        vmm: Vmm,
+        dir: &Path,
+        devices: Vec<String>,
+        memory: &str,
+    ) -> Result<(Guest, Agent), String> {
+        let vsock = dir.join("vsock.sock");
+        // Cloud Hypervisor's and QEMU's devices are virtio-pci: the same
+        // kernel, with PCI probing left on.
+        let cmdline = format!("{} lithe_bench=io", setup.device_cmdline(vmm)?);
+        let (backend, mut extra) = match vmm {
+            Vmm::Qemu => {
+                let (b, args) = qemu_vsock(setup, dir, &vsock)?;
+                (Some(b), args)
+            }
+            _ => (None, vec!["--vsock".to_string(), format!("cid=3,socket={}", vsock.display())]),
+        };
+        extra.extend(devices);
+        let mut vm = Vm::launch_with(setup, vmm, dir, 1, &cmdline, &extra, None, memory)?;
+        vm.wait_serial(0, "LITHE-GUEST iobench listening", BOOT_LIMIT)?;
+        let agent = Agent::dial(&vsock)?;
+        Ok((Guest { vm, backend }, agent))
+    }
+
+    /// The VMM's CPU so far (ns): every thread but the vCPUs', and all of
+    /// QEMU's vsock backend.
+    pub fn cpu_ns(&self) -> u64 {
+        vmm_cpu_ns(self.vm.pid) + self.backend.as_ref().map_or(0, |b| process_cpu_ns(b.child.id()))
+    }
+}
+
 /// One VMM, one run: boot with the disk and vsock, then each phase.
 pub fn run(setup: &Setup, vmm: Vmm, image: &Path, out: &mut Samples) -> Result<(), String> {
     let dir = scratch(&format!("{}-io", vmm.name()))?;
     let disk = dir.join("disk.img");
     std::fs::copy(image, &disk).map_err(|e| format!("copying the image: {e}"))?;
-    let vsock = dir.join("vsock.sock");
-    // Cloud Hypervisor's devices are virtio-pci: the same kernel, with PCI
-    // probing left on.
-    let base = setup.device_cmdline(vmm)?;
-    let extra = [
-        "--disk".to_string(),
+    let (devices, memory) = match vmm {
+        // Buffered, as the other two (QEMU's defaults, spelled out); its
+        // vhost-user vsock needs the guest's memory shared.
+        Vmm::Qemu => (
+            vec![
+                "-drive".to_string(),
+                format!("file={},format=raw,if=none,id=disk0,cache=writeback,aio=threads", disk.display()),
+                "-device".to_string(),
+                "virtio-blk-pci,drive=disk0".to_string(),
+            ],
+            "size=256M,shared=on",
+        ),
         // Explicitly raw, so Cloud Hypervisor lets the guest write sector 0
         // (it refuses that on an image whose type it guessed).
-        format!("path={},image_type=raw", disk.display()),
-        "--vsock".to_string(),
-        format!("cid=3,socket={}", vsock.display()),
-    ];
-    let mut vm = Vm::launch(setup, vmm, &dir, 1, &format!("{base} lithe_bench=io"), &extra)?;
-    vm.wait_serial(0, "LITHE-GUEST iobench listening", BOOT_LIMIT)?;
-    let mut agent = Agent::dial(&vsock)?;
+        _ => (vec!["--disk".to_string(), format!("path={},image_type=raw", disk.display())], "size=256M"),
+    };
+    let (guest, mut agent) = Guest::boot(setup, vmm, &dir, devices, memory)?;
+    let vm = &guest.vm;
     let mut put = |what: &'static str, v: f64| out.entry((what, IO_KEY, vmm)).or_default().push(v);
 
     let (_, us) = agent.call(&format!("write {MIB} {SEQ_BYTES}"), 0)?;
@@ -145,9 +195,9 @@ pub fn run(setup: &Setup, vmm: Vmm, image: &Path, out: &mut Samples) -> Result<(
     put(FIGURES[1], SEQ_BYTES as f64 / us as f64);
 
     for (qd, ops, iops, cpu) in [(1, QD1_OPS, FIGURES[2], FIGURES[5]), (16, QD16_OPS, FIGURES[3], FIGURES[6])] {
-        let (cpu0, dev0) = (vmm_cpu_ns(vm.pid), block_counters(&vm));
+        let (cpu0, dev0) = (guest.cpu_ns(), block_counters(vm));
         let (done, us) = agent.call(&format!("rand 4096 {qd} {ops} {DISK_BYTES}"), 0)?;
-        let (cpu1, dev1) = (vmm_cpu_ns(vm.pid), block_counters(&vm));
+        let (cpu1, dev1) = (guest.cpu_ns(), block_counters(vm));
         put(iops, done as f64 * 1e6 / us as f64);
         put(cpu, cpu1.saturating_sub(cpu0) as f64 / done as f64 / 1e3);
         if let (16, Some((ns0, r0)), Some((ns1, r1))) = (qd, dev0, dev1) {
@@ -157,11 +207,11 @@ pub fn run(setup: &Setup, vmm: Vmm, image: &Path, out: &mut Samples) -> Result<(
         }
     }
 
-    let cpu0 = vmm_cpu_ns(vm.pid);
+    let cpu0 = guest.cpu_ns();
     let t = Instant::now();
     agent.call(&format!("sink {VSOCK_BYTES}"), VSOCK_BYTES)?;
     let secs = t.elapsed().as_secs_f64();
     put(FIGURES[4], VSOCK_BYTES as f64 / 1e6 / secs);
-    put(FIGURES[7], vmm_cpu_ns(vm.pid).saturating_sub(cpu0) as f64 / (VSOCK_BYTES / MIB) as f64 / 1e3);
+    put(FIGURES[7], guest.cpu_ns().saturating_sub(cpu0) as f64 / (VSOCK_BYTES / MIB) as f64 / 1e3);
     Ok(())
 }

@@ -124,6 +124,7 @@ fn main() {
         lithe: root.join("target/release/lithe"),
         ch: ch.exists().then_some(ch),
         qemu: ["/usr/bin/qemu-system-x86_64"].iter().map(std::path::PathBuf::from).find(|p| p.is_file()),
+        vsock_backend: Some(root.join("target/bench-tools/bin/vhost-device-vsock")).filter(|p| p.is_file()),
         kernel: images.join("vmlinux"),
         initramfs: images.join("initramfs.cpio"),
         cmdline: std::fs::read_to_string(root.join("guest-images/cmdline")).unwrap_or_default().trim().to_string(),
@@ -138,23 +139,27 @@ fn main() {
     let mut notes = Vec::new();
     let mut md = String::new();
 
-    // QEMU joins the sections that need nothing from the guest but its
-    // console and its network: it has no hybrid vsock, and the io and fs
-    // sections read the guest's iobench through it.
     let mut three = vmms.clone();
     if setup.qemu.is_some() {
         three.push(Vmm::Qemu);
     } else {
         notes.push("no qemu-system-x86_64 (Debian: qemu-system-x86): no QEMU column".into());
     }
-    let no_vsock = || {
-        let host = if Path::new("/dev/vhost-vsock").exists() {
-            ""
-        } else {
-            ", and this host has no /dev/vhost-vsock for its vhost-vsock"
-        };
-        format!("QEMU is not in this table: the bench reads the guest's iobench over hybrid vsock (a Unix socket), which QEMU does not have{host}")
-    };
+    // The io and fs sections read the guest's iobench over hybrid vsock;
+    // QEMU's is the vhost-device-vsock backend.
+    let mut with_vsock = three.clone();
+    if setup.qemu.is_some() && setup.vsock_backend.is_none() {
+        with_vsock.retain(|v| *v != Vmm::Qemu);
+        notes.push("no target/bench-tools/bin/vhost-device-vsock (scripts/deps.sh --bench builds it): QEMU has no hybrid vsock, so it is not in the io and fs tables".into());
+    }
+    // `--vmms lithe,CH,QEMU`: a subset, for a quick look at one VMM.
+    if let Some(only) = arg("--vmms") {
+        let keep: Vec<&str> = only.split(',').collect();
+        for list in [&mut three, &mut with_vsock] {
+            list.retain(|v| keep.iter().any(|k| k.eq_ignore_ascii_case(v.name())));
+        }
+    }
+    let qemu_column = three.contains(&Vmm::Qemu);
 
     if sections.contains(&"hotplug") {
         for max in &maxes {
@@ -185,38 +190,40 @@ fn main() {
     if sections.contains(&"io") {
         let image = std::env::temp_dir().join(format!("lithe-bench-{}-image.raw", std::process::id()));
         match io::make_image(&image) {
-            Ok(()) => notes.extend(alternate(&vmms, runs, "io", |vmm| io::run(&setup, vmm, &image, &mut samples))),
+            Ok(()) => {
+                notes.extend(alternate(&with_vsock, runs, "io", |vmm| io::run(&setup, vmm, &image, &mut samples)))
+            }
             Err(e) => notes.push(format!("io: no disk image: {e}")),
         }
         let _ = std::fs::remove_file(&image);
-        md.push_str(&table(&samples, &io::FIGURES, io::IO_KEY, false));
-        notes.push(format!("io: {}", no_vsock()));
+        md.push_str(&table(&samples, &io::FIGURES, io::IO_KEY, with_vsock.contains(&Vmm::Qemu)));
         md.push_str("\nMean (min–max, n = runs). For MB/s and IOPS higher is better; for CPU lower is better. n/a: the VMM does not give the figure (the device-thread share is lithe's own counter), or every run failed (notes).\n\n");
     }
 
     if sections.contains(&"net") {
         notes.extend(alternate(&three, runs, "net", |vmm| netio::run(&setup, vmm, &mut samples)));
-        md.push_str(&table(&samples, &netio::FIGURES, netio::NET_KEY, setup.qemu.is_some()));
+        md.push_str(&table(&samples, &netio::FIGURES, netio::NET_KEY, qemu_column));
         md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better.\n\n");
     }
 
     if sections.contains(&"fs") {
         let file = std::env::temp_dir().join(format!("lithe-bench-{}-fs.bin", std::process::id()));
         match fsio::make_file(&file) {
-            Ok(()) => notes.extend(alternate(&vmms, runs, "fs", |vmm| fsio::run(&setup, vmm, &file, &mut samples))),
+            Ok(()) => {
+                notes.extend(alternate(&with_vsock, runs, "fs", |vmm| fsio::run(&setup, vmm, &file, &mut samples)))
+            }
             Err(e) => notes.push(format!("fs: no file: {e}")),
         }
         let _ = std::fs::remove_file(&file);
-        md.push_str(&table(&samples, &fsio::FIGURES, fsio::FS_KEY, false));
-        notes.push(format!("fs: {}", no_vsock()));
-        md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better (virtiofsd's own CPU is not counted for either VMM).\n\n");
+        md.push_str(&table(&samples, &fsio::FIGURES, fsio::FS_KEY, with_vsock.contains(&Vmm::Qemu)));
+        md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better (virtiofsd's own CPU is not counted for any VMM).\n\n");
     }
 
     if sections.contains(&"mem") {
         let mut found = Vec::new();
         let failed = alternate(&three, runs, "mem", |vmm| mem::run(&setup, vmm, &mut samples, &mut found));
         notes.extend(found.into_iter().chain(failed));
-        md.push_str(&table(&samples, &mem::FIGURES, mem::MEM_KEY, setup.qemu.is_some()));
+        md.push_str(&table(&samples, &mem::FIGURES, mem::MEM_KEY, qemu_column));
         md.push_str("\nMean (min–max, n = runs). Lower is better. n/a: the VMM cannot do it (Cloud Hypervisor does not take ACPI hot-plugged memory back: what it answered is in the notes) or does not count it (lithe's share is lithe's own counter).\n\n");
     }
 

@@ -28,8 +28,12 @@ impl Vmm {
 pub struct Setup {
     pub lithe: PathBuf,
     pub ch: Option<PathBuf>,
-    /// qemu-system-x86_64 (Debian's qemu-system-x86), for the hotplug section.
+    /// qemu-system-x86_64 (Debian's qemu-system-x86).
     pub qemu: Option<PathBuf>,
+    /// rust-vmm's vhost-device-vsock (`scripts/deps.sh --bench` builds it
+    /// into target/bench-tools): QEMU's hybrid vsock in the io and fs
+    /// sections, through its `vhost-user-vsock-pci`.
+    pub vsock_backend: Option<PathBuf>,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub cmdline: String,
@@ -155,14 +159,17 @@ impl Vm {
         netns: Option<&str>,
     ) -> Result<Vm, String> {
         let bin = setup.qemu.clone().ok_or("no QEMU (Debian: qemu-system-x86)")?;
-        // size=S[,hotplug_size=H]: QEMU's -m S[,slots=4,maxmem=S+H].
+        // size=S[,hotplug_size=H][,shared=on]: QEMU's -m S[,slots=4,maxmem=S+H],
+        // and shared memory (what vhost-user backends map) as a memfd.
         let mut size = None;
         let mut room = None;
+        let mut shared = false;
         for kv in memory.split(',') {
             match kv.split_once('=') {
                 Some(("size", v)) => size = Some(v),
                 Some(("hotplug_size", v)) => room = Some(v),
-                _ => return Err(format!("QEMU in the bench takes size and hotplug_size, not {memory:?}")),
+                Some(("shared", "on")) => shared = true,
+                _ => return Err(format!("QEMU in the bench takes size, hotplug_size and shared=on, not {memory:?}")),
             }
         }
         let size = size.ok_or("no memory size")?;
@@ -174,6 +181,15 @@ impl Vm {
             }
             None => size.to_string(),
         };
+        let ram = match shared {
+            true => vec![
+                "-object".to_string(),
+                format!("memory-backend-memfd,id=ram,size={size},share=on"),
+                "-machine".to_string(),
+                "memory-backend=ram".to_string(),
+            ],
+            false => Vec::new(),
+        };
         let (socket, serial) = (dir.join("qmp.sock"), dir.join("serial.log"));
         let cpu = if Path::new("/sys/module/kvm_pvm").exists() { "host,arch-capabilities=off" } else { "host" };
         let started = Instant::now();
@@ -181,6 +197,7 @@ impl Vm {
         let child = cmd
             .args(["-M", "q35,accel=kvm", "-cpu", cpu])
             .args(["-smp", &format!("1,maxcpus={max}"), "-m", &m])
+            .args(&ram)
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
             // Names its threads ("CPU n/KVM"), so vCPU threads can be told apart.
             .args(["-name", "bench,debug-threads=on"])
@@ -292,6 +309,69 @@ impl Drop for Vm {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A helper process the VMM talks to (virtiofsd, vhost-device-vsock),
+/// killed when dropped.
+pub struct Backend {
+    pub child: Child,
+}
+
+impl Backend {
+    /// Starts `cmd` (its stderr into `log`) and waits for it to listen on
+    /// `socket`.
+    pub fn start(mut cmd: Command, log: &Path, socket: &Path) -> Result<Backend, String> {
+        let name = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).map_err(|e| e.to_string())?))
+            .spawn()
+            .map_err(|e| format!("{name}: {e}"))?;
+        let mut backend = Backend { child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Ok(Some(status)) = backend.child.try_wait() {
+                return Err(format!("{name} exited ({status}) before it listened"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{name} did not listen on {}", socket.display()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(backend)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// QEMU's hybrid vsock: vhost-device-vsock serving guest CID 3, its
+/// vhost-user socket for QEMU and, at `uds`, the Unix socket host programs
+/// dial with `CONNECT port` (as lithe's and Cloud Hypervisor's). The
+/// backend, and QEMU's arguments for it.
+pub fn qemu_vsock(setup: &Setup, dir: &Path, uds: &Path) -> Result<(Backend, Vec<String>), String> {
+    let bin = setup.vsock_backend.as_ref().ok_or("no vhost-device-vsock (scripts/deps.sh --bench builds it)")?;
+    let socket = dir.join("vhost-vsock.sock");
+    let mut cmd = Command::new(bin);
+    cmd.arg("--guest-cid").arg("3").arg("--socket").arg(&socket).arg("--uds-path").arg(uds);
+    let backend = Backend::start(cmd, &dir.join("vhost-device-vsock.log"), &socket)?;
+    let args = vec![
+        "-chardev".to_string(),
+        format!("socket,id=vsock0,path={}", socket.display()),
+        "-device".to_string(),
+        "vhost-user-vsock-pci,chardev=vsock0".to_string(),
+    ];
+    Ok((backend, args))
+}
+
+/// CPU time (ns) of every thread of process `pid`.
+pub fn process_cpu_ns(pid: u32) -> u64 {
+    threads(pid).iter().map(|(_, ns)| ns).sum()
 }
 
 /// `bin`, run inside network namespace `netns` if given (`ip netns exec`
