@@ -379,6 +379,11 @@ impl Vm {
         size
     }
 
+    /// Whether anything of this VM waits on time (vCPU or memory).
+    pub fn needs_tick(&mut self) -> bool {
+        self.manager.needs_tick() || self.memory_hotplug.as_ref().is_some_and(MemoryHotplug::needs_tick)
+    }
+
     /// Main loop, periodic: memory offers and removals the guest did not
     /// answer in time.
     pub fn memory_tick(&mut self) {

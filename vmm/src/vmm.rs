@@ -43,7 +43,10 @@ pub struct Vmm {
     /// `Closed` for good (end of file or an error).
     stdin_state: StdinState,
     api: Option<(Receiver<MainLoopRequest>, EventFd)>,
+    /// Armed only while something waits on time ([`Vm::needs_tick`], or
+    /// console input held across a reboot): an idle VM costs no wake-ups.
     timer: TimerFd,
+    ticking: bool,
     shared: Arc<VmmShared>,
     exit_code: Option<i32>,
     seccomp: Option<Filters>,
@@ -75,6 +78,16 @@ impl Vmm {
         seccomp: Option<Filters>,
     ) -> Result<Vmm, VmmError> {
         let timer = TimerFd::new().map_err(VmmError::Timer)?;
+        // Non-blocking: a timer disarmed while its expiry sits in the same
+        // epoll batch must not block the loop in `wait`. vmm-sys-util's
+        // TimerFd has no flag for it.
+        // SAFETY: fcntl on an fd this TimerFd owns and keeps open; only the
+        // status flags change.
+        let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(VmmError::Io(std::io::Error::last_os_error()));
+        }
         Ok(Vmm {
             config: None,
             vm: None,
@@ -86,6 +99,7 @@ impl Vmm {
             stdin_state: StdinState::Watched,
             api,
             timer,
+            ticking: false,
             shared,
             exit_code: None,
             seccomp,
@@ -464,6 +478,27 @@ impl Vmm {
         }
     }
 
+    /// Arms the tick while something waits on time and disarms it when
+    /// nothing does. Everything that sets a deadline runs on this loop, so
+    /// looking after each event is enough.
+    fn rearm(&mut self) {
+        let busy = !self.stdin_pending.is_empty() || self.vm.as_mut().is_some_and(Vm::needs_tick);
+        if busy == self.ticking {
+            return;
+        }
+        let done = match busy {
+            true => self.timer.reset(TICK, Some(TICK)),
+            false => self.timer.clear(),
+        };
+        match done {
+            Ok(()) => {
+                debug!("tick timer {}", if busy { "armed" } else { "asleep: nothing waits on time" });
+                self.ticking = busy;
+            }
+            Err(e) => warn!("cannot {} the tick timer: {e}", if busy { "arm" } else { "disarm" }),
+        }
+    }
+
     fn wants_stdin(&self) -> bool {
         // Only a console on our stdout reads our stdin.
         !matches!(self.config.as_ref().map(|c| &c.serial), Some(SerialConfig::Off | SerialConfig::File { .. }))
@@ -494,9 +529,7 @@ impl MutEventSubscriber for Vmm {
         } else {
             self.stdin_state = StdinState::Closed;
         }
-        if let Err(e) = self.timer.reset(TICK, Some(TICK)) {
-            warn!("cannot arm the tick timer: {e}");
-        }
+        self.rearm();
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -538,5 +571,6 @@ impl MutEventSubscriber for Vmm {
         } else if self.api.as_ref().is_some_and(|(_, e)| e.as_raw_fd() == fd) {
             self.on_api();
         }
+        self.rearm();
     }
 }

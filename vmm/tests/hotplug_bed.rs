@@ -603,3 +603,36 @@ fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// lithe's main loop arms its tick only while something waits on time, so
+/// an idle VM does not wake it (the bed's `advance` checks that a skipped
+/// tick would have changed nothing). An add the guest has not answered
+/// has a deadline; a vCPU the guest acknowledged but has not started is
+/// kicked until it is; a converged VM needs nothing.
+#[test]
+fn the_tick_sleeps_once_nothing_waits_on_time() {
+    let mut b = Bed::new(1, 3);
+    assert!(!b.manager.needs_tick(), "a booted VM at its target");
+    b.resize(2).unwrap();
+    assert!(b.manager.needs_tick(), "an add the guest has not answered");
+    b.settle();
+    b.check_settled();
+    assert!(!b.manager.needs_tick(), "the guest onlined it");
+
+    b.guest.on_add = OnAdd::AckOnly;
+    b.resize(3).unwrap();
+    b.settle();
+    assert_eq!(b.state(2).phase, Phase::Acknowledged);
+    assert!(b.manager.needs_tick(), "acknowledged, not started: kicked until it is");
+    b.guest_onlines_all();
+    assert_eq!(b.state(2).phase, Phase::Running);
+    assert!(!b.manager.needs_tick());
+
+    b.guest.on_eject = OnEject::Ignore;
+    b.resize(2).unwrap();
+    b.settle();
+    assert!(b.manager.needs_tick(), "an eject the guest has not done");
+    b.advance(PAST_TIMEOUT);
+    assert_eq!(b.state(2).phase, Phase::Running, "rolled back");
+    assert!(!b.manager.needs_tick(), "nothing left to wait for");
+}

@@ -406,3 +406,21 @@ proptest! {
         run(3, 3, &ops);
     }
 }
+
+/// Memory offers and removals hold the main loop's tick only while the
+/// guest has not answered them.
+#[test]
+fn memory_waits_hold_the_tick_only_until_the_guest_answers() {
+    let mut b = Bed::with_memory(1, 2, 2);
+    assert!(!b.mem().hotplug.needs_tick());
+    b.mem().resize(BOOT + BLOCK).unwrap();
+    assert!(b.mem().hotplug.needs_tick(), "an offer the guest has not looked at");
+    b.settle();
+    b.check_settled();
+    assert!(!b.mem().hotplug.needs_tick(), "acknowledged");
+    b.mem().resize(BOOT).unwrap();
+    assert!(b.mem().hotplug.needs_tick(), "a removal not done yet");
+    b.settle();
+    b.check_settled();
+    assert!(!b.mem().hotplug.needs_tick(), "ejected");
+}

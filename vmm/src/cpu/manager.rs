@@ -462,9 +462,9 @@ impl VcpuManager {
         }
     }
 
-    /// Main loop, periodic: roll back what the guest did not answer in time,
-    /// look in on hot-added vCPUs the guest may have started, retry retires
-    /// and joins that could not finish.
+    /// Main loop, periodic while [`Self::needs_tick`]: roll back what the
+    /// guest did not answer in time, look in on hot-added vCPUs the guest
+    /// may have started, retry retires and joins that could not finish.
     pub fn tick(&mut self) {
         if self.paused_at.is_some() {
             return;
@@ -536,6 +536,21 @@ impl VcpuManager {
         }
     }
 
+    /// Whether anything waits on time: a guest answer with a deadline, a
+    /// hot-added vCPU the guest has not started yet, a retire or join to
+    /// retry. While nothing does, the main loop lets its tick sleep, and
+    /// an idle VM does not wake lithe at all. Paused: deadlines stop.
+    pub fn needs_tick(&mut self) -> bool {
+        if self.paused_at.is_some() {
+            return false;
+        }
+        if self.deadlines.iter().any(Option::is_some) || !self.retire_retry.is_empty() || !self.stuck.is_empty() {
+            return true;
+        }
+        let table = &self.table;
+        self.reader.read().iter().any(|(id, h)| !h.is_started() && waits_for_start(table.state(id).phase))
+    }
+
     /// Where the guest is on vCPU `id`, for a log line: an unanswered eject
     /// reads differently if that CPU sat halted than if it spun somewhere.
     fn whereabouts(&mut self, id: u32) -> String {
@@ -550,10 +565,9 @@ impl VcpuManager {
     /// Hot-added vCPUs notice the guest starting them only when they leave
     /// `KVM_RUN`: kick those the guest has not started yet.
     fn kick_unstarted(&mut self) {
-        let g = self.reader.read();
-        for (id, h) in g.iter() {
-            let phase = self.table.state(id).phase;
-            if !h.is_started() && matches!(phase, Phase::Adding | Phase::Acknowledged | Phase::Removing) {
+        let table = &self.table;
+        for (id, h) in self.reader.read().iter() {
+            if !h.is_started() && waits_for_start(table.state(id).phase) {
                 h.kick();
             }
         }
@@ -614,4 +628,9 @@ impl VcpuManager {
             error!("vCPU {id}: thread still running at teardown; leaving it behind");
         }
     }
+}
+
+/// A phase in which the guest may start the vCPU: kicked until it has.
+fn waits_for_start(phase: Phase) -> bool {
+    matches!(phase, Phase::Adding | Phase::Acknowledged | Phase::Removing)
 }

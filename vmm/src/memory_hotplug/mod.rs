@@ -214,6 +214,12 @@ impl MemoryHotplug {
         true
     }
 
+    /// Whether an offer or a removal waits on a deadline (the main loop
+    /// ticks only while something does).
+    pub fn needs_tick(&self) -> bool {
+        self.deadlines.iter().chain(&self.add_deadlines).any(Option::is_some)
+    }
+
     /// Main loop, periodic: a removal the guest has not done in time is
     /// rolled back (it still has the memory), and an offer the guest never
     /// looked at is taken back (it never had it).

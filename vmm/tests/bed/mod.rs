@@ -702,14 +702,29 @@ impl Bed {
         self.check_settled();
     }
 
-    /// Time passes; the main loop's tick runs.
+    /// Time passes; the main loop's tick runs. lithe's loop arms its tick
+    /// only while `needs_tick` says something waits on time: a tick it
+    /// would have skipped must change nothing, and every bed test checks so.
     pub fn advance(&mut self, by: Duration) {
         self.clock.advance(by);
+        let armed = self.manager.needs_tick() || self.mem.as_ref().is_some_and(|m| m.hotplug.needs_tick());
+        let before = self.tick_view();
         self.manager.tick();
         if let Some(m) = self.mem.as_mut() {
             m.hotplug.tick();
+        }
+        if !armed {
+            assert_eq!(before, self.tick_view(), "a tick lithe's loop would have skipped changed state");
+        }
+        if let Some(m) = self.mem.as_mut() {
             m.on_guest_events();
         }
+    }
+
+    /// What a tick may change: every vCPU's and memory slot's state.
+    fn tick_view(&self) -> (Vec<State>, Vec<vmm::memory_hotplug::slots::SlotInfo>) {
+        let slots = self.mem.as_ref().map(|m| m.slots.info()).unwrap_or_default();
+        ((0..self.max).map(|id| self.table.state(id)).collect(), slots)
     }
 
     /// Guest and VMM exchange until neither has anything left to say.
