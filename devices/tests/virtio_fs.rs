@@ -11,7 +11,7 @@ use devices::virtio::fs::backend::{Backend, BackendError, REPLY_LIMIT};
 use devices::virtio::fs::fail::{answer_eio, InHeader, OutHeader};
 use devices::virtio::fs::watchdog::Watchdog;
 use devices::virtio::fs::{Fs, FsConfig, FsError};
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
@@ -120,6 +120,31 @@ fn a_request_on_a_dead_backend_gets_eio_with_its_unique_id() {
     assert_eq!(answer_eio(&m, chain), Ok(16));
     let out: OutHeader = m.read_obj(GuestAddress(BUF + 0x1000)).unwrap();
     assert_eq!((out.len, out.error, out.unique), (16, -libc::EIO, 0xfeed));
+}
+
+/// The device offers indirect descriptors when the backend does, so the
+/// fallback gets chains in an indirect table (Linux puts a whole FUSE
+/// request in one) and must answer them alike.
+#[test]
+fn a_request_in_an_indirect_table_gets_eio_too() {
+    let m = mem();
+    let table = GuestAddress(0x8000);
+    let entries = [
+        SplitDescriptor::new(BUF, 40, VRING_DESC_F_NEXT as u16, 1),
+        SplitDescriptor::new(BUF + 0x1000, 4096, VRING_DESC_F_WRITE as u16, 0),
+    ];
+    for (i, d) in entries.iter().enumerate() {
+        m.write_obj(RawDescriptor::from(*d), GuestAddress(table.0 + 16 * i as u64)).unwrap();
+    }
+    let mq = MockSplitQueue::create(&m, GuestAddress(0x1000), 16);
+    mq.add_desc_chains(&[RawDescriptor::from(SplitDescriptor::new(table.0, 32, VRING_DESC_F_INDIRECT as u16, 0))], 0)
+        .unwrap();
+    let mut q: Queue = mq.create_queue().unwrap();
+    m.write_obj(header(1 /* LOOKUP */, 0xbeef), GuestAddress(BUF)).unwrap();
+    let chain = q.pop_descriptor_chain(&m).unwrap();
+    assert_eq!(answer_eio(&m, chain), Ok(16));
+    let out: OutHeader = m.read_obj(GuestAddress(BUF + 0x1000)).unwrap();
+    assert_eq!((out.len, out.error, out.unique), (16, -libc::EIO, 0xbeef));
 }
 
 #[test]

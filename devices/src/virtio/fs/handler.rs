@@ -18,6 +18,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
@@ -84,7 +85,9 @@ impl Handler {
         self.state.fail(&self.name, why);
         self.forget_backend(fds);
         let mem = self.mem.memory();
+        let event_idx = self.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         for (i, q) in self.queues.iter_mut().enumerate() {
+            q.set_event_idx(event_idx);
             match q.used_idx(&*mem, Ordering::Acquire) {
                 Ok(used) => {
                     q.set_next_avail(used.0);
@@ -103,12 +106,30 @@ impl Handler {
         }
     }
 
-    /// Answers queue `i`'s pending requests with `EIO`.
+    /// Answers queue `i`'s pending requests with `EIO`, until the guest
+    /// has none left after notifications are on again (with event indexes,
+    /// that also tells the guest where to kick next).
     fn answer_failed(&mut self, i: usize) {
         let mem = self.mem.memory();
         let Some(q) = self.queues.get_mut(i) else { return };
         let mut used = false;
-        while let Some(chain) = q.pop_descriptor_chain(&*mem) {
+        // Whether the last pop came back empty: "more is available" right
+        // after an empty pop is a ring whose index lies, not more work.
+        let mut empty = false;
+        loop {
+            let Some(chain) = q.pop_descriptor_chain(&*mem) else {
+                match q.enable_notification(&*mem) {
+                    Ok(true) if !empty => {
+                        empty = true;
+                        continue;
+                    }
+                    Ok(true) => guest_warn!("{}: queue {i}'s available index is out of range", self.name),
+                    Ok(false) => {}
+                    Err(e) => guest_warn!("{}: queue {i}'s rings are not usable: {e}", self.name),
+                }
+                break;
+            };
+            empty = false;
             let head = chain.head_index();
             let len = match fail::answer_eio(&mem, chain) {
                 Ok(n) => n,

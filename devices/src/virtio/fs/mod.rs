@@ -22,6 +22,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::Worker;
 use super::{read_config_bytes, ActivateError, Activation, ThreadInit, VirtioDevice, VIRTIO_F_VERSION_1};
+use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+/// The ring features lithe passes through from the backend.
+const RING_FEATURES: u64 = (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
 use backend::{Backend, BackendError, REPLY_LIMIT};
 use handler::Handler;
 use watchdog::Watchdog;
@@ -192,10 +196,12 @@ impl VirtioDevice for Fs {
         &self.sizes
     }
 
-    /// VERSION_1 alone: the backend's ring features (event index, indirect
-    /// descriptors) would also bind lithe's fallback, which does not use them.
+    /// VERSION_1 and the backend's ring features: indirect descriptors (a
+    /// 1 MiB read is one ring slot, not 257) and event indexes. lithe's
+    /// fallback honours both (virtio-queue walks indirect tables; the
+    /// fallback sets its queues' event index), so they bind it safely.
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 & self.backend.features()
+        (VIRTIO_F_VERSION_1 | RING_FEATURES) & self.backend.features()
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
