@@ -65,7 +65,7 @@ impl Driver {
         w(t, 0x70, 1 | 2 | 8);
         assert_ne!(r(t, 0x70) & 8, 0, "FEATURES_OK kept");
         w(t, 0x30, 0);
-        assert_eq!(r(t, 0x34), 256);
+        assert_eq!(r(t, 0x34), 1024);
         w(t, 0x38, 16);
         let a = |g: GuestAddress| (g.0 as u32, (g.0 >> 32) as u32);
         let (lo, hi) = a(queue.desc_table_addr());

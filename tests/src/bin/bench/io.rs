@@ -32,7 +32,7 @@ const VSOCK_BYTES: u64 = 64 << 20;
 /// The I/O figures are keyed with this `max` (the VMs have one vCPU).
 pub const IO_KEY: u32 = 0;
 
-pub const FIGURES: [&str; 9] = [
+pub const FIGURES: [&str; 10] = [
     "sequential write, 1 MiB requests (MB/s)",
     "sequential read, 1 MiB requests (MB/s)",
     "4 KiB random read, QD1 (IOPS)",
@@ -42,6 +42,7 @@ pub const FIGURES: [&str; 9] = [
     "VMM CPU per 4 KiB read, QD16 (µs)",
     "VMM CPU per MiB over vsock (µs)",
     "lithe's share: device thread per 4 KiB read, QD16 (µs)",
+    "lithe's share: device requests per 1 MiB sequential read",
 ];
 
 /// The disk image every run starts from: pseudo-random bytes, so neither
@@ -191,8 +192,12 @@ pub fn run(setup: &Setup, vmm: Vmm, image: &Path, out: &mut Samples) -> Result<(
 
     let (_, us) = agent.call(&format!("write {MIB} {SEQ_BYTES}"), 0)?;
     put(FIGURES[0], SEQ_BYTES as f64 / us as f64);
+    let dev0 = block_counters(vm);
     let (_, us) = agent.call(&format!("read {MIB} {SEQ_BYTES}"), 0)?;
     put(FIGURES[1], SEQ_BYTES as f64 / us as f64);
+    if let (Some((_, r0)), Some((_, r1))) = (dev0, block_counters(vm)) {
+        put(FIGURES[9], r1.saturating_sub(r0) as f64 / (SEQ_BYTES / MIB) as f64);
+    }
 
     for (qd, ops, iops, cpu) in [(1, QD1_OPS, FIGURES[2], FIGURES[5]), (16, QD16_OPS, FIGURES[3], FIGURES[6])] {
         // The counters are read outside the CPU window: answering them is the VMM's work too.
