@@ -76,6 +76,33 @@ fn ratio(l: Option<&Vec<f64>>, c: Option<&Vec<f64>>) -> String {
     }
 }
 
+/// Whether a bigger figure is better (rates); else a smaller one is (times,
+/// CPU, RSS, counts).
+fn higher_is_better(figure: &str) -> bool {
+    figure.contains("MB/s") || figure.contains("IOPS")
+}
+
+/// A note for each row where lithe's mean is worse than QEMU's: by how
+/// much, and whether the spreads overlap. Why is for the docs the notes name.
+fn behind_qemu(samples: &Samples, figures: &[&str], key: u32, label: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    for f in figures {
+        let get = |vmm| samples.get(&(*f, key, vmm)).and_then(|v| stats(v));
+        let (Some((l, l_lo, l_hi)), Some((q, q_lo, q_hi))) = (get(Vmm::Lithe), get(Vmm::Qemu)) else { continue };
+        let worse = if higher_is_better(f) { l < q } else { l > q };
+        if !worse || q == 0.0 {
+            continue;
+        }
+        let overlap = l_lo <= q_hi && q_lo <= l_hi;
+        notes.push(format!(
+            "{label}: lithe is behind QEMU on \"{f}\" by {:.1} % (lithe {l_lo:.2}–{l_hi:.2}, QEMU {q_lo:.2}–{q_hi:.2}: the spreads {})",
+            ((l - q) / q * 100.0).abs(),
+            if overlap { "overlap" } else { "do not overlap" }
+        ));
+    }
+    notes
+}
+
 /// A section's table: one row per figure; the QEMU columns when it ran.
 fn table(samples: &Samples, figures: &[&str], key: u32, qemu: bool) -> String {
     let mut md = String::new();
@@ -184,6 +211,9 @@ fn main() {
                 ));
             }
         }
+        for max in &maxes {
+            notes.extend(behind_qemu(&samples, &hotplug::FIGURES, *max, &format!("hotplug, max {max}")));
+        }
         md.push_str("\nMean (min–max, n = runs). n/a: the VMM does not give the figure (neither Cloud Hypervisor nor QEMU has lithe's per-scan and per-step counters; Cloud Hypervisor does not retire ejected vCPU threads), or every run failed (notes).\n\n");
     }
 
@@ -197,12 +227,14 @@ fn main() {
         }
         let _ = std::fs::remove_file(&image);
         md.push_str(&table(&samples, &io::FIGURES, io::IO_KEY, with_vsock.contains(&Vmm::Qemu)));
+        notes.extend(behind_qemu(&samples, &io::FIGURES, io::IO_KEY, "io"));
         md.push_str("\nMean (min–max, n = runs). For MB/s and IOPS higher is better; for CPU lower is better. n/a: the VMM does not give the figure (the device-thread share is lithe's own counter), or every run failed (notes).\n\n");
     }
 
     if sections.contains(&"net") {
         notes.extend(alternate(&three, runs, "net", |vmm| netio::run(&setup, vmm, &mut samples)));
         md.push_str(&table(&samples, &netio::FIGURES, netio::NET_KEY, qemu_column));
+        notes.extend(behind_qemu(&samples, &netio::FIGURES, netio::NET_KEY, "net"));
         md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better.\n\n");
     }
 
@@ -216,6 +248,7 @@ fn main() {
         }
         let _ = std::fs::remove_file(&file);
         md.push_str(&table(&samples, &fsio::FIGURES, fsio::FS_KEY, with_vsock.contains(&Vmm::Qemu)));
+        notes.extend(behind_qemu(&samples, &fsio::FIGURES, fsio::FS_KEY, "fs"));
         md.push_str("\nMean (min–max, n = runs). For MB/s higher is better; for CPU lower is better (virtiofsd's own CPU is not counted for any VMM).\n\n");
     }
 
@@ -224,6 +257,7 @@ fn main() {
         let failed = alternate(&three, runs, "mem", |vmm| mem::run(&setup, vmm, &mut samples, &mut found));
         notes.extend(found.into_iter().chain(failed));
         md.push_str(&table(&samples, &mem::FIGURES, mem::MEM_KEY, qemu_column));
+        notes.extend(behind_qemu(&samples, &mem::FIGURES, mem::MEM_KEY, "mem"));
         md.push_str("\nMean (min–max, n = runs). Lower is better. n/a: the VMM cannot do it (Cloud Hypervisor does not take ACPI hot-plugged memory back: what it answered is in the notes) or does not count it (lithe's share is lithe's own counter).\n\n");
     }
 
@@ -235,6 +269,9 @@ fn main() {
         md.push('\n');
     }
 
+    if notes.iter().any(|n| n.contains("lithe is behind QEMU")) {
+        notes.push("Where lithe is behind, what the measurements say is in the way: docs/hotplug.md (vCPUs), docs/devices.md (disk, vsock, net, virtio-fs), docs/memory.md (memory)".into());
+    }
     if !notes.is_empty() {
         md.push_str("Notes:\n");
         for n in &notes {
@@ -247,5 +284,30 @@ fn main() {
             eprintln!("bench: writing {path}: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_where_lithe_is_behind_qemu_get_a_note_by_direction() {
+        let mut s = Samples::new();
+        let mut put = |f: &'static str, vmm, v: Vec<f64>| drop(s.insert((f, 0, vmm), v));
+        put("read (MB/s)", Vmm::Lithe, vec![9.6, 9.9]);
+        put("read (MB/s)", Vmm::Qemu, vec![10.2, 10.4]);
+        put("boot (s)", Vmm::Lithe, vec![1.0, 1.2]);
+        put("boot (s)", Vmm::Qemu, vec![1.1, 1.5]);
+        put("idle CPU, % of one core", Vmm::Lithe, vec![0.7, 0.9]);
+        put("idle CPU, % of one core", Vmm::Qemu, vec![0.6, 0.8]);
+        put("lithe's share (ms)", Vmm::Lithe, vec![3.0]);
+        let notes =
+            behind_qemu(&s, &["read (MB/s)", "boot (s)", "idle CPU, % of one core", "lithe's share (ms)"], 0, "t");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("\"read (MB/s)\" by 5.3 %") && notes[0].contains("do not overlap"), "{}", notes[0]);
+        assert!(
+            notes[1].contains("idle CPU") && notes[1].contains("by 14.3 %") && notes[1].contains("spreads overlap")
+        );
     }
 }
