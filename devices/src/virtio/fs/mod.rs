@@ -22,13 +22,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::Worker;
 use super::{read_config_bytes, ActivateError, Activation, ThreadInit, VirtioDevice, VIRTIO_F_VERSION_1};
+use backend::{Backend, BackendError, REPLY_LIMIT};
+use handler::Handler;
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use watchdog::Watchdog;
 
 /// The ring features lithe passes through from the backend.
 const RING_FEATURES: u64 = (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
-use backend::{Backend, BackendError, REPLY_LIMIT};
-use handler::Handler;
-use watchdog::Watchdog;
 
 pub const TYPE_FS: u32 = 26;
 /// The tag's field in the configuration space (`tag[36]`, NUL-padded).
