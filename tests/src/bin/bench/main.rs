@@ -182,6 +182,11 @@ fn main() {
     // `--vmms lithe,CH,QEMU`: a subset, for a quick look at one VMM.
     if let Some(only) = arg("--vmms") {
         let keep: Vec<&str> = only.split(',').collect();
+        let names = [Vmm::Lithe, Vmm::CloudHypervisor, Vmm::Qemu].map(Vmm::name);
+        if let Some(bad) = keep.iter().find(|k| !names.iter().any(|n| k.eq_ignore_ascii_case(n))) {
+            eprintln!("bench: unknown VMM {bad:?} in --vmms (it takes lithe, CH, QEMU)");
+            std::process::exit(2);
+        }
         for list in [&mut three, &mut with_vsock] {
             list.retain(|v| keep.iter().any(|k| k.eq_ignore_ascii_case(v.name())));
         }
